@@ -1,0 +1,97 @@
+/*
+ * internal.h — helpers shared by the C files of core/. Not installed, not part of the API.
+ */
+#ifndef TERN_INTERNAL_H
+#define TERN_INTERNAL_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tern.h"
+#include "kernels/half.h"
+
+#if defined(__GNUC__)
+#define TN_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define TN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define TN_PRINTF(a, b)
+#define TN_UNLIKELY(x) (x)
+#endif
+
+/* Sets the thread-local error message (printf format) and returns code. Usage:
+ *   return tn_error(TN_ERR_SHAPE, "add: shapes %s and %s are not broadcastable", sa, sb); */
+tn_status tn_error(tn_status code, const char *fmt, ...) TN_PRINTF(2, 3);
+
+/* Propagate a failing status. */
+#define TN_TRY(expr)                                                                          \
+    do {                                                                                      \
+        tn_status tn_try_s_ = (expr);                                                         \
+        if (TN_UNLIKELY(tn_try_s_ != TN_OK)) return tn_try_s_;                               \
+    } while (0)
+
+/* Short shape strings for messages: TN_SHAPE(t) expands to a string valid until the end of
+ * the full expression that contains it (a compound-literal buffer). */
+#define TN_SHAPE(t) tn_shape_str((t), (char[160]){0}, 160)
+
+/* Common argument checks; each sets the error naming opname and returns its status. */
+tn_status tn_check_tensor(const char *opname, const char *argname, const tn_tensor *t);
+tn_status tn_check_same_device(const char *opname, const tn_tensor *a, const tn_tensor *b);
+tn_status tn_check_cpu(const char *opname, const tn_tensor *t);
+tn_status tn_check_float(const char *opname, const char *argname, const tn_tensor *t);
+tn_status tn_check_index_dtype(const char *opname, const char *argname, const tn_tensor *t);
+
+/* Output handling for `tn_tensor **out` arguments (see tern.h): when *out is NULL, allocate a
+ * contiguous tensor of (ndim, shape, dtype) on device; else check that *out has exactly that
+ * shape and dtype (error names opname). */
+tn_status tn_prepare_out(const char *opname, tn_tensor **out, int32_t ndim, const int64_t *shape,
+                         int32_t dtype, int32_t device);
+
+static inline int tn_is_float_dtype(int32_t d) { return d == TN_F32 || d == TN_F64 || d == TN_F16 || d == TN_BF16; }
+static inline int tn_is_int_dtype(int32_t d) { return d == TN_I32 || d == TN_I64 || d == TN_U8; }
+
+/* Element load/store through a dtype switch, for generic (slow-path) loops. */
+static inline double tn_load_f64(const void *p, int32_t dtype) {
+    switch (dtype) {
+    case TN_F32: return *(const float *)p;
+    case TN_F64: return *(const double *)p;
+    case TN_F16: return tn_half_to_float(*(const uint16_t *)p);
+    case TN_BF16: return tn_bf16_to_float(*(const uint16_t *)p);
+    case TN_I32: return *(const int32_t *)p;
+    case TN_I64: return (double)*(const int64_t *)p;
+    case TN_U8: return *(const uint8_t *)p;
+    default: return NAN;
+    }
+}
+static inline int64_t tn_load_i64(const void *p, int32_t dtype) {
+    switch (dtype) {
+    case TN_I32: return *(const int32_t *)p;
+    case TN_I64: return *(const int64_t *)p;
+    case TN_U8: return *(const uint8_t *)p;
+    default: return (int64_t)tn_load_f64(p, dtype);
+    }
+}
+/* Saturating store into integer dtypes (NaN stores 0); round-to-nearest-even into f16/bf16. */
+static inline void tn_store_f64(void *p, int32_t dtype, double v) {
+    switch (dtype) {
+    case TN_F32: *(float *)p = (float)v; break;
+    case TN_F64: *(double *)p = v; break;
+    case TN_F16: *(uint16_t *)p = tn_float_to_half((float)v); break;
+    case TN_BF16: *(uint16_t *)p = tn_float_to_bf16((float)v); break;
+    case TN_I32: *(int32_t *)p = v != v ? 0 : v >= 2147483647.0 ? INT32_MAX : v <= -2147483648.0 ? INT32_MIN : (int32_t)v; break;
+    case TN_I64: *(int64_t *)p = v != v ? 0 : v >= 9223372036854775807.0 ? INT64_MAX : v <= -9223372036854775808.0 ? INT64_MIN : (int64_t)v; break;
+    case TN_U8: *(uint8_t *)p = v != v ? 0 : v >= 255.0 ? 255 : v <= 0.0 ? 0 : (uint8_t)v; break;
+    default: break;
+    }
+}
+
+/* Memory accounting hooks used by allocators (tensor.c). */
+void tn_memory_note_alloc(int32_t device, size_t nbytes);
+void tn_memory_note_free(int32_t device, size_t nbytes);
+
+/* The registered allocator of a device type (CPU always; CUDA when cuda/ registered one). */
+const tn_allocator *tn_allocator_get(int32_t device);
+void tn_allocator_set(int32_t device, const tn_allocator *a);
+
+#endif /* TERN_INTERNAL_H */

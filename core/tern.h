@@ -1,0 +1,279 @@
+/*
+ * tern.h — the one public header of libtern.
+ *
+ * Conventions (ARCHITECTURE.md, STYLE.md):
+ *  - Every entry point takes outputs first, then inputs, then sizes and options, and
+ *    returns a tn_status (TN_OK = 0). On failure it sets a thread-local message, read with
+ *    tn_last_error(), that names the op, the shapes and the dtypes. Nothing here exits or
+ *    aborts.
+ *  - Dimensions in the C API are 0-based and already normalised (no negative dims); the Lua
+ *    layer converts its 1-based / negative positions before calling.
+ *  - Output arguments `tn_tensor **out`: when *out == NULL the op allocates a new contiguous
+ *    tensor and stores a new reference in *out (the caller owns it and releases it with
+ *    tn_tensor_free). When *out != NULL the op writes into that tensor, which must have the
+ *    exact result shape and dtype ([OUT] preallocated); no reference changes hands then.
+ *  - Values stored in index tensors (i64 or i32) are 0-based.
+ *
+ * The region between TN_CDEF_BEGIN and TN_CDEF_END is turned into the LuaJIT cdef at build
+ * time (cmake/gen_cdef.cmake): keep it free of macros; constants are enums.
+ */
+#ifndef TERN_H
+#define TERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* TN_CDEF_BEGIN */
+
+enum { TN_MAX_DIMS = 8 };
+
+typedef enum tn_dtype {
+    TN_F32 = 0, TN_F64 = 1, TN_F16 = 2, TN_BF16 = 3, TN_I32 = 4, TN_I64 = 5, TN_U8 = 6,
+    TN_NUM_DTYPES = 7
+} tn_dtype;
+
+typedef enum tn_device_type { TN_CPU = 0, TN_CUDA = 1 } tn_device_type;
+
+typedef int tn_status;
+enum {
+    TN_OK = 0,
+    TN_ERR_ARG = 1,         /* bad argument value (negative size, bad enum, NULL) */
+    TN_ERR_SHAPE = 2,       /* shapes do not fit */
+    TN_ERR_DTYPE = 3,       /* dtype not supported or mismatched */
+    TN_ERR_DEVICE = 4,      /* mismatched devices, or a device this build lacks */
+    TN_ERR_INDEX = 5,       /* index out of range */
+    TN_ERR_OOM = 6,         /* allocation failed */
+    TN_ERR_IO = 7,          /* file error */
+    TN_ERR_UNSUPPORTED = 8  /* op/dtype/device combination not implemented */
+};
+
+/* ---- allocator and storage ------------------------------------------------------------ */
+
+typedef struct tn_allocator {
+    void *(*alloc)(void *ctx, size_t nbytes);          /* returns NULL on failure */
+    void (*free)(void *ctx, void *ptr, size_t nbytes);
+    void *ctx;
+    int32_t device;                                   /* tn_device_type */
+} tn_allocator;
+
+typedef struct tn_storage {
+    void *data;                    /* nbytes bytes, 64-byte aligned on the CPU */
+    size_t nbytes;
+    int64_t refcount;              /* atomic */
+    int32_t device;                /* tn_device_type */
+    int32_t device_index;
+    const tn_allocator *allocator; /* frees data; NULL = borrowed memory, not freed */
+} tn_storage;
+
+/* A tensor is a refcounted view over a refcounted storage. */
+typedef struct tn_tensor {
+    char *data;                    /* address of the first element: storage->data + offset*elsize */
+    tn_storage *storage;           /* owned reference */
+    int64_t offset;                /* in elements */
+    int64_t shape[TN_MAX_DIMS];    /* (ndim) */
+    int64_t strides[TN_MAX_DIMS];  /* (ndim), in elements; 0 for expanded dims */
+    int32_t ndim;                  /* 0 = scalar tensor with one element */
+    int32_t dtype;                 /* tn_dtype */
+    int32_t device;                /* tn_device_type */
+    int32_t device_index;
+    int64_t refcount;              /* atomic */
+} tn_tensor;
+
+/* ---- library state ---------------------------------------------------------------------- */
+
+const char *tn_last_error(void);        /* message of the last failed call on this thread */
+void tn_clear_error(void);
+const char *tn_version(void);
+int tn_has_cuda(void);                  /* 1 when built with CUDA and a device is present */
+int tn_has_mpi(void);                   /* 1 when built with MPI */
+int tn_has_nccl(void);                  /* 1 when built with NCCL */
+void tn_set_num_threads(int n);         /* OpenMP threads for CPU ops; n <= 0 = default */
+int tn_get_num_threads(void);
+
+size_t tn_dtype_size(int32_t dtype);    /* bytes per element; 0 for an invalid dtype */
+const char *tn_dtype_name(int32_t dtype); /* "f32", ...; "?" for an invalid dtype */
+const char *tn_device_name(int32_t device);
+
+/* Native memory accounting, per device type: bytes currently allocated by tern storages,
+ * the peak since the last reset, and the number of live storages. */
+int64_t tn_memory_current(int32_t device);
+int64_t tn_memory_peak(int32_t device);
+int64_t tn_memory_live(int32_t device);
+void tn_memory_reset_peak(int32_t device);
+
+/* Scalar conversions of the 16-bit float formats (round to nearest even). */
+float tn_f16_to_f32(uint16_t h);
+uint16_t tn_f32_to_f16(float f);
+float tn_bf16_to_f32(uint16_t h);
+uint16_t tn_f32_to_bf16(float f);
+
+/* ---- tensor lifecycle and views ---------------------------------------------------------- */
+
+/* [OUT] out: a new contiguous tensor (new reference), uninitialised memory. */
+tn_status tn_tensor_empty(tn_tensor **out, int32_t ndim, const int64_t *shape, int32_t dtype,
+                          int32_t device);
+/* Returns t with its refcount raised (new reference). NULL-safe. */
+tn_tensor *tn_tensor_retain(tn_tensor *t);
+/* Drops one reference; frees the tensor (and its storage's reference) at zero. NULL is a no-op. */
+void tn_tensor_free(tn_tensor *t);
+
+int64_t tn_tensor_numel(const tn_tensor *t);
+int tn_tensor_is_contiguous(const tn_tensor *t);
+/* Formats "[2, 3]" into buf (always NUL-terminated); returns buf. */
+const char *tn_shape_str(const tn_tensor *t, char *buf, size_t buflen);
+
+/* Views: each stores a new tensor (new reference) sharing t's storage in *out. */
+/* General strided view; checked against the storage bounds. */
+tn_status tn_as_strided(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int64_t *shape,
+                        const int64_t *strides, int64_t offset);
+/* PyTorch view semantics: shape may hold one -1; fails if the strides cannot express it. */
+tn_status tn_view(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int64_t *shape);
+/* View when possible, else a contiguous copy. */
+tn_status tn_reshape(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int64_t *shape);
+tn_status tn_transpose(tn_tensor **out, const tn_tensor *t, int32_t dim0, int32_t dim1);
+tn_status tn_permute(tn_tensor **out, const tn_tensor *t, const int32_t *dims); /* (t->ndim) */
+tn_status tn_narrow(tn_tensor **out, const tn_tensor *t, int32_t dim, int64_t start, int64_t length);
+tn_status tn_select(tn_tensor **out, const tn_tensor *t, int32_t dim, int64_t index);
+tn_status tn_unsqueeze(tn_tensor **out, const tn_tensor *t, int32_t dim);
+/* dim < 0: remove every size-1 dim; else remove dim if its size is 1 (else a plain view). */
+tn_status tn_squeeze(tn_tensor **out, const tn_tensor *t, int32_t dim);
+/* Broadcast view to shape (ndim >= t->ndim; -1 keeps a size); expanded dims get stride 0. */
+tn_status tn_expand(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int64_t *shape);
+/* t itself (retained) when contiguous, else a contiguous copy. */
+tn_status tn_contiguous(tn_tensor **out, const tn_tensor *t);
+
+/* Broadcasting shape of a and b: writes ndim and shape; error names both shapes. */
+tn_status tn_broadcast_shape(int32_t *out_ndim, int64_t *out_shape, const tn_tensor *a,
+                             const tn_tensor *b, const char *opname);
+
+/* ---- copy, fill, conversion, random ---------------------------------------------------- */
+
+/* dst[...] = src[...], src broadcast to dst's shape, any dtypes (converted, saturating to
+ * the range of integer types; floats to f16/bf16 round to nearest even). */
+tn_status tn_copy(tn_tensor *dst, const tn_tensor *src);
+tn_status tn_fill(tn_tensor *dst, double value);
+/* *out = src converted to dtype (new contiguous tensor; a retained src when dtype matches and
+ * src is contiguous). */
+tn_status tn_to_dtype(tn_tensor **out, const tn_tensor *src, int32_t dtype);
+/* start, start+step, ... < end (> end for step < 0). */
+tn_status tn_arange(tn_tensor **out, double start, double end, double step, int32_t dtype,
+                    int32_t device);
+
+/* Counter-based RNG (Philox-4x32-10). The global generator holds (seed, offset); each call
+ * draws numel numbers at counters offset .. offset+numel-1 by element index, then advances
+ * offset, so results do not depend on the thread count. */
+void tn_manual_seed(uint64_t seed);
+void tn_rng_get_state(uint64_t *seed, uint64_t *offset);
+void tn_rng_set_state(uint64_t seed, uint64_t offset);
+tn_status tn_rand(tn_tensor *out, double low, double high);        /* uniform [low, high) */
+tn_status tn_randn(tn_tensor *out, double mean, double std);       /* normal */
+tn_status tn_randint(tn_tensor *out, int64_t low, int64_t high);   /* integers in [low, high) */
+tn_status tn_bernoulli(tn_tensor *out, double p);                  /* 1 with probability p */
+
+/* ---- elementwise ----------------------------------------------------------------------- */
+
+typedef enum tn_binop {
+    TN_ADD = 0, TN_SUB, TN_MUL, TN_DIV, TN_POW, TN_MAXIMUM, TN_MINIMUM, TN_ATAN2,
+    TN_EQ, TN_NE, TN_LT, TN_LE, TN_GT, TN_GE,  /* comparisons: output u8 (0/1) */
+    TN_NUM_BINOPS
+} tn_binop;
+
+typedef enum tn_unop {
+    TN_NEG = 0, TN_ABS, TN_EXP, TN_LOG, TN_SQRT, TN_RSQRT, TN_TANH, TN_SIGMOID, TN_RELU,
+    TN_SIGN, TN_LOG1P, TN_EXPM1, TN_SIN, TN_COS, TN_RECIPROCAL, TN_SQUARE, TN_FLOOR, TN_CEIL,
+    TN_ROUND, TN_LOGICAL_NOT, /* logical_not: output u8 */
+    TN_NUM_UNOPS
+} tn_unop;
+
+/* *out = a op b with broadcasting. a and b must share a dtype (the Lua layer promotes);
+ * the result has that dtype (u8 for comparisons). f16/bf16 compute in f32. Integer DIV
+ * truncates toward zero and reports division by zero as an error. *out may be a itself
+ * (in-place) when a already has the result shape. */
+tn_status tn_binary(tn_tensor **out, const tn_tensor *a, const tn_tensor *b, int32_t op);
+/* *out = a op s (reverse = 0) or s op a (reverse = 1). */
+tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_t op,
+                           int32_t reverse);
+tn_status tn_unary(tn_tensor **out, const tn_tensor *a, int32_t op);
+/* Clamp into [lo, hi]; pass -INFINITY / INFINITY for an open side. */
+tn_status tn_clamp(tn_tensor **out, const tn_tensor *a, double lo, double hi);
+/* *out = cond ? a : b, all broadcast; cond u8; a and b share a dtype. */
+tn_status tn_where(tn_tensor **out, const tn_tensor *cond, const tn_tensor *a, const tn_tensor *b);
+/* *out = mask ? value : a; mask u8, broadcast to a's shape. */
+tn_status tn_masked_fill(tn_tensor **out, const tn_tensor *a, const tn_tensor *mask, double value);
+
+/* ---- reductions ------------------------------------------------------------------------ */
+
+typedef enum tn_redop {
+    TN_RED_SUM = 0, TN_RED_MEAN, TN_RED_MAX, TN_RED_MIN, TN_RED_PROD, TN_RED_LOGSUMEXP,
+    TN_RED_VAR, TN_RED_ARGMAX, TN_RED_ARGMIN,
+    TN_NUM_REDOPS
+} tn_redop;
+
+/* Reduce a over the ndims dims listed in dims (0-based, distinct); ndims = 0 reduces over all
+ * dims. keepdim keeps reduced dims with size 1. correction: VAR's divisor is N - correction.
+ * ARGMAX/ARGMIN take exactly one dim (or all: index into the flattened tensor) and give i64.
+ * Float results accumulate in f64 for f64 input, f32 otherwise (pairwise per row); integer
+ * SUM/PROD give i64; MEAN/LOGSUMEXP/VAR need a float dtype. Reducing an empty dim is an
+ * error for MAX/MIN/ARG*, 0 for SUM, NaN for MEAN. */
+tn_status tn_reduce(tn_tensor **out, const tn_tensor *a, int32_t ndims, const int32_t *dims,
+                    int32_t op, int32_t keepdim, int32_t correction);
+/* values and i64 indices of the max (is_min = 0) or min along dim. */
+tn_status tn_max_dim(tn_tensor **values, tn_tensor **indices, const tn_tensor *a, int32_t dim,
+                     int32_t keepdim, int32_t is_min);
+/* Sum a down to out's shape, where out's shape broadcasts to a's (the gradient of broadcasting).
+ * [OUT] out preallocated. */
+tn_status tn_sum_to(tn_tensor *out, const tn_tensor *a);
+
+/* softmax (log = 0) or log_softmax (log = 1) along dim; float dtypes; f16/bf16 compute in f32. */
+tn_status tn_softmax(tn_tensor **out, const tn_tensor *a, int32_t dim, int32_t log);
+/* grad_in = d(loss)/d(a) from grad_out and the forward output y = softmax/log_softmax(a). */
+tn_status tn_softmax_backward(tn_tensor **grad_in, const tn_tensor *grad_out, const tn_tensor *y,
+                              int32_t dim, int32_t log);
+
+/* ---- linear algebra -------------------------------------------------------------------- */
+
+/* torch.matmul semantics: 1-D x 1-D dot, 2-D x 2-D, 1-D promoted and removed, batch dims
+ * broadcast. f32/f64 through BLAS; f16/bf16 convert to f32, multiply, round back. Transposed
+ * (column-major) operands go to BLAS without a copy. */
+tn_status tn_matmul(tn_tensor **out, const tn_tensor *a, const tn_tensor *b);
+/* a (B, n, k) x b (B, k, m) -> (B, n, m), no broadcasting. */
+tn_status tn_bmm(tn_tensor **out, const tn_tensor *a, const tn_tensor *b);
+/* out (n, m) = alpha * op(a) op(b) + beta * out, 2-D, out preallocated and contiguous. */
+tn_status tn_gemm(tn_tensor *out, const tn_tensor *a, const tn_tensor *b, int32_t trans_a,
+                  int32_t trans_b, double alpha, double beta);
+
+/* ---- joining and indexing -------------------------------------------------------------- */
+
+/* Concatenate n tensors along dim (same dtype; other dims equal). */
+tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t dim);
+/* out[i][j] = a[index[i][j]][j] (dim 0) etc.; index i64/i32 with a's ndim; out has index's shape. */
+tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index);
+/* out[index[i][j]][j] += src[i][j] (dim 0) etc., in place on out. */
+tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src);
+/* Slices of a at the 1-D index along dim. */
+tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index);
+/* out.narrow(dim, index[i], 1) += src.narrow(dim, i, 1), in place on out (duplicates add up). */
+tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src);
+
+/* ---- files ----------------------------------------------------------------------------- */
+
+/* Atomically write path: header (header_len bytes) preceded by its length as u64 little
+ * endian, then the bytes of each tensor in order (row-major, native little-endian), written
+ * to path.tmp-<pid>, fsynced and renamed over path. This is the safetensors layout when
+ * header is its JSON. */
+tn_status tn_io_write(const char *path, const char *header, uint64_t header_len,
+                      const tn_tensor *const *ts, int32_t n);
+/* Fill the contiguous tensor out with numel*elsize bytes of path read from byte offset. */
+tn_status tn_io_read(tn_tensor *out, const char *path, int64_t offset);
+
+/* TN_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TERN_H */
