@@ -94,4 +94,25 @@ void tn_memory_note_free(int32_t device, size_t nbytes);
 const tn_allocator *tn_allocator_get(int32_t device);
 void tn_allocator_set(int32_t device, const tn_allocator *a);
 
+/* ---- added by state.c / tensor.c ----------------------------------------------------------- */
+
+/* Number of CUDA devices; defined by cuda/ when linked in. state.c calls it (weakly) only in
+ * builds with TERN_HAVE_CUDA. */
+int tn_cuda_device_count(void);
+
+/* Formats a shape given as (ndim, shape) like tn_shape_str: "[2, 3]", "[]" for ndim 0.
+ * Always NUL-terminated; returns buf. */
+const char *tn_dims_str(int32_t ndim, const int64_t *shape, char *buf, size_t buflen);
+/* TN_DIMS(ndim, shape): like TN_SHAPE for a bare shape array (or a strides array). */
+#define TN_DIMS(n, s) tn_dims_str((n), (s), (char[160]){0}, 160)
+
+/* Number of elements of a shape (1 for ndim 0; 0 as soon as one size is 0). */
+static inline int64_t tn_dims_numel(int32_t ndim, const int64_t *shape) {
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] == 0) return 0;
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
 #endif /* TERN_INTERNAL_H */

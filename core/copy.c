@@ -1,0 +1,304 @@
+/*
+ * copy.c — tn_copy, tn_fill, tn_to_dtype, tn_arange on the CPU.
+ *
+ * Gradient policy: none here (copies and conversions are identity or casts for the autograd,
+ * which handles them in Lua). Ownership: tn_copy and tn_fill write into the caller's dst;
+ * tn_to_dtype and tn_arange store a new reference in *out.
+ *
+ * Conversions: float -> integer truncates toward zero and saturates (NaN -> 0); integer ->
+ * integer saturates without passing through double (i64 stays exact); float -> f16/bf16
+ * rounds to nearest even (f64 -> f16 goes through f32, a double rounding in rare ties).
+ * Fast paths: same-dtype contiguous -> memcpy (split across threads when big); f32 <-> f16,
+ * bf16, f64 typed loops; everything else a strided loop over tn_iter.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+#include "iter.h"
+
+/* ---- element conversion kernels (tn_iter_fn; operand 0 = dst, 1 = src) ------------------- */
+
+typedef struct conv_ctx {
+    int32_t dst, src; /* dtypes */
+} conv_ctx;
+
+/* Saturating integer store (no double on the way). */
+static inline void store_i64_sat(void *p, int32_t dtype, int64_t v) {
+    switch (dtype) {
+    case TN_I64: *(int64_t *)p = v; break;
+    case TN_I32: *(int32_t *)p = v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v; break;
+    case TN_U8: *(uint8_t *)p = v > 255 ? 255 : v < 0 ? 0 : (uint8_t)v; break;
+    case TN_F32: *(float *)p = (float)v; break;
+    case TN_F64: *(double *)p = (double)v; break;
+    case TN_F16: *(uint16_t *)p = tn_float_to_half((float)v); break;
+    case TN_BF16: *(uint16_t *)p = tn_float_to_bf16((float)v); break;
+    default: break;
+    }
+}
+
+/* Typed conversion loop: contiguous branch vectorises, strided branch is general. */
+#define CONV_KERNEL(name, TD, TS, EXPR)                                                       \
+    static void name(void *ctx, char **p, const int64_t *s, int64_t n) {                      \
+        (void)ctx;                                                                             \
+        TD *d = (TD *)p[0];                                                                    \
+        const TS *x = (const TS *)p[1];                                                        \
+        if (s[0] == 1 && s[1] == 1) {                                                          \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { TS v = x[i]; d[i] = (EXPR); } \
+        } else {                                                                               \
+            const int64_t sd = s[0], sx = s[1];                                                \
+            for (int64_t i = 0; i < n; i++) { TS v = x[i * sx]; d[i * sd] = (EXPR); }          \
+        }                                                                                      \
+    }
+
+CONV_KERNEL(conv_f32_f16, float, uint16_t, tn_half_to_float(v))
+CONV_KERNEL(conv_f32_bf16, float, uint16_t, tn_bf16_to_float(v))
+CONV_KERNEL(conv_f16_f32, uint16_t, float, tn_float_to_half(v))
+CONV_KERNEL(conv_bf16_f32, uint16_t, float, tn_float_to_bf16(v))
+CONV_KERNEL(conv_f32_f64, float, double, (float)v)
+CONV_KERNEL(conv_f64_f32, double, float, (double)v)
+CONV_KERNEL(conv_f32_i32, float, int32_t, (float)v)
+CONV_KERNEL(conv_f32_u8, float, uint8_t, (float)v)
+CONV_KERNEL(conv_i64_i32, int64_t, int32_t, (int64_t)v)
+CONV_KERNEL(conv_i32_i64, int32_t, int64_t, v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v)
+CONV_KERNEL(copy_1, uint8_t, uint8_t, v)
+CONV_KERNEL(copy_2, uint16_t, uint16_t, v)
+CONV_KERNEL(copy_4, uint32_t, uint32_t, v)
+CONV_KERNEL(copy_8, uint64_t, uint64_t, v)
+
+/* Same dtype: memcpy for a contiguous run, else a strided loop by element size. */
+static void copy_same(void *ctx, char **p, const int64_t *s, int64_t n) {
+    size_t es = tn_dtype_size(((const conv_ctx *)ctx)->dst);
+    if (s[0] == 1 && s[1] == 1) {
+        memcpy(p[0], p[1], (size_t)n * es);
+        return;
+    }
+    switch (es) {
+    case 1: copy_1(ctx, p, s, n); break;
+    case 2: copy_2(ctx, p, s, n); break;
+    case 4: copy_4(ctx, p, s, n); break;
+    default: copy_8(ctx, p, s, n); break;
+    }
+}
+
+/* Any dtype pair, one element at a time. */
+static void conv_generic(void *ctx, char **p, const int64_t *s, int64_t n) {
+    const conv_ctx *c = (const conv_ctx *)ctx;
+    const int64_t bd = s[0] * (int64_t)tn_dtype_size(c->dst), bs = s[1] * (int64_t)tn_dtype_size(c->src);
+    char *d = p[0];
+    const char *x = p[1];
+    if (tn_is_int_dtype(c->src)) {
+        for (int64_t i = 0; i < n; i++) store_i64_sat(d + i * bd, c->dst, tn_load_i64(x + i * bs, c->src));
+    } else {
+        for (int64_t i = 0; i < n; i++) tn_store_f64(d + i * bd, c->dst, tn_load_f64(x + i * bs, c->src));
+    }
+}
+
+static tn_iter_fn conv_pick(int32_t dst, int32_t src) {
+    if (dst == src) return copy_same;
+#define PAIR(D, S, fn) if (dst == D && src == S) return fn;
+    PAIR(TN_F32, TN_F16, conv_f32_f16)
+    PAIR(TN_F32, TN_BF16, conv_f32_bf16)
+    PAIR(TN_F16, TN_F32, conv_f16_f32)
+    PAIR(TN_BF16, TN_F32, conv_bf16_f32)
+    PAIR(TN_F32, TN_F64, conv_f32_f64)
+    PAIR(TN_F64, TN_F32, conv_f64_f32)
+    PAIR(TN_F32, TN_I32, conv_f32_i32)
+    PAIR(TN_F32, TN_U8, conv_f32_u8)
+    PAIR(TN_I64, TN_I32, conv_i64_i32)
+    PAIR(TN_I32, TN_I64, conv_i32_i64)
+#undef PAIR
+    return conv_generic;
+}
+
+/* Byte range [lo, hi) a tensor's elements span. */
+static void byte_span(const tn_tensor *t, uintptr_t *lo, uintptr_t *hi) {
+    int64_t mn = 0, mx = 0;
+    for (int32_t i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) { *lo = *hi = (uintptr_t)t->data; return; }
+        int64_t e = (t->shape[i] - 1) * t->strides[i];
+        if (e < 0) mn += e; else mx += e;
+    }
+    int64_t es = (int64_t)tn_dtype_size(t->dtype);
+    *lo = (uintptr_t)(t->data + mn * es);
+    *hi = (uintptr_t)(t->data + (mx + 1) * es);
+}
+
+static int same_view(const tn_tensor *a, const tn_tensor *b) {
+    if (a->data != b->data || a->dtype != b->dtype || a->ndim != b->ndim) return 0;
+    for (int32_t i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i] || (a->shape[i] != 1 && a->strides[i] != b->strides[i])) return 0;
+    return 1;
+}
+
+/* Copy without argument checks (callers validated); src broadcasts to dst. */
+static tn_status copy_impl(tn_tensor *dst, const tn_tensor *src) {
+    int64_t n = tn_tensor_numel(dst);
+    if (n == 0 || same_view(dst, src)) return TN_OK;
+    uintptr_t dlo, dhi, slo, shi;
+    byte_span(dst, &dlo, &dhi);
+    byte_span(src, &slo, &shi);
+    if (dlo < shi && slo < dhi) { /* overlapping memory: go through a temporary */
+        tn_tensor *tmp = NULL;
+        TN_TRY(tn_tensor_empty(&tmp, src->ndim, src->shape, src->dtype, src->device));
+        tn_status st = copy_impl(tmp, src);
+        if (st == TN_OK) st = copy_impl(dst, tmp);
+        tn_tensor_free(tmp);
+        return st;
+    }
+    conv_ctx c = {dst->dtype, src->dtype};
+    tn_iter it;
+    if (tn_tensor_is_contiguous(dst) && tn_tensor_is_contiguous(src) && tn_tensor_numel(src) == n) {
+        char *d[2] = {dst->data, src->data};
+        size_t es[2] = {tn_dtype_size(dst->dtype), tn_dtype_size(src->dtype)};
+        tn_iter_flat(&it, 2, d, es, n);
+    } else {
+        tn_iter_init(&it, dst->ndim, dst->shape);
+        tn_iter_add_tensor(&it, dst);
+        tn_iter_add_tensor(&it, src);
+        tn_iter_finish(&it);
+    }
+    /* a memcpy is cheap per byte: only split it across threads when it is large */
+    int64_t par = dst->dtype == src->dtype ? (int64_t)(1 << 20) / (int64_t)tn_dtype_size(dst->dtype) : TN_PAR_MIN;
+    tn_iter_run(&it, conv_pick(dst->dtype, src->dtype), &c, par);
+    return TN_OK;
+}
+
+static tn_status check_dtype(const char *op, int32_t dtype) {
+    if (dtype < 0 || dtype >= TN_NUM_DTYPES) return tn_error(TN_ERR_DTYPE, "%s: invalid dtype %d", op, (int)dtype);
+    return TN_OK;
+}
+
+tn_status tn_copy(tn_tensor *dst, const tn_tensor *src) {
+    TN_TRY(tn_check_tensor("copy", "dst", dst));
+    TN_TRY(tn_check_tensor("copy", "src", src));
+    TN_TRY(tn_check_cpu("copy", dst));
+    TN_TRY(tn_check_cpu("copy", src));
+    TN_TRY(check_dtype("copy", dst->dtype));
+    TN_TRY(check_dtype("copy", src->dtype));
+    int ok = src->ndim <= dst->ndim;
+    for (int32_t i = 0; ok && i < src->ndim; i++) {
+        int64_t ss = src->shape[src->ndim - 1 - i], ds = dst->shape[dst->ndim - 1 - i];
+        ok = ss == ds || ss == 1;
+    }
+    if (!ok)
+        return tn_error(TN_ERR_SHAPE, "copy: src %s (%s) does not broadcast to dst %s (%s)", TN_SHAPE(src),
+                        tn_dtype_name(src->dtype), TN_SHAPE(dst), tn_dtype_name(dst->dtype));
+    return copy_impl(dst, src);
+}
+
+/* ---- fill -------------------------------------------------------------------------------- */
+
+typedef struct fill_ctx {
+    uint64_t bits; /* the value's bytes in the dtype, low bytes first */
+    int32_t elsize;
+} fill_ctx;
+
+#define FILL_LOOP(T)                                                                          \
+    do {                                                                                      \
+        T v;                                                                                  \
+        memcpy(&v, &c->bits, sizeof v);                                                       \
+        T *d = (T *)p[0];                                                                     \
+        if (s[0] == 1) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) d[i] = v; }       \
+        else for (int64_t i = 0; i < n; i++) d[i * s[0]] = v;                                 \
+    } while (0)
+
+static void fill_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
+    const fill_ctx *c = (const fill_ctx *)ctx;
+    if (c->bits == 0 && s[0] == 1) { memset(p[0], 0, (size_t)n * (size_t)c->elsize); return; }
+    switch (c->elsize) {
+    case 1: FILL_LOOP(uint8_t); break;
+    case 2: FILL_LOOP(uint16_t); break;
+    case 4: FILL_LOOP(uint32_t); break;
+    default: FILL_LOOP(uint64_t); break;
+    }
+}
+
+tn_status tn_fill(tn_tensor *dst, double value) {
+    TN_TRY(tn_check_tensor("fill", "dst", dst));
+    TN_TRY(tn_check_cpu("fill", dst));
+    TN_TRY(check_dtype("fill", dst->dtype));
+    fill_ctx c = {0, (int32_t)tn_dtype_size(dst->dtype)};
+    tn_store_f64(&c.bits, dst->dtype, value); /* exact for integral values in i64 range */
+    tn_iter it;
+    tn_iter_init(&it, dst->ndim, dst->shape);
+    tn_iter_add_tensor(&it, dst);
+    tn_iter_finish(&it);
+    if (it.numel == 0) return TN_OK;
+    tn_iter_run(&it, fill_kernel, &c, (int64_t)(1 << 20) / c.elsize);
+    return TN_OK;
+}
+
+/* ---- dtype conversion, arange -------------------------------------------------------------- */
+
+tn_status tn_to_dtype(tn_tensor **out, const tn_tensor *src, int32_t dtype) {
+    if (!out) return tn_error(TN_ERR_ARG, "to_dtype: out is NULL");
+    TN_TRY(tn_check_tensor("to_dtype", "src", src));
+    TN_TRY(tn_check_cpu("to_dtype", src));
+    TN_TRY(check_dtype("to_dtype", dtype));
+    if (dtype == src->dtype && tn_tensor_is_contiguous(src)) {
+        *out = tn_tensor_retain((tn_tensor *)src);
+        return TN_OK;
+    }
+    tn_tensor *t = NULL;
+    TN_TRY(tn_tensor_empty(&t, src->ndim, src->shape, dtype, src->device));
+    tn_status st = copy_impl(t, src);
+    if (st != TN_OK) { tn_tensor_free(t); return st; }
+    *out = t;
+    return TN_OK;
+}
+
+typedef struct arange_ctx {
+    double start, step;
+    int64_t istart, istep;
+    const char *base; /* the output's first element: a run's index is (p - base) / elsize */
+    int32_t dtype, exact_int; /* exact_int: integer dtype with integral start and step */
+} arange_ctx;
+
+static void arange_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
+    (void)s;
+    const arange_ctx *c = (const arange_ctx *)ctx;
+    size_t es = tn_dtype_size(c->dtype);
+    int64_t i0 = (int64_t)((size_t)(p[0] - c->base) / es);
+    char *d = p[0];
+    if (c->dtype == TN_F32) {
+        float *f = (float *)d;
+        for (int64_t i = 0; i < n; i++) f[i] = (float)(c->start + (double)(i0 + i) * c->step);
+    } else if (c->exact_int) {
+        for (int64_t i = 0; i < n; i++) store_i64_sat(d + i * es, c->dtype, c->istart + (i0 + i) * c->istep);
+    } else {
+        for (int64_t i = 0; i < n; i++) tn_store_f64(d + i * es, c->dtype, c->start + (double)(i0 + i) * c->step);
+    }
+}
+
+tn_status tn_arange(tn_tensor **out, double start, double end, double step, int32_t dtype, int32_t device) {
+    if (!out) return tn_error(TN_ERR_ARG, "arange: out is NULL");
+    TN_TRY(check_dtype("arange", dtype));
+    if (device != TN_CPU)
+        return tn_error(TN_ERR_DEVICE, "arange: device %s is not supported by the CPU backend", tn_device_name(device));
+    if (!isfinite(start) || !isfinite(end) || !isfinite(step))
+        return tn_error(TN_ERR_ARG, "arange: start %g, end %g and step %g must be finite", start, end, step);
+    if (step == 0) return tn_error(TN_ERR_ARG, "arange: step must be nonzero");
+    if ((step > 0 && end < start) || (step < 0 && end > start))
+        return tn_error(TN_ERR_ARG, "arange: step %g has the wrong sign for start %g and end %g", step, start, end);
+    double cnt = ceil((end - start) / step);
+    if (!(cnt < 4.0e18)) return tn_error(TN_ERR_ARG, "arange: %g elements are too many", cnt);
+    int64_t n = (int64_t)cnt;
+    arange_ctx c = {start, step, 0, 0, NULL, dtype, 0};
+    if (tn_is_int_dtype(dtype) && start == floor(start) && step == floor(step) && fabs(start) < 9.0e18 &&
+        fabs(step) < 9.0e18) {
+        c.exact_int = 1;
+        c.istart = (int64_t)start;
+        c.istep = (int64_t)step;
+    }
+    int64_t shape[1] = {n};
+    tn_tensor *t = NULL;
+    TN_TRY(tn_tensor_empty(&t, 1, shape, dtype, device));
+    c.base = t->data;
+    char *d[1] = {t->data};
+    size_t es[1] = {tn_dtype_size(dtype)};
+    tn_iter it;
+    tn_iter_flat(&it, 1, d, es, n);
+    tn_iter_run(&it, arange_kernel, &c, TN_PAR_MIN);
+    *out = t;
+    return TN_OK;
+}

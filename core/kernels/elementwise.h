@@ -1,0 +1,109 @@
+/*
+ * kernels/elementwise.h — per-element math of every tn_binop and tn_unop, in float (_f) and
+ * double (_d), plus the integer helpers. Shared by the CPU loops (core/elementwise.c) and
+ * the CUDA kernels (cuda/), so both run the same arithmetic.
+ *
+ * Semantics follow PyTorch: maximum/minimum propagate NaN, round is half-to-even (rint in
+ * the default rounding mode), relu keeps NaN, sigmoid is stable for large |x|.
+ * sign keeps NaN (numpy; torch.sign gives 0) and keeps the sign of zero.
+ * Comparisons return 0/1 as uint8_t; logical_not(NaN) = 0 (NaN is "true").
+ */
+#ifndef TERN_KERNELS_ELEMENTWISE_H
+#define TERN_KERNELS_ELEMENTWISE_H
+
+#include <math.h>
+
+#include "common.h"
+
+/* ---- float ---------------------------------------------------------------------------- */
+
+static TN_HD float tn_add_f(float a, float b) { return a + b; }
+static TN_HD float tn_sub_f(float a, float b) { return a - b; }
+static TN_HD float tn_mul_f(float a, float b) { return a * b; }
+static TN_HD float tn_div_f(float a, float b) { return a / b; }
+static TN_HD float tn_pow_f(float a, float b) { return powf(a, b); }
+static TN_HD float tn_maximum_f(float a, float b) { return (a != a || a > b) ? a : b; }
+static TN_HD float tn_minimum_f(float a, float b) { return (a != a || a < b) ? a : b; }
+static TN_HD float tn_atan2_f(float a, float b) { return atan2f(a, b); }
+
+static TN_HD float tn_neg_f(float x) { return -x; }
+static TN_HD float tn_abs_f(float x) { return fabsf(x); }
+static TN_HD float tn_exp_f(float x) { return expf(x); }
+static TN_HD float tn_log_f(float x) { return logf(x); }
+static TN_HD float tn_sqrt_f(float x) { return sqrtf(x); }
+static TN_HD float tn_rsqrt_f(float x) { return 1.0f / sqrtf(x); }
+static TN_HD float tn_tanh_f(float x) { return tanhf(x); }
+static TN_HD float tn_sigmoid_f(float x) {
+    /* exp of a non-positive number only: never overflows */
+    float z = expf(-fabsf(x));
+    return x >= 0.0f ? 1.0f / (1.0f + z) : z / (1.0f + z);
+}
+static TN_HD float tn_relu_f(float x) { return x < 0.0f ? 0.0f : x; }
+static TN_HD float tn_sign_f(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }
+static TN_HD float tn_log1p_f(float x) { return log1pf(x); }
+static TN_HD float tn_expm1_f(float x) { return expm1f(x); }
+static TN_HD float tn_sin_f(float x) { return sinf(x); }
+static TN_HD float tn_cos_f(float x) { return cosf(x); }
+static TN_HD float tn_reciprocal_f(float x) { return 1.0f / x; }
+static TN_HD float tn_square_f(float x) { return x * x; }
+static TN_HD float tn_floor_f(float x) { return floorf(x); }
+static TN_HD float tn_ceil_f(float x) { return ceilf(x); }
+static TN_HD float tn_round_f(float x) { return rintf(x); } /* half to even */
+static TN_HD float tn_clamp_f(float x, float lo, float hi) { /* NaN x stays NaN */
+    x = x < lo ? lo : x;
+    return x > hi ? hi : x;
+}
+
+/* ---- double --------------------------------------------------------------------------- */
+
+static TN_HD double tn_add_d(double a, double b) { return a + b; }
+static TN_HD double tn_sub_d(double a, double b) { return a - b; }
+static TN_HD double tn_mul_d(double a, double b) { return a * b; }
+static TN_HD double tn_div_d(double a, double b) { return a / b; }
+static TN_HD double tn_pow_d(double a, double b) { return pow(a, b); }
+static TN_HD double tn_maximum_d(double a, double b) { return (a != a || a > b) ? a : b; }
+static TN_HD double tn_minimum_d(double a, double b) { return (a != a || a < b) ? a : b; }
+static TN_HD double tn_atan2_d(double a, double b) { return atan2(a, b); }
+
+static TN_HD double tn_neg_d(double x) { return -x; }
+static TN_HD double tn_abs_d(double x) { return fabs(x); }
+static TN_HD double tn_exp_d(double x) { return exp(x); }
+static TN_HD double tn_log_d(double x) { return log(x); }
+static TN_HD double tn_sqrt_d(double x) { return sqrt(x); }
+static TN_HD double tn_rsqrt_d(double x) { return 1.0 / sqrt(x); }
+static TN_HD double tn_tanh_d(double x) { return tanh(x); }
+static TN_HD double tn_sigmoid_d(double x) {
+    double z = exp(-fabs(x));
+    return x >= 0.0 ? 1.0 / (1.0 + z) : z / (1.0 + z);
+}
+static TN_HD double tn_relu_d(double x) { return x < 0.0 ? 0.0 : x; }
+static TN_HD double tn_sign_d(double x) { return x > 0.0 ? 1.0 : x < 0.0 ? -1.0 : x; }
+static TN_HD double tn_log1p_d(double x) { return log1p(x); }
+static TN_HD double tn_expm1_d(double x) { return expm1(x); }
+static TN_HD double tn_sin_d(double x) { return sin(x); }
+static TN_HD double tn_cos_d(double x) { return cos(x); }
+static TN_HD double tn_reciprocal_d(double x) { return 1.0 / x; }
+static TN_HD double tn_square_d(double x) { return x * x; }
+static TN_HD double tn_floor_d(double x) { return floor(x); }
+static TN_HD double tn_ceil_d(double x) { return ceil(x); }
+static TN_HD double tn_round_d(double x) { return rint(x); }
+static TN_HD double tn_clamp_d(double x, double lo, double hi) {
+    x = x < lo ? lo : x;
+    return x > hi ? hi : x;
+}
+
+/* ---- integers (two's complement wrap-around like torch; no signed-overflow UB) --------- */
+
+static TN_HD int64_t tn_add_i64(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static TN_HD int64_t tn_sub_i64(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
+static TN_HD int64_t tn_mul_i64(int64_t a, int64_t b) { return (int64_t)((uint64_t)a * (uint64_t)b); }
+static TN_HD int64_t tn_neg_i64(int64_t a) { return (int64_t)(0u - (uint64_t)a); }
+/* Truncating division; b != 0 is checked by the caller; INT64_MIN / -1 wraps. */
+static TN_HD int64_t tn_div_i64(int64_t a, int64_t b) { return b == -1 ? tn_neg_i64(a) : a / b; }
+static TN_HD int32_t tn_add_i32(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static TN_HD int32_t tn_sub_i32(int32_t a, int32_t b) { return (int32_t)((uint32_t)a - (uint32_t)b); }
+static TN_HD int32_t tn_mul_i32(int32_t a, int32_t b) { return (int32_t)((uint32_t)a * (uint32_t)b); }
+static TN_HD int32_t tn_neg_i32(int32_t a) { return (int32_t)(0u - (uint32_t)a); }
+static TN_HD int32_t tn_div_i32(int32_t a, int32_t b) { return b == -1 ? tn_neg_i32(a) : a / b; }
+
+#endif /* TERN_KERNELS_ELEMENTWISE_H */

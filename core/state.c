@@ -1,0 +1,193 @@
+/*
+ * state.c — library state: the thread-local error message, version and build features,
+ * the CPU thread count, dtype/device names, the public f16/bf16 scalar conversions and the
+ * argument checks shared by every entry point (internal.h).
+ */
+#include <stdio.h>
+
+#include "internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifdef TERN_HAVE_OPENBLAS
+extern void openblas_set_num_threads(int);
+#endif
+
+#ifdef TERN_HAVE_CUDA
+/* Defined by cuda/ when it is linked in; weak so that a core-only link still resolves. */
+#pragma weak tn_cuda_device_count
+#endif
+
+/* ---- error message ------------------------------------------------------------------------ */
+
+enum { TN_ERROR_BUF = 1024 };
+static _Thread_local char tn_error_buf[TN_ERROR_BUF]; /* NUL-terminated, "" = no error */
+
+tn_status tn_error(tn_status code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tn_error_buf, sizeof tn_error_buf, fmt, ap);
+    va_end(ap);
+    if (n < 0) snprintf(tn_error_buf, sizeof tn_error_buf, "error %d (unformattable message)", code);
+    return code;
+}
+
+const char *tn_last_error(void) { return tn_error_buf; }
+
+void tn_clear_error(void) { tn_error_buf[0] = '\0'; }
+
+/* ---- version and features ------------------------------------------------------------------ */
+
+const char *tn_version(void) { return "0.1.0"; }
+
+int tn_has_cuda(void) {
+#ifdef TERN_HAVE_CUDA
+    if (!tn_cuda_device_count) return 0;
+    return tn_cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
+int tn_has_mpi(void) {
+#ifdef TERN_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int tn_has_nccl(void) {
+#ifdef TERN_HAVE_NCCL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- threads ------------------------------------------------------------------------------- */
+
+#ifdef _OPENMP
+/* The thread count OpenMP chose before the first tn_set_num_threads (OMP_NUM_THREADS or the
+ * number of processors): what n <= 0 restores. 0 = not captured yet. */
+static int tn_default_threads = 0;
+
+static int default_threads(void) {
+    int d = __atomic_load_n(&tn_default_threads, __ATOMIC_ACQUIRE);
+    if (d <= 0) {
+        int expected = 0;
+        d = omp_get_max_threads();
+        if (!__atomic_compare_exchange_n(&tn_default_threads, &expected, d, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            d = expected;
+    }
+    return d;
+}
+#endif
+
+void tn_set_num_threads(int n) {
+#ifdef _OPENMP
+    int d = default_threads();
+    if (n <= 0) n = d;
+    omp_set_num_threads(n);
+#else
+    if (n <= 0) n = 1;
+#endif
+#ifdef TERN_HAVE_OPENBLAS
+    openblas_set_num_threads(n);
+#endif
+}
+
+int tn_get_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- dtypes and devices -------------------------------------------------------------------- */
+
+size_t tn_dtype_size(int32_t dtype) {
+    switch (dtype) {
+    case TN_F32: return 4;
+    case TN_F64: return 8;
+    case TN_F16: return 2;
+    case TN_BF16: return 2;
+    case TN_I32: return 4;
+    case TN_I64: return 8;
+    case TN_U8: return 1;
+    default: return 0;
+    }
+}
+
+const char *tn_dtype_name(int32_t dtype) {
+    switch (dtype) {
+    case TN_F32: return "f32";
+    case TN_F64: return "f64";
+    case TN_F16: return "f16";
+    case TN_BF16: return "bf16";
+    case TN_I32: return "i32";
+    case TN_I64: return "i64";
+    case TN_U8: return "u8";
+    default: return "?";
+    }
+}
+
+const char *tn_device_name(int32_t device) {
+    switch (device) {
+    case TN_CPU: return "cpu";
+    case TN_CUDA: return "cuda";
+    default: return "?";
+    }
+}
+
+/* ---- scalar 16-bit float conversions (kernels/half.h) --------------------------------------- */
+
+float tn_f16_to_f32(uint16_t h) { return tn_half_to_float(h); }
+uint16_t tn_f32_to_f16(float f) { return tn_float_to_half(f); }
+float tn_bf16_to_f32(uint16_t h) { return tn_bf16_to_float(h); }
+uint16_t tn_f32_to_bf16(float f) { return tn_float_to_bf16(f); }
+
+/* ---- argument checks ----------------------------------------------------------------------- */
+
+tn_status tn_check_tensor(const char *opname, const char *argname, const tn_tensor *t) {
+    if (!t) return tn_error(TN_ERR_ARG, "%s: argument '%s' is NULL", opname, argname);
+    return TN_OK;
+}
+
+tn_status tn_check_same_device(const char *opname, const tn_tensor *a, const tn_tensor *b) {
+    if (a->device != b->device || a->device_index != b->device_index) {
+        if (a->device == b->device)
+            return tn_error(TN_ERR_DEVICE, "%s: tensors on different devices (%s:%d and %s:%d)",
+                            opname, tn_device_name(a->device), a->device_index,
+                            tn_device_name(b->device), b->device_index);
+        return tn_error(TN_ERR_DEVICE, "%s: tensors on different devices (%s and %s)", opname,
+                        tn_device_name(a->device), tn_device_name(b->device));
+    }
+    return TN_OK;
+}
+
+tn_status tn_check_cpu(const char *opname, const tn_tensor *t) {
+    if (t->device != TN_CPU)
+        return tn_error(TN_ERR_DEVICE, "%s: not implemented for %s tensors in this build", opname,
+                        tn_device_name(t->device));
+    return TN_OK;
+}
+
+tn_status tn_check_float(const char *opname, const char *argname, const tn_tensor *t) {
+    if (!tn_is_float_dtype(t->dtype))
+        return tn_error(TN_ERR_DTYPE,
+                        "%s: argument '%s' must be a float tensor (f32, f64, f16, bf16), got %s",
+                        opname, argname, tn_dtype_name(t->dtype));
+    return TN_OK;
+}
+
+tn_status tn_check_index_dtype(const char *opname, const char *argname, const tn_tensor *t) {
+    if (t->dtype != TN_I64 && t->dtype != TN_I32)
+        return tn_error(TN_ERR_DTYPE, "%s: argument '%s' must be an index tensor (i64 or i32), got %s",
+                        opname, argname, tn_dtype_name(t->dtype));
+    return TN_OK;
+}

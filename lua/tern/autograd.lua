@@ -1,0 +1,290 @@
+-- tern.autograd: reverse-mode differentiation recorded in Lua.
+--
+-- Each differentiable op that sees an input requiring grad attaches a node to its output:
+-- node.fn(grad_out) returns the gradients of its inputs (in order, nil where none), node.edges
+-- holds for each input either the producing node, the leaf tensor (to accumulate into .grad),
+-- or false. Nodes carry increasing ids, so sorting the reachable nodes by id (descending) is a
+-- topological order: backward walks that tape once. The graph hangs off the output tensors, so
+-- a graph that is never differentiated dies with its tensors, and backward() drops every
+-- closure (and with it the saved tensors) it has run unless retain_graph is set.
+--
+-- Gradients are computed with recording off: no higher-order gradients.
+local M = {}
+
+local enabled = true
+local next_id = 0
+
+function M.is_enabled() return enabled end
+
+function M.set_enabled(on)
+  local prev = enabled
+  enabled = not not on
+  return prev
+end
+
+-- Run fn(...) with recording set to mode; restores the mode even when fn raises.
+local function with_mode(mode, opname, fn, ...)
+  if type(fn) ~= "function" then
+    error(opname .. ": expected a function, got " .. type(fn), 3)
+  end
+  local prev = enabled
+  enabled = mode
+  local res = { n = 0 }
+  local function collect(ok, ...)
+    res.n = select("#", ...)
+    for i = 1, res.n do res[i] = select(i, ...) end
+    return ok
+  end
+  local ok = collect(pcall(fn, ...))
+  enabled = prev
+  if not ok then error(res[1], 0) end
+  return unpack(res, 1, res.n)
+end
+
+-- tn.no_grad(fn, ...): run fn with recording off; returns fn's results.
+function M.no_grad(fn, ...) return with_mode(false, "no_grad", fn, ...) end
+-- tn.enable_grad(fn, ...): run fn with recording on (inside a no_grad region).
+function M.enable_grad(fn, ...) return with_mode(true, "enable_grad", fn, ...) end
+
+-- Does tensor t take part in differentiation?
+local function needs(t)
+  return t ~= nil and (t._node ~= nil or t._rg == true)
+end
+M.needs = needs
+
+-- Record that out was computed from inputs (a list of tensors or non-tensors) by a function
+-- whose gradient is fn(grad_out) -> grad_1, grad_2, ... . Does nothing when recording is off
+-- or no input needs grad. Returns out.
+function M.record(out, name, fn, ...)
+  if not enabled then return out end
+  local n = select("#", ...)
+  local edges, any = {}, false
+  for i = 1, n do
+    local t = select(i, ...)
+    if type(t) == "table" and t._c ~= nil and needs(t) then
+      edges[i] = t._node or t
+      any = true
+    else
+      edges[i] = false
+    end
+  end
+  if not any then return out end
+  next_id = next_id + 1
+  out._node = { id = next_id, name = name, fn = fn, edges = edges, nedges = n }
+  return out
+end
+
+-- Accumulate g into a leaf's .grad: in place when a .grad exists (it may be a view into a
+-- flat gradient buffer), else a private copy in the leaf's dtype.
+local function accumulate_leaf(leaf, g)
+  if g._c.dtype ~= leaf._c.dtype then g = g:to(leaf._c.dtype) end
+  local cur = rawget(leaf, "grad")
+  if cur then
+    cur:add_(g)
+  else
+    rawset(leaf, "grad", g:clone())
+  end
+end
+
+local function shape_equal(a, b)
+  if a.ndim ~= b.ndim then return false end
+  for i = 0, a.ndim - 1 do
+    if a.shape[i] ~= b.shape[i] then return false end
+  end
+  return true
+end
+
+-- Backward from root with seed gradient grad (defaults to 1 for a one-element root).
+function M.backward(root, grad, opts)
+  local retain = opts and opts.retain_graph
+  if grad == nil then
+    if root:numel() ~= 1 then
+      error(string.format("backward: grad can be implicit only for a one-element output, got shape %s; pass a gradient of that shape",
+        root:shape_string()), 3)
+    end
+    grad = root:ones_like()
+  elseif not shape_equal(grad._c, root._c) then
+    error(string.format("backward: gradient of shape %s given for output of shape %s",
+      grad:shape_string(), root:shape_string()), 3)
+  end
+  local node = root._node
+  if not node then
+    if root._rg then
+      local prev = enabled
+      enabled = false
+      local ok, err = pcall(accumulate_leaf, root, grad)
+      enabled = prev
+      if not ok then error(err, 0) end
+      return
+    end
+    error("backward: tensor does not require grad and has no grad_fn "
+      .. "(call :requires_grad(true) on a leaf it was computed from)", 3)
+  end
+
+  -- reachable nodes, sorted by id: the tape in reverse
+  local nodes, seen, stack = {}, {}, { node }
+  while #stack > 0 do
+    local nd = stack[#stack]
+    stack[#stack] = nil
+    if not seen[nd] then
+      seen[nd] = true
+      nodes[#nodes + 1] = nd
+      local edges = nd.edges
+      if edges then
+        for i = 1, nd.nedges do
+          local e = edges[i]
+          if e and e._c == nil then stack[#stack + 1] = e end
+        end
+      end
+    end
+  end
+  table.sort(nodes, function(x, y) return x.id > y.id end)
+
+  local prev = enabled
+  enabled = false
+  local ok, err = pcall(function()
+    local grads = { [node] = grad }
+    for k = 1, #nodes do
+      local nd = nodes[k]
+      local g = grads[nd]
+      grads[nd] = nil
+      if g then
+        if not nd.fn then
+          error("backward: the graph through '" .. nd.name .. "' was freed by an earlier "
+            .. "backward(); pass {retain_graph=true} to the first call to keep it", 0)
+        end
+        local results = { nd.fn(g) }
+        local edges = nd.edges
+        for i = 1, nd.nedges do
+          local e, gi = edges[i], results[i]
+          if e and gi then
+            if e._c ~= nil then
+              accumulate_leaf(e, gi)
+            else
+              local cur = grads[e]
+              grads[e] = cur and cur + gi or gi
+            end
+          end
+        end
+      end
+      if not retain then
+        nd.fn = nil
+        nd.edges = nil
+        nd.nedges = 0
+      end
+    end
+  end)
+  enabled = prev
+  if not ok then error(err, 0) end
+end
+
+-- gradcheck(fn, inputs, opts): compare the Jacobian that backward() gives with central finite
+-- differences, for every output element and every input element that requires grad. Inputs
+-- that require grad must be f64. Returns true, or raises (opts.raise == false: returns false
+-- and the message) naming the input, the element, both values.
+-- opts: eps = 1e-6, atol = 1e-5, rtol = 1e-3, raise = true.
+function M.gradcheck(fn, inputs, opts)
+  opts = opts or {}
+  local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
+  local ffi = require "ffi"
+  local function fail(msg)
+    if opts.raise == false then return false, msg end
+    error("gradcheck: " .. msg, 3)
+  end
+  local wrt = {}
+  for i, x in ipairs(inputs) do
+    if type(x) == "table" and x._c ~= nil and x._rg then
+      if x:dtype() ~= "f64" then
+        return fail(string.format("input %d is %s; gradcheck needs f64 inputs", i, x:dtype()))
+      end
+      if not x:is_contiguous() then
+        return fail(string.format("input %d is not contiguous", i))
+      end
+      wrt[#wrt + 1] = i
+    end
+  end
+  if #wrt == 0 then return fail("no input requires grad") end
+
+  local function outputs()
+    local res = { fn(unpack(inputs, 1, #inputs)) }
+    local outs = {}
+    for _, r in ipairs(res) do
+      if type(r) == "table" and r._c ~= nil then outs[#outs + 1] = r end
+    end
+    return outs
+  end
+  local function flat_values(outs)
+    local vals = {}
+    M.no_grad(function()
+      for _, o in ipairs(outs) do
+        local c = o:double():contiguous()
+        local p = ffi.cast("double *", c._c.data)
+        for j = 0, c:numel() - 1 do vals[#vals + 1] = p[j] end
+      end
+    end)
+    return vals
+  end
+
+  -- analytic: one backward per output element
+  local outs = outputs()
+  if #outs == 0 then return fail("fn returned no tensor") end
+  local nout = 0
+  for _, o in ipairs(outs) do nout = nout + o:numel() end
+  local analytic = {} -- analytic[w][k][j] = d out_j / d in_k
+  for w = 1, #wrt do analytic[w] = {} end
+  local j = 0
+  for oi, o in ipairs(outs) do
+    for e = 0, o:numel() - 1 do
+      j = j + 1
+      for _, idx in ipairs(wrt) do rawset(inputs[idx], "grad", nil) end
+      local seed = M.no_grad(function()
+        local s = o:zeros_like()
+        s:view(-1):set({ e + 1 }, 1)
+        return s
+      end)
+      if o._node or o._rg then
+        M.backward(o, seed, { retain_graph = true })
+      end
+      for w, idx in ipairs(wrt) do
+        local g = rawget(inputs[idx], "grad")
+        local col = analytic[w]
+        if g then
+          local gc = M.no_grad(function() return g:double():contiguous() end)
+          local p = ffi.cast("double *", gc._c.data)
+          for k = 0, gc:numel() - 1 do
+            col[k + 1] = col[k + 1] or {}
+            col[k + 1][j] = p[k]
+          end
+        end
+      end
+    end
+    outs[oi] = nil
+  end
+  for _, idx in ipairs(wrt) do rawset(inputs[idx], "grad", nil) end
+
+  -- numeric: central differences
+  for w, idx in ipairs(wrt) do
+    local x = inputs[idx]
+    local p = ffi.cast("double *", x._c.data)
+    for k = 0, x:numel() - 1 do
+      local orig = p[k]
+      p[k] = orig + eps
+      local plus = M.no_grad(function() return flat_values(outputs()) end)
+      p[k] = orig - eps
+      local minus = M.no_grad(function() return flat_values(outputs()) end)
+      p[k] = orig
+      for jj = 1, nout do
+        local num = (plus[jj] - minus[jj]) / (2 * eps)
+        local ana = analytic[w][k + 1] and analytic[w][k + 1][jj] or 0
+        if not (math.abs(ana - num) <= atol + rtol * math.abs(num)) then
+          return fail(string.format(
+            "Jacobian mismatch for input %d, element %d, output element %d: analytic %.10g, numeric %.10g",
+            idx, k + 1, jj, ana, num))
+        end
+      end
+    end
+  end
+  return true
+end
+
+return M

@@ -1,0 +1,84 @@
+-- tern: a Lua-scriptable neural toolkit for fast speech models.
+--
+--   local tn = require "tern"
+--   local x = tn.randn(2, 3):requires_grad(true)
+--   local y = (x * x):sum()
+--   y:backward()          -- x.grad == 2 * x
+--
+-- Modules load in dependency order: the FFI binding, autograd, the Tensor class, its math,
+-- printing, safetensors I/O.
+local lib = require "tern.lib"
+local autograd = require "tern.autograd"
+local Tensor = require "tern.tensor"
+local ops = require "tern.ops"
+require "tern.format"
+local serialize = require "tern.serialize"
+
+local ffi, C = lib.ffi, lib.C
+
+local tn = {
+  _VERSION = ffi.string(C.tn_version()),
+  C = C,
+  Tensor = Tensor,
+  autograd = autograd,
+  dtypes = { "f32", "f64", "f16", "bf16", "i32", "i64", "u8" },
+}
+
+-- creation
+for _, name in ipairs({ "tensor", "empty", "zeros", "ones", "full", "arange", "eye", "rand",
+  "randn", "randint", "manual_seed", "cat", "stack", "where" }) do
+  tn[name] = Tensor[name]
+end
+for _, name in ipairs({ "empty_like", "zeros_like", "ones_like", "full_like", "rand_like",
+  "randn_like" }) do
+  tn[name] = Tensor[name]
+end
+
+-- functional forms of the methods: tn.add(a, b), tn.exp(a), tn.sum(a, dim), ...
+for _, name in ipairs({ "add", "sub", "mul", "div", "pow", "maximum", "minimum", "atan2",
+  "eq", "ne", "lt", "le", "gt", "ge", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh",
+  "sigmoid", "relu", "sign", "log1p", "expm1", "sin", "cos", "reciprocal", "square", "floor",
+  "ceil", "round", "logical_not", "clamp", "masked_fill", "sum", "mean", "var", "std",
+  "logsumexp", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "matmul", "mm",
+  "bmm", "gather", "scatter_add", "index_select", "index_add", "allclose", "equal",
+  "reshape", "view", "transpose", "permute", "narrow", "select", "unsqueeze", "squeeze",
+  "expand", "contiguous", "clone", "detach", "sum_to" }) do
+  tn[name] = Tensor[name]
+end
+tn.embedding = ops.embedding
+tn.promote_types = function(a, b)
+  return lib.dtype_names[ops.promote(lib.dtype_of(a, "a", 2), lib.dtype_of(b, "b", 2))]
+end
+
+function tn.is_tensor(x) return Tensor.is_tensor(x) end
+
+-- autograd
+tn.no_grad = autograd.no_grad
+tn.enable_grad = autograd.enable_grad
+tn.is_grad_enabled = autograd.is_enabled
+tn.set_grad_enabled = autograd.set_enabled
+
+-- files
+tn.save = serialize.save
+tn.load = serialize.load
+
+-- runtime
+function tn.set_num_threads(n)
+  if type(n) ~= "number" then error("set_num_threads: expected a number", 2) end
+  C.tn_set_num_threads(n)
+end
+function tn.get_num_threads() return C.tn_get_num_threads() end
+function tn.memory_stats(device)
+  local d = lib.device_of(device, "memory_stats", 2)
+  return {
+    current = tonumber(C.tn_memory_current(d)),
+    peak = tonumber(C.tn_memory_peak(d)),
+    live = tonumber(C.tn_memory_live(d)),
+  }
+end
+function tn.reset_peak_memory(device) C.tn_memory_reset_peak(lib.device_of(device, "reset_peak_memory", 2)) end
+function tn.has_cuda() return C.tn_has_cuda() ~= 0 end
+function tn.has_mpi() return C.tn_has_mpi() ~= 0 end
+function tn.has_nccl() return C.tn_has_nccl() ~= 0 end
+
+return tn

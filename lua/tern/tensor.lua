@@ -1,0 +1,742 @@
+-- tern.tensor: the Tensor class — creation, shape queries, views, conversion, element access.
+-- Math lives in tern.ops, which adds its methods to this class; printing in tern.format.
+--
+-- A tensor is a Lua table { _c = tn_tensor* (owned, ffi.gc), _rg = requires grad (leaves),
+-- _node = autograd node (computed tensors), grad = accumulated gradient (leaves) }.
+-- Positions given as Lua arguments are 1-based (dims, t[i], narrow's start); negative dims
+-- count from the end. Values stored in index tensors are 0-based, as in PyTorch.
+local lib = require "tern.lib"
+local autograd = require "tern.autograd"
+
+local ffi, C = lib.ffi, lib.C
+local check, wrap = lib.check, lib.wrap
+local OUT = lib.OUT
+local record, needs, grad_enabled = autograd.record, autograd.needs, autograd.is_enabled
+local dtype_of, dtype_names = lib.dtype_of, lib.dtype_names
+local type, select, tonumber, error, fmt = type, select, tonumber, error, string.format
+local floor = math.floor
+
+local Tensor = {}
+local mt = { __metatable = "tern.Tensor" }
+lib.set_tensor_mt(mt)
+
+local SHAPE = ffi.new("int64_t[8]")
+local SHAPE2 = ffi.new("int64_t[8]")
+local DIMS = ffi.new("int32_t[8]")
+local MAX_DIMS = 8
+
+local function is_tensor(x) return type(x) == "table" and x._c ~= nil end
+Tensor.is_tensor = is_tensor
+
+-- shape helpers ------------------------------------------------------------------------------
+
+local function shape_table(c)
+  local s = {}
+  for i = 0, c.ndim - 1 do s[i + 1] = tonumber(c.shape[i]) end
+  return s
+end
+
+local function shape_string(s)
+  return "{" .. table.concat(s, ", ") .. "}"
+end
+
+-- Read a shape given as a table or as varargs (a trailing options table is ignored) into buf.
+-- Returns ndim. opname names the caller in errors; level is the error level of its caller.
+local function read_shape(buf, opname, allow_neg, level, ...)
+  local first = ...
+  local dims
+  if type(first) == "table" and not is_tensor(first) then
+    dims = first
+  else
+    dims = { ... }
+    if type(dims[#dims]) == "table" then dims[#dims] = nil end
+  end
+  local n = #dims
+  if n > MAX_DIMS then
+    error(fmt("%s: at most %d dimensions, got %d", opname, MAX_DIMS, n), level + 1)
+  end
+  for i = 1, n do
+    local v = dims[i]
+    if type(v) ~= "number" or v ~= floor(v) or (v < 0 and not (allow_neg and v == -1)) then
+      error(fmt("%s: size %d must be a non-negative integer%s, got %s", opname, i,
+        allow_neg and " (or -1)" or "", tostring(v)), level + 1)
+    end
+    buf[i - 1] = v
+  end
+  return n
+end
+
+-- 1-based (or negative) Lua dim -> 0-based C dim, for a tensor of ndim dims.
+local function cdim(ndim, d, opname, argname, level)
+  level = (level or 2) + 1
+  if type(d) ~= "number" or d ~= floor(d) then
+    error(fmt("%s: %s must be an integer dimension, got %s", opname, argname or "dim",
+      tostring(d)), level)
+  end
+  local r = d > 0 and d - 1 or ndim + d
+  if d == 0 or r < 0 or r >= ndim then
+    error(fmt("%s: %s %d is out of range for a %d-d tensor (valid 1..%d or -%d..-1)",
+      opname, argname or "dim", d, ndim, ndim, ndim), level)
+  end
+  return r
+end
+Tensor._cdim = cdim
+Tensor._shape_table = shape_table
+
+local function opts_dtype(opts, default)
+  if type(opts) == "table" and opts.dtype ~= nil then return dtype_of(opts.dtype, "dtype", 3) end
+  return default
+end
+local function opts_device(opts, default)
+  if type(opts) == "table" and opts.device ~= nil then return lib.device_of(opts.device, "device", 3) end
+  return default or 0
+end
+
+local function last_opts(...)
+  local n = select("#", ...)
+  local last = n > 0 and select(n, ...) or nil
+  if type(last) == "table" and not is_tensor(last) and (last.dtype or last.device or last.requires_grad ~= nil) then
+    return last
+  end
+  return nil
+end
+
+local function finish_opts(t, opts)
+  if opts and opts.requires_grad then t:requires_grad(true) end
+  return t
+end
+
+-- creation -----------------------------------------------------------------------------------
+
+local function new_empty(ndim, shape, dtype, device)
+  OUT[0] = nil
+  check(C.tn_tensor_empty(OUT, ndim, shape, dtype, device), 2)
+  return wrap(OUT[0])
+end
+Tensor._new_empty = new_empty
+
+-- empty(2, 3, {dtype=, device=}) or empty({2, 3}, {...})
+function Tensor.empty(...)
+  local opts = last_opts(...)
+  local n = read_shape(SHAPE, "empty", false, 2, ...)
+  return finish_opts(new_empty(n, SHAPE, opts_dtype(opts, 0), opts_device(opts)), opts)
+end
+
+local function filled(opname, value, ...)
+  local opts = last_opts(...)
+  local n = read_shape(SHAPE, opname, false, 3, ...)
+  local t = new_empty(n, SHAPE, opts_dtype(opts, 0), opts_device(opts))
+  check(C.tn_fill(t._c, value), 3)
+  return finish_opts(t, opts)
+end
+
+function Tensor.zeros(...) return filled("zeros", 0, ...) end
+function Tensor.ones(...) return filled("ones", 1, ...) end
+
+-- full({2, 3}, value, {dtype=}) or full(2, 3, value)? Only the table form is unambiguous:
+-- full(shape_table, value, opts)
+function Tensor.full(shape, value, opts)
+  if type(shape) ~= "table" or is_tensor(shape) then
+    error("full: expected a shape table first, e.g. tn.full({2, 3}, 7)", 2)
+  end
+  if type(value) ~= "number" then
+    error("full: value must be a number, got " .. type(value), 2)
+  end
+  return filled("full", value, shape, opts)
+end
+
+-- like-constructors take the source's shape, dtype and device unless opts say otherwise
+local function like(t, opts)
+  local c = t._c
+  for i = 0, c.ndim - 1 do SHAPE[i] = c.shape[i] end
+  return new_empty(c.ndim, SHAPE, opts_dtype(opts, c.dtype), opts_device(opts, c.device))
+end
+
+function Tensor.empty_like(t, opts) return finish_opts(like(t, opts), opts) end
+function Tensor.zeros_like(t, opts)
+  local r = like(t, opts); check(C.tn_fill(r._c, 0)); return finish_opts(r, opts)
+end
+function Tensor.ones_like(t, opts)
+  local r = like(t, opts); check(C.tn_fill(r._c, 1)); return finish_opts(r, opts)
+end
+function Tensor.full_like(t, value, opts)
+  local r = like(t, opts); check(C.tn_fill(r._c, value)); return finish_opts(r, opts)
+end
+
+-- arange(stop), arange(start, stop[, step], {dtype=}); default dtype f32, i64 for integers
+-- only when asked.
+function Tensor.arange(a, b, c, opts)
+  if type(b) == "table" then opts, b = b, nil end
+  if type(c) == "table" then opts, c = c, nil end
+  local start, stop, step
+  if b == nil then start, stop, step = 0, a, 1 else start, stop, step = a, b, c or 1 end
+  for _, v in ipairs({ start, stop, step }) do
+    if type(v) ~= "number" then error("arange: start, stop and step must be numbers", 2) end
+  end
+  OUT[0] = nil
+  check(C.tn_arange(OUT, start, stop, step, opts_dtype(opts, 0), opts_device(opts)), 2)
+  return finish_opts(wrap(OUT[0]), opts)
+end
+
+function Tensor.eye(n, m, opts)
+  if type(m) == "table" then opts, m = m, nil end
+  m = m or n
+  local t = filled("eye", 0, { n, m }, opts)
+  local k = math.min(n, m)
+  if k > 0 then
+    -- the diagonal is a strided view with stride m + 1
+    SHAPE[0] = k
+    SHAPE2[0] = m + 1
+    OUT[0] = nil
+    check(C.tn_as_strided(OUT, t._c, 1, SHAPE, SHAPE2, 0))
+    local d = wrap(OUT[0])
+    check(C.tn_fill(d._c, 1))
+  end
+  return t
+end
+
+local function random_fill(opname, cfn, a, b, default_dtype, ...)
+  local opts = last_opts(...)
+  local n = read_shape(SHAPE, opname, false, 3, ...)
+  local t = new_empty(n, SHAPE, opts_dtype(opts, default_dtype), opts_device(opts))
+  check(cfn(t._c, a, b), 3)
+  return finish_opts(t, opts)
+end
+
+function Tensor.rand(...) return random_fill("rand", C.tn_rand, 0, 1, 0, ...) end
+function Tensor.randn(...) return random_fill("randn", C.tn_randn, 0, 1, 0, ...) end
+-- randint(low, high, shape_table, opts) or randint(high, shape_table, opts)
+function Tensor.randint(low, high, shape, opts)
+  if type(high) == "table" then low, high, shape, opts = 0, low, high, shape end
+  if type(low) ~= "number" or type(high) ~= "number" then
+    error("randint: low and high must be numbers", 2)
+  end
+  if type(shape) ~= "table" then error("randint: expected a shape table", 2) end
+  return random_fill("randint", C.tn_randint, low, high, 5, shape, opts)
+end
+function Tensor.rand_like(t, opts)
+  local r = like(t, opts); check(C.tn_rand(r._c, 0, 1)); return r
+end
+function Tensor.randn_like(t, opts)
+  local r = like(t, opts); check(C.tn_randn(r._c, 0, 1)); return r
+end
+-- in place: t:uniform_(lo, hi), t:normal_(mean, std), t:bernoulli_(p)
+function Tensor.uniform_(t, lo, hi) check(C.tn_rand(t._c, lo or 0, hi or 1)); return t end
+function Tensor.normal_(t, mean, std) check(C.tn_randn(t._c, mean or 0, std or 1)); return t end
+function Tensor.bernoulli_(t, p) check(C.tn_bernoulli(t._c, p or 0.5)); return t end
+
+function Tensor.manual_seed(seed)
+  if type(seed) ~= "number" or seed < 0 or seed ~= floor(seed) then
+    error("manual_seed: seed must be a non-negative integer, got " .. tostring(seed), 2)
+  end
+  C.tn_manual_seed(seed)
+end
+
+-- element writes ------------------------------------------------------------------------------
+
+local ptr_types = lib.ptr_types
+local f32_to_f16, f32_to_bf16 = C.tn_f32_to_f16, C.tn_f32_to_bf16
+local f16_to_f32, bf16_to_f32 = C.tn_f16_to_f32, C.tn_bf16_to_f32
+
+local function write_elem(p, dtype, i, v)
+  if dtype == 2 then
+    p[i] = f32_to_f16(v)
+  elseif dtype == 3 then
+    p[i] = f32_to_bf16(v)
+  elseif dtype >= 4 then
+    if v ~= v then v = 0 end
+    if dtype == 6 then v = v < 0 and 0 or v > 255 and 255 or v end
+    p[i] = v < 0 and -floor(-v) or floor(v)
+  else
+    p[i] = v
+  end
+end
+
+local function read_elem(p, dtype, i)
+  if dtype == 2 then return tonumber(f16_to_f32(p[i])) end
+  if dtype == 3 then return tonumber(bf16_to_f32(p[i])) end
+  return tonumber(p[i])
+end
+Tensor._read_elem = read_elem
+
+-- tn.tensor(nested_table | number | tensor, {dtype=, device=, requires_grad=})
+function Tensor.tensor(data, opts)
+  if is_tensor(data) then
+    local r = data:to(opts_dtype(opts, data._c.dtype)):clone():detach()
+    return finish_opts(r, opts)
+  end
+  local dtype = opts_dtype(opts, 0)
+  if type(data) == "number" or type(data) == "boolean" then
+    local t = new_empty(0, SHAPE, dtype, 0)
+    write_elem(ffi.cast(ptr_types[dtype], t._c.data), dtype, 0,
+      data == true and 1 or data == false and 0 or data)
+    return finish_opts(opts and opts.device and t:to(opts.device) or t, opts)
+  end
+  if type(data) ~= "table" then
+    error("tensor: expected a nested table of numbers, a number or a tensor, got " .. type(data), 2)
+  end
+  -- shape from the first elements
+  local shape, x = {}, data
+  while type(x) == "table" do
+    if #shape >= MAX_DIMS then error("tensor: more than 8 levels of nesting", 2) end
+    shape[#shape + 1] = #x
+    x = x[1]
+  end
+  local n = #shape
+  for i = 1, n do SHAPE[i - 1] = shape[i] end
+  local t = new_empty(n, SHAPE, dtype, 0)
+  local p = ffi.cast(ptr_types[dtype], t._c.data)
+  local k = 0
+  local function fill(v, depth, path)
+    if depth > n then
+      local tv = type(v)
+      if tv == "boolean" then v = v and 1 or 0
+      elseif tv ~= "number" then
+        error(fmt("tensor: element at %s is a %s, expected a number", path, tv), 0)
+      end
+      write_elem(p, dtype, k, v)
+      k = k + 1
+      return
+    end
+    if type(v) ~= "table" then
+      error(fmt("tensor: ragged nesting: element at %s is a %s where a table of %d was expected",
+        path, type(v), shape[depth]), 0)
+    end
+    if #v ~= shape[depth] then
+      error(fmt("tensor: ragged nesting: %s has %d elements, expected %d (as its first sibling)",
+        path, #v, shape[depth]), 0)
+    end
+    for i = 1, #v do fill(v[i], depth + 1, path .. "[" .. i .. "]") end
+  end
+  local ok, err = pcall(fill, data, 1, "data")
+  if not ok then error(err, 2) end
+  if opts and opts.device and lib.device_of(opts.device, "device", 2) ~= 0 then t = t:to(opts.device) end
+  return finish_opts(t, opts)
+end
+
+-- queries ------------------------------------------------------------------------------------
+
+function Tensor.shape(t) return shape_table(t._c) end
+function Tensor.shape_string(t) return shape_string(shape_table(t._c)) end
+function Tensor.size(t, d)
+  if d == nil then return shape_table(t._c) end
+  return tonumber(t._c.shape[cdim(t._c.ndim, d, "size")])
+end
+function Tensor.stride(t, d)
+  local c = t._c
+  if d == nil then
+    local s = {}
+    for i = 0, c.ndim - 1 do s[i + 1] = tonumber(c.strides[i]) end
+    return s
+  end
+  return tonumber(c.strides[cdim(c.ndim, d, "stride")])
+end
+function Tensor.dim(t) return t._c.ndim end
+Tensor.ndim = Tensor.dim
+function Tensor.numel(t) return tonumber(C.tn_tensor_numel(t._c)) end
+function Tensor.dtype(t) return dtype_names[t._c.dtype] end
+function Tensor.device(t) return lib.device_names[t._c.device] end
+function Tensor.is_contiguous(t) return C.tn_tensor_is_contiguous(t._c) ~= 0 end
+function Tensor.is_floating_point(t) return lib.is_float[t._c.dtype] end
+function Tensor.data_ptr(t) return t._c.data end
+function Tensor.storage_offset(t) return tonumber(t._c.offset) end
+function Tensor.is_leaf(t) return t._node == nil end
+function Tensor.grad_fn(t) return t._node and t._node.name or nil end
+
+-- t:requires_grad() -> boolean; t:requires_grad(flag) sets it on a leaf and returns t.
+function Tensor.requires_grad(t, flag)
+  if flag == nil then return t._rg == true or t._node ~= nil end
+  if t._node then
+    error("requires_grad: only leaf tensors can change requires_grad; this one was computed by '"
+      .. t._node.name .. "' (use :detach() for a new leaf)", 2)
+  end
+  if flag and not lib.is_float[t._c.dtype] then
+    error("requires_grad: only float tensors can require grad, got " .. dtype_names[t._c.dtype], 2)
+  end
+  rawset(t, "_rg", flag and true or nil)
+  return t
+end
+
+function Tensor.backward(t, grad, opts)
+  if is_tensor(grad) or grad == nil then
+    return autograd.backward(t, grad, opts)
+  end
+  if type(grad) == "number" then
+    return autograd.backward(t, t:full_like(grad), opts)
+  end
+  return autograd.backward(t, nil, grad) -- backward({retain_graph=true})
+end
+
+function Tensor.zero_grad(t) rawset(t, "grad", nil) end
+
+-- views --------------------------------------------------------------------------------------
+
+local function view_result(t, name, st, back)
+  check(st, 3)
+  local out = wrap(OUT[0])
+  if grad_enabled() and needs(t) then record(out, name, back, t) end
+  return out
+end
+
+function Tensor.view(t, ...)
+  local n = read_shape(SHAPE, "view", true, 2, ...)
+  local src = shape_table(t._c)
+  OUT[0] = nil
+  return view_result(t, "view", C.tn_view(OUT, t._c, n, SHAPE),
+    function(g) return g:reshape(src) end)
+end
+
+function Tensor.reshape(t, ...)
+  local n = read_shape(SHAPE, "reshape", true, 2, ...)
+  local src = shape_table(t._c)
+  OUT[0] = nil
+  return view_result(t, "reshape", C.tn_reshape(OUT, t._c, n, SHAPE),
+    function(g) return g:reshape(src) end)
+end
+
+function Tensor.flatten(t)
+  return t:reshape(-1)
+end
+
+function Tensor.transpose(t, d0, d1)
+  local nd = t._c.ndim
+  local a, b = cdim(nd, d0, "transpose", "dim0"), cdim(nd, d1, "transpose", "dim1")
+  OUT[0] = nil
+  return view_result(t, "transpose", C.tn_transpose(OUT, t._c, a, b),
+    function(g) return g:transpose(d0, d1) end)
+end
+
+-- t:t() — transpose of a 2-d tensor (a 1-d tensor is returned as is)
+function Tensor.t(t)
+  local nd = t._c.ndim
+  if nd > 2 then error(fmt("t: expects a tensor with <= 2 dims, got %d-d", nd), 2) end
+  if nd < 2 then return t end
+  return t:transpose(1, 2)
+end
+
+function Tensor.permute(t, ...)
+  local dims = type(...) == "table" and ... or { ... }
+  local nd = t._c.ndim
+  if #dims ~= nd then
+    error(fmt("permute: expected %d dims for a %d-d tensor, got %d", nd, nd, #dims), 2)
+  end
+  local inv = {}
+  for i = 1, nd do
+    local d = cdim(nd, dims[i], "permute")
+    DIMS[i - 1] = d
+    inv[d + 1] = i
+  end
+  OUT[0] = nil
+  return view_result(t, "permute", C.tn_permute(OUT, t._c, DIMS),
+    function(g) return g:permute(inv) end)
+end
+
+-- narrow(dim, start, length): start is 1-based
+function Tensor.narrow(t, d, start, length)
+  local c = t._c
+  local dd = cdim(c.ndim, d, "narrow")
+  if type(start) ~= "number" or type(length) ~= "number" then
+    error("narrow: start and length must be numbers", 2)
+  end
+  local s0 = start < 0 and tonumber(c.shape[dd]) + start or start - 1
+  local src = shape_table(c)
+  OUT[0] = nil
+  return view_result(t, "narrow", C.tn_narrow(OUT, c, dd, s0, length), function(g)
+    local z = g:new_zeros(src)
+    z:narrow(d, start, length):copy_(g)
+    return z
+  end)
+end
+
+-- select(dim, index): index is 1-based; negative counts from the end
+function Tensor.select(t, d, index)
+  local c = t._c
+  local dd = cdim(c.ndim, d, "select")
+  if type(index) ~= "number" or index ~= floor(index) then
+    error("select: index must be an integer, got " .. tostring(index), 2)
+  end
+  local size = tonumber(c.shape[dd])
+  local i0 = index < 0 and size + index or index - 1
+  if index == 0 or i0 < 0 or i0 >= size then
+    error(fmt("select: index %d is out of range for dim %d of size %d (valid 1..%d or -%d..-1)",
+      index, d, size, size, size), 2)
+  end
+  local src = shape_table(c)
+  OUT[0] = nil
+  return view_result(t, "select", C.tn_select(OUT, c, dd, i0), function(g)
+    local z = g:new_zeros(src)
+    z:select(d, index):copy_(g)
+    return z
+  end)
+end
+
+function Tensor.unsqueeze(t, d)
+  local c = t._c
+  local dd = cdim(c.ndim + 1, d, "unsqueeze")
+  local src = shape_table(c)
+  OUT[0] = nil
+  return view_result(t, "unsqueeze", C.tn_unsqueeze(OUT, c, dd),
+    function(g) return g:reshape(src) end)
+end
+
+function Tensor.squeeze(t, d)
+  local c = t._c
+  local dd = d == nil and -1 or cdim(c.ndim, d, "squeeze")
+  local src = shape_table(c)
+  OUT[0] = nil
+  return view_result(t, "squeeze", C.tn_squeeze(OUT, c, dd),
+    function(g) return g:reshape(src) end)
+end
+
+-- expand(2, 3) or expand({2, 3}); -1 keeps a size
+function Tensor.expand(t, ...)
+  local n = read_shape(SHAPE, "expand", true, 2, ...)
+  local src = shape_table(t._c)
+  OUT[0] = nil
+  return view_result(t, "expand", C.tn_expand(OUT, t._c, n, SHAPE),
+    function(g) return g:sum_to(src) end)
+end
+
+function Tensor.expand_as(t, other) return t:expand(shape_table(other._c)) end
+
+function Tensor.contiguous(t)
+  OUT[0] = nil
+  check(C.tn_contiguous(OUT, t._c), 2)
+  local p = OUT[0]
+  if p == t._c then
+    C.tn_tensor_free(p) -- contiguous returned t itself, retained
+    return t
+  end
+  local out = wrap(p)
+  if grad_enabled() and needs(t) then record(out, "contiguous", function(g) return g end, t) end
+  return out
+end
+
+-- A new leaf sharing t's storage, outside the graph.
+function Tensor.detach(t)
+  return wrap(C.tn_tensor_retain(t._c))
+end
+
+-- copies and conversion ---------------------------------------------------------------------
+
+function Tensor.clone(t)
+  local out = like(t)
+  check(C.tn_copy(out._c, t._c), 2)
+  if grad_enabled() and needs(t) then record(out, "clone", function(g) return g end, t) end
+  return out
+end
+
+local function check_inplace(t, opname)
+  if t._rg and grad_enabled() then
+    error(opname .. ": a leaf tensor that requires grad is used in an in-place operation "
+      .. "(wrap it in tn.no_grad, or operate on :detach())", 3)
+  end
+end
+Tensor._check_inplace = check_inplace
+
+-- t:copy_(src): src broadcast to t's shape, converted to t's dtype. Not recorded.
+function Tensor.copy_(t, src)
+  check_inplace(t, "copy_")
+  if type(src) == "number" then
+    check(C.tn_fill(t._c, src), 2)
+    return t
+  end
+  if not is_tensor(src) then error("copy_: expected a tensor or a number, got " .. type(src), 2) end
+  check(C.tn_copy(t._c, src._c), 2)
+  return t
+end
+
+function Tensor.fill_(t, v)
+  check_inplace(t, "fill_")
+  if type(v) ~= "number" then error("fill_: value must be a number, got " .. type(v), 2) end
+  check(C.tn_fill(t._c, v), 2)
+  return t
+end
+function Tensor.zero_(t) return Tensor.fill_(t, 0) end
+
+function Tensor.new_zeros(t, shape, opts)
+  return Tensor.zeros(shape, { dtype = opts_dtype(opts, t._c.dtype), device = opts_device(opts, t._c.device) })
+end
+function Tensor.new_ones(t, shape, opts)
+  return Tensor.ones(shape, { dtype = opts_dtype(opts, t._c.dtype), device = opts_device(opts, t._c.device) })
+end
+function Tensor.new_full(t, shape, v, opts)
+  return Tensor.full(shape, v, { dtype = opts_dtype(opts, t._c.dtype), device = opts_device(opts, t._c.device) })
+end
+function Tensor.new_tensor(t, data, opts)
+  return Tensor.tensor(data, { dtype = opts_dtype(opts, t._c.dtype), device = opts_device(opts, t._c.device) })
+end
+
+local function to_dtype(t, dtype)
+  local c = t._c
+  if c.dtype == dtype then return t end
+  OUT[0] = nil
+  check(C.tn_to_dtype(OUT, c, dtype), 3)
+  local out = wrap(OUT[0])
+  if grad_enabled() and needs(t) and lib.is_float[dtype] then
+    local src = c.dtype
+    record(out, "to", function(g) return g:to(src) end, t)
+  end
+  return out
+end
+
+local function to_device(t, device)
+  local c = t._c
+  if c.device == device then return t end
+  local out = like(t, { device = device })
+  check(C.tn_copy(out._c, c), 3)
+  if grad_enabled() and needs(t) then
+    local src = c.device
+    record(out, "to", function(g) return g:to(lib.device_names[src]) end, t)
+  end
+  return out
+end
+
+-- t:to("f16"), t:to("cuda"), t:to{dtype=, device=}
+function Tensor.to(t, x)
+  if type(x) == "table" then
+    local r = t
+    if x.device ~= nil then r = to_device(r, lib.device_of(x.device, "to", 2)) end
+    if x.dtype ~= nil then r = to_dtype(r, dtype_of(x.dtype, "to", 2)) end
+    return r
+  end
+  if type(x) == "string" and lib.devices[x:match("^(%a+)") or ""] then
+    return to_device(t, lib.device_of(x, "to", 2))
+  end
+  return to_dtype(t, dtype_of(x, "to", 2))
+end
+function Tensor.type(t, x) if x == nil then return t:dtype() end return t:to(x) end
+function Tensor.float(t) return to_dtype(t, 0) end
+function Tensor.double(t) return to_dtype(t, 1) end
+function Tensor.half(t) return to_dtype(t, 2) end
+function Tensor.bfloat16(t) return to_dtype(t, 3) end
+function Tensor.int(t) return to_dtype(t, 4) end
+function Tensor.long(t) return to_dtype(t, 5) end
+function Tensor.byte(t) return to_dtype(t, 6) end
+Tensor.bool = Tensor.byte
+function Tensor.cpu(t) return to_device(t, 0) end
+function Tensor.cuda(t) return to_device(t, 1) end
+
+-- element access -----------------------------------------------------------------------------
+
+-- Byte offset of 1-based index list idx (a table), bounds-checked.
+local function element_offset(t, idx, opname)
+  local c = t._c
+  local nd = c.ndim
+  if type(idx) ~= "table" then
+    error(fmt("%s: expected a table of %d indices, got %s", opname, nd, type(idx)), 3)
+  end
+  if #idx ~= nd then
+    error(fmt("%s: expected %d indices for a %d-d tensor of shape %s, got %d", opname, nd, nd,
+      shape_string(shape_table(c)), #idx), 3)
+  end
+  local off = 0
+  for i = 1, nd do
+    local v = idx[i]
+    local size = tonumber(c.shape[i - 1])
+    if type(v) ~= "number" or v ~= floor(v) then
+      error(fmt("%s: index %d must be an integer, got %s", opname, i, tostring(v)), 3)
+    end
+    local v0 = v < 0 and size + v or v - 1
+    if v == 0 or v0 < 0 or v0 >= size then
+      error(fmt("%s: index %d is out of range for dim %d of size %d (shape %s)", opname, v, i,
+        size, shape_string(shape_table(c))), 3)
+    end
+    off = off + v0 * tonumber(c.strides[i - 1])
+  end
+  return off
+end
+
+local function check_cpu(t, opname)
+  if t._c.device ~= 0 then
+    error(opname .. ": element access needs a cpu tensor; call :cpu() first", 3)
+  end
+end
+
+-- t:get{i, j} -> number (1-based)
+function Tensor.get(t, idx)
+  check_cpu(t, "get")
+  local off = element_offset(t, idx, "get")
+  local dt = t._c.dtype
+  return read_elem(ffi.cast(ptr_types[dt], t._c.data), dt, off)
+end
+
+-- t:set({i, j}, v)
+function Tensor.set(t, idx, v)
+  check_cpu(t, "set")
+  check_inplace(t, "set")
+  if type(v) ~= "number" then error("set: value must be a number, got " .. type(v), 2) end
+  local off = element_offset(t, idx, "set")
+  local dt = t._c.dtype
+  write_elem(ffi.cast(ptr_types[dt], t._c.data), dt, off, v)
+  return t
+end
+
+-- The value of a one-element tensor.
+function Tensor.item(t)
+  local c = t._c
+  if C.tn_tensor_numel(c) ~= 1 then
+    error(fmt("item: needs a one-element tensor, got shape %s", shape_string(shape_table(c))), 2)
+  end
+  check_cpu(t, "item")
+  return read_elem(ffi.cast(ptr_types[c.dtype], c.data), c.dtype, 0)
+end
+
+-- Nested Lua table of the values (a number for a 0-d tensor).
+function Tensor.totable(t)
+  check_cpu(t, "totable")
+  local c = t._c
+  local p, dt = ffi.cast(ptr_types[c.dtype], c.data), c.dtype
+  local nd = c.ndim
+  if nd == 0 then return read_elem(p, dt, 0) end
+  local shape, strides = shape_table(c), {}
+  for i = 0, nd - 1 do strides[i + 1] = tonumber(c.strides[i]) end
+  local function build(d, off)
+    local r = {}
+    local st = strides[d]
+    if d == nd then
+      for i = 1, shape[d] do r[i] = read_elem(p, dt, off + (i - 1) * st) end
+    else
+      for i = 1, shape[d] do r[i] = build(d + 1, off + (i - 1) * st) end
+    end
+    return r
+  end
+  return build(1, 0)
+end
+
+-- metatable plumbing -------------------------------------------------------------------------
+
+-- t[i]: a number for a 1-d tensor (Torch7), else the view t:select(1, i)
+mt.__index = function(t, k)
+  local m = Tensor[k]
+  if m ~= nil then return m end
+  if type(k) == "number" then
+    if t._c.ndim == 1 then return t:get({ k }) end
+    if t._c.ndim == 0 then error("index: a 0-d tensor cannot be indexed; use :item()", 2) end
+    return t:select(1, k)
+  end
+  return nil
+end
+
+-- t[i] = v: sets an element of a 1-d tensor, or fills/copies into the slice t:select(1, i)
+mt.__newindex = function(t, k, v)
+  if type(k) == "number" then
+    if t._c.ndim == 1 then
+      if type(v) ~= "number" then error("index: value must be a number for a 1-d tensor", 2) end
+      t:set({ k }, v)
+    else
+      t:select(1, k):copy_(v)
+    end
+    return
+  end
+  rawset(t, k, v)
+end
+
+Tensor._mt = mt
+Tensor._SHAPE = SHAPE
+Tensor._DIMS = DIMS
+Tensor._read_shape = read_shape
+Tensor._shape_string = shape_string
+Tensor._like = like
+
+return Tensor
