@@ -2,7 +2,10 @@
 -- output (utfTerminal on a terminal, plainTerminal otherwise, or $TERN_BUSTED_OUTPUT) plus a
 -- machine-readable tally written to $TERN_TALLY when busted exits:
 --
---   registered=<n> successes=<n> failures=<n> errors=<n> pendings=<n>
+--   registered=<n> successes=<n> failures=<n> errors=<n> pendings=<n> complete=<0|1>
+--
+-- It is rewritten after every test (complete=0) and at exit (complete=1), so when LuaJIT dies
+-- in the middle (a segfault, a sanitizer report) the counts up to the crash survive.
 --
 -- errors counts every error busted reports, inside a test or outside one (a spec file that
 -- does not load, a failing before_each or describe body), so test.sh can count them failed.
@@ -25,18 +28,22 @@ return function(options)
   busted.subscribe({ 'register', 'it' }, count_register, { priority = 1 })
   busted.subscribe({ 'register', 'pending' }, count_register, { priority = 1 })
 
-  local function write_tally()
+  local function write_tally(complete)
     local path = os.getenv('TERN_TALLY')
     if not path or path == '' then return nil, true end
     local f = assert(io.open(path .. '.part', 'w'))
-    f:write(string.format('registered=%d successes=%d failures=%d errors=%d pendings=%d\n',
+    f:write(string.format(
+      'registered=%d successes=%d failures=%d errors=%d pendings=%d complete=%d\n',
       registered, handler.successesCount, handler.failuresCount, handler.errorsCount,
-      handler.pendingsCount))
+      handler.pendingsCount, complete))
     f:close()
     assert(os.rename(path .. '.part', path))
     return nil, true
   end
-  busted.subscribe({ 'exit' }, write_tally, { priority = 1 })
+  -- priority 1 on 'test end' puts this behind the base handler's own priority-1 counter,
+  -- which subscribes later (handler:subscribe) and so runs first
+  busted.subscribe({ 'test', 'end' }, function() return write_tally(0) end, { priority = 1 })
+  busted.subscribe({ 'exit' }, function() return write_tally(1) end, { priority = 1 })
 
   return handler
 end

@@ -282,15 +282,15 @@ static void icmp_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     const icmp_ctx *c = (const icmp_ctx *)ctx;
     int64_t es = (int64_t)tn_dtype_size(c->dtype);
     /* x (an integer) against s: compare x with floor(s) and note whether s had a fraction */
-    double fl = floor(c->s);
-    int frac = c->s != fl;
-    int64_t si = fl >= 9.2233720368547758e18 ? INT64_MAX : fl < -9.2233720368547758e18 ? INT64_MIN : (int64_t)fl;
-    int above = fl >= 9.2233720368547758e18, below = fl < -9.2233720368547758e18; /* s beyond int64 */
+    const int isnan_ = c->s != c->s;
+    const double fl = isnan_ ? 0.0 : floor(c->s);
+    const int frac = !isnan_ && c->s != fl;
+    const int above = fl >= 9.2233720368547758e18, below = fl < -9.2233720368547758e18; /* s beyond int64 */
+    const int64_t si = above || below ? 0 : (int64_t)fl;
     for (int64_t i = 0; i < n; i++) {
         int64_t x = tn_load_i64(p[1] + i * s[1] * es, c->dtype);
-        /* cmp: -1 if x < s, 0 if equal, 1 if x > s */
-        int cmp = above ? -1 : below ? 1 : x < si ? -1 : x > si ? 1 : (frac ? -1 : 0);
-        if (c->s != c->s) cmp = 2; /* NaN: unordered */
+        /* cmp: -1 if x < s, 0 if equal, 1 if x > s, 2 unordered (NaN) */
+        int cmp = isnan_ ? 2 : above ? -1 : below ? 1 : x < si ? -1 : x > si ? 1 : (frac ? -1 : 0);
         uint8_t r;
         switch (c->op) {
         case TN_EQ: r = cmp == 0; break;

@@ -7,7 +7,9 @@
  * On any failure the tmp file is removed and path is left untouched.
  * CPU tensors only in this module; the Lua layer moves CUDA tensors to the CPU first.
  */
+#ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
+#endif
 
 #include <errno.h>
 #include <fcntl.h>

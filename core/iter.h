@@ -165,6 +165,28 @@ static inline int tn_par_threads(int64_t work, int64_t par_min) {
 #endif
 }
 
+/* for (int64_t var = 0; var < count; var++) { body } on nt threads (static schedule), or a
+ * plain loop without an OpenMP region when nt <= 1. nt must name a variable in scope. */
+#ifdef _OPENMP
+#define TN_PARALLEL_FOR(nt, var, count, ...)                                                  \
+    do {                                                                                      \
+        const int64_t tn_pf_n_ = (count);                                                     \
+        if ((nt) > 1) {                                                                       \
+            _Pragma("omp parallel for num_threads(nt) schedule(static)")                      \
+            for (int64_t var = 0; var < tn_pf_n_; var++) { __VA_ARGS__ }                     \
+        } else {                                                                              \
+            for (int64_t var = 0; var < tn_pf_n_; var++) { __VA_ARGS__ }                      \
+        }                                                                                     \
+    } while (0)
+#else
+#define TN_PARALLEL_FOR(nt, var, count, ...)                                                  \
+    do {                                                                                      \
+        (void)(nt);                                                                           \
+        const int64_t tn_pf_n_ = (count);                                                     \
+        for (int64_t var = 0; var < tn_pf_n_; var++) { __VA_ARGS__ }                          \
+    } while (0)
+#endif
+
 /* Run the kernel over every element, in parallel when numel >= par_min. Thread chunks are
  * multiples of 64 elements so threads do not share cache lines of a contiguous output. */
 static inline void tn_iter_run(const tn_iter *it, tn_iter_fn fn, void *ctx, int64_t par_min) {

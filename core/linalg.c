@@ -1,5 +1,7 @@
 /*
  * linalg.c — matrix products on the CPU through CBLAS (OpenBLAS): tn_matmul, tn_bmm, tn_gemm.
+ * Built with -DTERN_HAVE_OPENBLAS=1 (CMake's TERN_BLAS=ON, link -lopenblas); without it a
+ * plain C gemm stands in (TERN_BLAS=OFF).
  *
  * Gradient policy: forward only. The backward of a product is two products composed by the
  * caller (autograd.lua: dA = dC B^T, dB = A^T dC, each reduced over broadcast batch dims).
@@ -16,11 +18,89 @@
  * batch loop runs on OpenMP threads only when each product is small (then OpenBLAS runs it on
  * the calling thread); large products are left to OpenBLAS's own threads.
  */
-#include <cblas.h>
 #include <limits.h>
 #include <stdlib.h>
 
 #include "internal.h"
+
+#ifdef TERN_HAVE_OPENBLAS /* defined by CMakeLists.txt when TERN_BLAS=ON */
+#include <cblas.h>
+#else
+/* TERN_BLAS=OFF: a plain C stand-in for the few CBLAS calls used below (row-major only,
+ * rows of C on OpenMP threads). Correct but far slower than OpenBLAS. */
+enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+
+static void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
+                        int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                        float beta, float *C, int ldc) {
+    (void)order;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)M * N * K > 65536.0)
+#endif
+    for (int i = 0; i < M; i++) {
+        float *c = C + (int64_t)i * ldc; /* (N) */
+        for (int j = 0; j < N; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+        for (int p = 0; p < K; p++) {
+            const float av = alpha * (ta == CblasNoTrans ? A[(int64_t)i * lda + p] : A[(int64_t)p * lda + i]);
+            if (tb == CblasNoTrans) { const float *b = B + (int64_t)p * ldb; for (int j = 0; j < N; j++) c[j] += av * b[j]; }
+            else for (int j = 0; j < N; j++) c[j] += av * B[(int64_t)j * ldb + p];
+        }
+    }
+}
+static void cblas_dgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
+                        int N, int K, double alpha, const double *A, int lda, const double *B, int ldb,
+                        double beta, double *C, int ldc) {
+    (void)order;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)M * N * K > 65536.0)
+#endif
+    for (int i = 0; i < M; i++) {
+        double *c = C + (int64_t)i * ldc; /* (N) */
+        for (int j = 0; j < N; j++) c[j] = beta == 0.0 ? 0.0 : beta * c[j];
+        for (int p = 0; p < K; p++) {
+            const double av = alpha * (ta == CblasNoTrans ? A[(int64_t)i * lda + p] : A[(int64_t)p * lda + i]);
+            if (tb == CblasNoTrans) { const double *b = B + (int64_t)p * ldb; for (int j = 0; j < N; j++) c[j] += av * b[j]; }
+            else for (int j = 0; j < N; j++) c[j] += av * B[(int64_t)j * ldb + p];
+        }
+    }
+}
+/* y (rows of op(A)) = alpha op(A) x + beta y, A stored (M, N) row-major */
+static void cblas_sgemv(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, int M, int N, float alpha,
+                        const float *A, int lda, const float *x, int incx, float beta, float *y, int incy) {
+    (void)order;
+    const int ny = ta == CblasNoTrans ? M : N, nx = ta == CblasNoTrans ? N : M;
+    for (int i = 0; i < ny; i++) {
+        float s = 0.0f;
+        for (int p = 0; p < nx; p++)
+            s += (ta == CblasNoTrans ? A[(int64_t)i * lda + p] : A[(int64_t)p * lda + i]) * x[(int64_t)p * incx];
+        float *yi = y + (int64_t)i * incy;
+        *yi = alpha * s + (beta == 0.0f ? 0.0f : beta * *yi);
+    }
+}
+static void cblas_dgemv(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, int M, int N, double alpha,
+                        const double *A, int lda, const double *x, int incx, double beta, double *y, int incy) {
+    (void)order;
+    const int ny = ta == CblasNoTrans ? M : N, nx = ta == CblasNoTrans ? N : M;
+    for (int i = 0; i < ny; i++) {
+        double s = 0.0;
+        for (int p = 0; p < nx; p++)
+            s += (ta == CblasNoTrans ? A[(int64_t)i * lda + p] : A[(int64_t)p * lda + i]) * x[(int64_t)p * incx];
+        double *yi = y + (int64_t)i * incy;
+        *yi = alpha * s + (beta == 0.0 ? 0.0 : beta * *yi);
+    }
+}
+static float cblas_sdot(int n, const float *x, int incx, const float *y, int incy) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += x[(int64_t)i * incx] * y[(int64_t)i * incy];
+    return s;
+}
+static double cblas_ddot(int n, const double *x, int incx, const double *y, int incy) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += x[(int64_t)i * incx] * y[(int64_t)i * incy];
+    return s;
+}
+#endif
 
 /* OpenBLAS runs a gemm on one thread below m*n*k = 65536 * GEMM_MULTITHREAD_THRESHOLD (4);
  * below that size the batch loop is worth parallelising instead. */
@@ -202,7 +282,10 @@ static tn_status mm_run(const char *opname, const mm_plan *p) {
 
     const int64_t es = p->dtype == TN_F64 ? 8 : 4;
     const int parallel = nbatch > 1 && (double)p->n * (double)p->m * (double)p->k < TN_MM_SMALL_WORK;
+    (void)parallel; /* unused without OpenMP */
+#ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (parallel)
+#endif
     for (int64_t bi = 0; bi < nbatch; bi++) {
         int64_t rem = bi, ao = 0, bo = 0, co = 0;
         for (int d = p->nb - 1; d >= 0; d--) {

@@ -10,7 +10,9 @@
  * (the CPU allocator below does; a CUDA allocator registered by cuda/ must do the same), so
  * current/peak/live count the bytes of live storages per device type.
  */
+#ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>

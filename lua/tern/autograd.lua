@@ -1,7 +1,9 @@
 -- tern.autograd: reverse-mode differentiation recorded in Lua.
 --
 -- Each differentiable op that sees an input requiring grad attaches a node to its output:
--- node.fn(grad_out) returns the gradients of its inputs (in order, nil where none), node.edges
+-- node.fn(grad_out, node.ctx) returns the gradients of its inputs (in order, nil where none);
+-- fn is a top-level function and ctx the values it saved (no closure per op: creating closures
+-- would stop LuaJIT from compiling the op's trace). node.edges
 -- holds for each input either the producing node, the leaf tensor (to accumulate into .grad),
 -- or false. Nodes carry increasing ids, so sorting the reachable nodes by id (descending) is a
 -- topological order: backward walks that tape once. The graph hangs off the output tensors, so
@@ -52,10 +54,10 @@ local function needs(t)
 end
 M.needs = needs
 
--- Record that out was computed from inputs (a list of tensors or non-tensors) by a function
--- whose gradient is fn(grad_out) -> grad_1, grad_2, ... . Does nothing when recording is off
--- or no input needs grad. Returns out.
-function M.record(out, name, fn, ...)
+-- Record that out was computed from inputs (tensors or other values) by an op whose gradient
+-- is fn(grad_out, ctx) -> grad_1, grad_2, ... . Does nothing when recording is off or no input
+-- needs grad. Returns out.
+function M.record(out, name, fn, ctx, ...)
   if not enabled then return out end
   local n = select("#", ...)
   local edges, any = {}, false
@@ -70,7 +72,7 @@ function M.record(out, name, fn, ...)
   end
   if not any then return out end
   next_id = next_id + 1
-  out._node = { id = next_id, name = name, fn = fn, edges = edges, nedges = n }
+  out._node = { id = next_id, name = name, fn = fn, ctx = ctx, edges = edges, nedges = n }
   return out
 end
 
@@ -153,7 +155,7 @@ function M.backward(root, grad, opts)
           error("backward: the graph through '" .. nd.name .. "' was freed by an earlier "
             .. "backward(); pass {retain_graph=true} to the first call to keep it", 0)
         end
-        local results = { nd.fn(g) }
+        local results = { nd.fn(g, nd.ctx) }
         local edges = nd.edges
         for i = 1, nd.nedges do
           local e, gi = edges[i], results[i]
@@ -169,6 +171,7 @@ function M.backward(root, grad, opts)
       end
       if not retain then
         nd.fn = nil
+        nd.ctx = nil
         nd.edges = nil
         nd.nedges = 0
       end

@@ -92,6 +92,11 @@ local binary_grad = {
 -- int dtypes are promoted to f32 for true division, pow with a float exponent and atan2
 local needs_float = { [DIV] = true, [ATAN2] = true }
 
+local function back_binary(g, ctx)
+  local ga, gb = ctx.gf(g, ctx.a, ctx.b, ctx.out)
+  return reduce_to(ga, ctx.sa), reduce_to(gb, ctx.sb)
+end
+
 local function binary_tt(a, b, op)
   local ca, cb = a._c, b._c
   local da, db = ca.dtype, cb.dtype
@@ -109,13 +114,11 @@ local function binary_tt(a, b, op)
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and (needs(a) or needs(b)) then
     local oc = out._c
-    local sa = not same_shape(ca, oc) and shape_table(ca) or nil
-    local sb = not same_shape(cb, oc) and shape_table(cb) or nil
-    local gf = binary_grad[op]
-    record(out, binop_names[op], function(g)
-      local ga, gb = gf(g, a, b, out)
-      return reduce_to(ga, sa), reduce_to(gb, sb)
-    end, a, b)
+    record(out, binop_names[op], back_binary, {
+      gf = binary_grad[op], a = a, b = b, out = out,
+      sa = not same_shape(ca, oc) and shape_table(ca) or nil,
+      sb = not same_shape(cb, oc) and shape_table(cb) or nil,
+    }, a, b)
   end
   return out
 end
@@ -148,6 +151,10 @@ local scalar_grad = {
   end,
 }
 
+local function back_scalar(g, ctx)
+  return ctx.gf(g, ctx.a, ctx.s, ctx.out, ctx.reverse)
+end
+
 local function binary_ts(a, s, op, reverse)
   local ca = a._c
   if not is_float[ca.dtype] and (needs_float[op] or (s ~= floor(s) and op < EQ)
@@ -159,8 +166,8 @@ local function binary_ts(a, s, op, reverse)
   check(C.tn_binary_scalar(OUT, ca, s, op, reverse and 1 or 0), 3)
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and needs(a) then
-    local gf = scalar_grad[op]
-    record(out, binop_names[op], function(g) return gf(g, a, s, out, reverse) end, a)
+    record(out, binop_names[op], back_scalar,
+      { gf = scalar_grad[op], a = a, s = s, out = out, reverse = reverse }, a)
   end
   return out
 end
@@ -258,6 +265,8 @@ local unary_defs = {
   round = { ROUND, zeros_grad },
 }
 
+local function back_unary(g, ctx) return ctx.gf(g, ctx.a, ctx.out) end
+
 for name, def in pairs(unary_defs) do
   local op, gf, float_only = def[1], def[2], def[3]
   local function fn(a)
@@ -267,7 +276,7 @@ for name, def in pairs(unary_defs) do
     check(C.tn_unary(OUT, a._c, op), 2)
     local out = wrap(OUT[0])
     if grad_enabled() and needs(a) then
-      record(out, name, function(g) return gf(g, a, out) end, a)
+      record(out, name, back_unary, { gf = gf, a = a, out = out }, a)
     end
     return out
   end
@@ -281,6 +290,15 @@ function Tensor.logical_not(a)
   return wrap(OUT[0])
 end
 
+local function back_clamp(g, ctx)
+  local a, lo, hi = ctx.a, ctx.lo, ctx.hi
+  local outside
+  if lo and hi then outside = a:lt(lo) + a:gt(hi)
+  elseif lo then outside = a:lt(lo)
+  else outside = a:gt(hi) end
+  return g:masked_fill(outside, 0)
+end
+
 -- clamp(lo, hi): nil for an open side
 function Tensor.clamp(a, lo, hi)
   if lo == nil and hi == nil then error("clamp: give at least one of min and max", 2) end
@@ -292,15 +310,15 @@ function Tensor.clamp(a, lo, hi)
   check(C.tn_clamp(OUT, a._c, lo or -math.huge, hi or math.huge), 2)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(a) then
-    record(out, "clamp", function(g)
-      local outside
-      if lo and hi then outside = a:lt(lo) + a:gt(hi)
-      elseif lo then outside = a:lt(lo)
-      else outside = a:gt(hi) end
-      return g:masked_fill(outside, 0)
-    end, a)
+    record(out, "clamp", back_clamp, { a = a, lo = lo, hi = hi }, a)
   end
   return out
+end
+
+local function back_where(g, ctx)
+  local ga = ctx.ga and reduce_to(g:masked_fill(ctx.cond:logical_not(), 0), ctx.sa) or nil
+  local gb = ctx.gb and reduce_to(g:masked_fill(ctx.cond, 0), ctx.sb) or nil
+  return ga, gb
 end
 
 -- where(cond, a, b): a and b tensors or numbers
@@ -323,16 +341,16 @@ function Tensor.where(cond, a, b)
   local out = wrap(OUT[0])
   if grad_enabled() and (needs(a) or needs(b)) then
     local oc = out._c
-    local sa = not same_shape(a._c, oc) and shape_table(a._c) or nil
-    local sb = not same_shape(b._c, oc) and shape_table(b._c) or nil
-    record(out, "where", function(g)
-      local ga = needs(a) and reduce_to(g:masked_fill(cond:logical_not(), 0), sa) or nil
-      local gb = needs(b) and reduce_to(g:masked_fill(cond, 0), sb) or nil
-      return ga, gb
-    end, a, b)
+    record(out, "where", back_where, {
+      cond = cond, ga = needs(a), gb = needs(b),
+      sa = not same_shape(a._c, oc) and shape_table(a._c) or nil,
+      sb = not same_shape(b._c, oc) and shape_table(b._c) or nil,
+    }, a, b)
   end
   return out
 end
+
+local function back_masked_fill(g, mask) return g:masked_fill(mask, 0) end
 
 -- masked_fill(mask, value): mask broadcast to a's shape
 function Tensor.masked_fill(a, mask, value)
@@ -343,7 +361,7 @@ function Tensor.masked_fill(a, mask, value)
   check(C.tn_masked_fill(OUT, a._c, mask._c, value), 2)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(a) then
-    record(out, "masked_fill", function(g) return g:masked_fill(mask, 0) end, a)
+    record(out, "masked_fill", back_masked_fill, mask, a)
   end
   return out
 end
@@ -385,13 +403,17 @@ local function reduce(a, dims, op, keepdim, correction, opname)
   return wrap(OUT[0]), ks
 end
 
+local function back_sum(g, ctx)
+  if ctx.scale ~= 1 then g = g / ctx.scale end
+  return g:reshape(ctx.ks):expand(ctx.src)
+end
+
 -- sum(dims, keepdim): dims nil (all), a number or a table
 function Tensor.sum(a, dims, keepdim)
   if type(dims) == "boolean" then dims, keepdim = nil, dims end
   local out, ks = reduce(a, dims, RED_SUM, keepdim, 0, "sum")
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
-    record(out, "sum", function(g) return g:reshape(ks):expand(src) end, a)
+    record(out, "sum", back_sum, { ks = ks, src = shape_table(a._c), scale = 1 }, a)
   end
   return out
 end
@@ -401,11 +423,16 @@ function Tensor.mean(a, dims, keepdim)
   if not is_float[a._c.dtype] then a = a:to(F32) end
   local out, ks = reduce(a, dims, RED_MEAN, keepdim, 0, "mean")
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
-    local count = a:numel() / math.max(1, out:numel())
-    record(out, "mean", function(g) return (g / count):reshape(ks):expand(src) end, a)
+    record(out, "mean", back_sum,
+      { ks = ks, src = shape_table(a._c), scale = a:numel() / math.max(1, out:numel()) }, a)
   end
   return out
+end
+
+local function back_var(g, ctx)
+  local a = ctx.a
+  local mu = a:mean(ctx.dims, true)
+  return (a - mu) * (g:reshape(ctx.ks) * (2 / (ctx.count - ctx.correction)))
 end
 
 -- var(dims, {correction=1, keepdim=false}) or var(dims, keepdim)
@@ -423,11 +450,8 @@ function Tensor.var(a, dims, opts)
   if not is_float[a._c.dtype] then a = a:to(F32) end
   local out, ks = reduce(a, dims, RED_VAR, keepdim, correction, "var")
   if grad_enabled() and needs(a) then
-    local count = a:numel() / math.max(1, out:numel())
-    record(out, "var", function(g)
-      local mu = a:mean(dims, true)
-      return (a - mu) * (g:reshape(ks) * (2 / (count - correction)))
-    end, a)
+    record(out, "var", back_var, { a = a, dims = dims, ks = ks, correction = correction,
+      count = a:numel() / math.max(1, out:numel()) }, a)
   end
   return out
 end
@@ -436,15 +460,28 @@ function Tensor.std(a, dims, opts)
   return a:var(dims, opts):sqrt()
 end
 
+local function back_lse(g, ctx)
+  return g:reshape(ctx.ks) * (ctx.a - ctx.out:reshape(ctx.ks)):exp()
+end
+
 function Tensor.logsumexp(a, dims, keepdim)
   if not is_float[a._c.dtype] then a = a:to(F32) end
   local out, ks = reduce(a, dims, RED_LSE, keepdim, 0, "logsumexp")
   if grad_enabled() and needs(a) then
-    record(out, "logsumexp", function(g)
-      return g:reshape(ks) * (a - out:reshape(ks)):exp()
-    end, a)
+    record(out, "logsumexp", back_lse, { a = a, out = out, ks = ks }, a)
   end
   return out
+end
+
+local function back_maxmin_all(g, ctx)
+  local mask = ctx.a:eq(ctx.out):to(g:dtype())
+  return mask * (g / mask:sum())
+end
+local function back_maxmin_dim(g, ctx)
+  local z = g:new_zeros(ctx.src)
+  local gi = g:reshape(ctx.ks):contiguous()
+  check(C.tn_scatter_add(z._c, ctx.d, ctx.indices:reshape(ctx.ks)._c, gi._c))
+  return z
 end
 
 -- max() -> 0-d tensor; max(dim, keepdim) -> values, indices (i64, 0-based)
@@ -454,10 +491,7 @@ local function maxmin(a, dim, keepdim, is_min)
   if dim == nil then
     local out = reduce(a, nil, is_min and RED_MIN or RED_MAX, false, 0, opname)
     if grad_enabled() and needs(a) then
-      record(out, opname, function(g)
-        local mask = a:eq(out):to(g:dtype())
-        return mask * (g / mask:sum())
-      end, a)
+      record(out, opname, back_maxmin_all, { a = a, out = out }, a)
     end
     return out
   end
@@ -467,15 +501,10 @@ local function maxmin(a, dim, keepdim, is_min)
   local values = wrap(OUT[0])
   local indices = wrap(OUT2[0])
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
     local ks = shape_table(a._c)
     ks[d + 1] = 1
-    record(values, opname, function(g)
-      local z = g:new_zeros(src)
-      local gi = g:reshape(ks):contiguous()
-      check(C.tn_scatter_add(z._c, d, indices:reshape(ks)._c, gi._c))
-      return z
-    end, a)
+    record(values, opname, back_maxmin_dim,
+      { src = shape_table(a._c), ks = ks, d = d, indices = indices }, a)
   end
   return values, indices
 end
@@ -490,6 +519,8 @@ end
 function Tensor.argmax(a, dim, keepdim) return argm(a, dim, keepdim, RED_ARGMAX, "argmax") end
 function Tensor.argmin(a, dim, keepdim) return argm(a, dim, keepdim, RED_ARGMIN, "argmin") end
 
+local function back_expand(g, src) return g:expand(src) end
+
 -- sum_to(shape): sum a down to a shape that broadcasts to a's (the gradient of broadcasting)
 function Tensor.sum_to(a, shape)
   if type(shape) ~= "table" then error("sum_to: expected a shape table", 2) end
@@ -498,8 +529,7 @@ function Tensor.sum_to(a, shape)
   local out = Tensor._new_empty(n, SHAPE, a._c.dtype, a._c.device)
   check(C.tn_sum_to(out._c, a._c), 2)
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
-    record(out, "sum_to", function(g) return g:expand(src) end, a)
+    record(out, "sum_to", back_expand, shape_table(a._c), a)
   end
   return out
 end
@@ -513,6 +543,12 @@ end
 
 -- softmax ------------------------------------------------------------------------------------
 
+local function back_softmax(g, ctx)
+  OUT[0] = nil
+  check(C.tn_softmax_backward(OUT, g._c, ctx.out._c, ctx.d, ctx.log))
+  return wrap(OUT[0])
+end
+
 local function softmax(a, dim, log, opname)
   as_tensor_arg(a, opname, "input")
   if dim == nil then error(opname .. ": dim is required", 3) end
@@ -522,11 +558,7 @@ local function softmax(a, dim, log, opname)
   check(C.tn_softmax(OUT, a._c, d, log), 3)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(a) then
-    record(out, opname, function(g)
-      OUT[0] = nil
-      check(C.tn_softmax_backward(OUT, g._c, out._c, d, log))
-      return wrap(OUT[0])
-    end, a)
+    record(out, opname, back_softmax, { out = out, d = d, log = log }, a)
   end
   return out
 end
@@ -537,23 +569,22 @@ function Tensor.log_softmax(a, dim) return softmax(a, dim, 1, "log_softmax") end
 
 local function swap_last(t) return t:transpose(-1, -2) end
 
+local function back_matmul(g, ctx)
+  local a, b = ctx.a, ctx.b
+  local ga = needs(a) and g:matmul(swap_last(b)) or nil
+  local gb = needs(b) and swap_last(a):matmul(g) or nil
+  if ga and not same_shape(ga._c, a._c) then ga = ga:sum_to(shape_table(a._c)) end
+  if gb and not same_shape(gb._c, b._c) then gb = gb:sum_to(shape_table(b._c)) end
+  return ga, gb
+end
+
 -- a, b with >= 2 dims each (matmul handles the 1-d cases by unsqueezing around this)
 local function matmul_nd(a, b)
   OUT[0] = nil
   check(C.tn_matmul(OUT, a._c, b._c), 3)
   local out = wrap(OUT[0])
   if grad_enabled() and (needs(a) or needs(b)) then
-    local oc = out._c
-    local sa = shape_table(a._c)
-    local sb = shape_table(b._c)
-    record(out, "matmul", function(g)
-      local ga = needs(a) and g:matmul(swap_last(b)) or nil
-      local gb = needs(b) and swap_last(a):matmul(g) or nil
-      if ga and not same_shape(ga._c, a._c) then ga = ga:sum_to(sa) end
-      if gb and not same_shape(gb._c, b._c) then gb = gb:sum_to(sb) end
-      return ga, gb
-    end, a, b)
-    local _ = oc
+    record(out, "matmul", back_matmul, { a = a, b = b }, a, b)
   end
   return out
 end
@@ -582,6 +613,11 @@ function Tensor.matmul(a, b)
   return matmul_nd(a, b:unsqueeze(2)):squeeze(-1)
 end
 
+local function back_bmm(g, ctx)
+  local a, b = ctx.a, ctx.b
+  return needs(a) and g:bmm(swap_last(b)) or nil, needs(b) and swap_last(a):bmm(g) or nil
+end
+
 function Tensor.bmm(a, b)
   as_tensor_arg(a, "bmm", "input")
   as_tensor_arg(b, "bmm", "other")
@@ -589,9 +625,7 @@ function Tensor.bmm(a, b)
   check(C.tn_bmm(OUT, a._c, b._c), 2)
   local out = wrap(OUT[0])
   if grad_enabled() and (needs(a) or needs(b)) then
-    record(out, "bmm", function(g)
-      return needs(a) and g:bmm(swap_last(b)) or nil, needs(b) and swap_last(a):bmm(g) or nil
-    end, a, b)
+    record(out, "bmm", back_bmm, { a = a, b = b }, a, b)
   end
   return out
 end
@@ -600,6 +634,15 @@ Tensor.mm = Tensor.matmul
 -- joining and indexing ----------------------------------------------------------------------
 
 local ptr_array = ffi.typeof("const tn_tensor *[?]")
+
+local function back_cat(g, ctx)
+  local gs, start, ts, sizes = {}, 1, ctx.ts, ctx.sizes
+  for i = 1, ctx.n do
+    gs[i] = needs(ts[i]) and g:narrow(ctx.d + 1, start, sizes[i]) or nil
+    start = start + sizes[i]
+  end
+  return unpack(gs, 1, ctx.n)
+end
 
 -- cat(list, dim): dim defaults to 1
 function Tensor.cat(list, dim)
@@ -632,14 +675,7 @@ function Tensor.cat(list, dim)
     if any then
       local sizes = {}
       for i = 1, n do sizes[i] = tonumber(ts[i]._c.shape[d]) end
-      record(out, "cat", function(g)
-        local gs, start = {}, 1
-        for i = 1, n do
-          gs[i] = needs(ts[i]) and g:narrow(d + 1, start, sizes[i]) or nil
-          start = start + sizes[i]
-        end
-        return unpack(gs, 1, n)
-      end, unpack(ts, 1, n))
+      record(out, "cat", back_cat, { ts = ts, sizes = sizes, d = d, n = n }, unpack(ts, 1, n))
     end
   end
   return out
@@ -681,6 +717,12 @@ local function check_index(index, opname)
   end
 end
 
+local function back_gather(g, ctx)
+  local z = g:new_zeros(ctx.src)
+  check(C.tn_scatter_add(z._c, ctx.d, ctx.index._c, g:contiguous()._c))
+  return z
+end
+
 -- gather(dim, index): out[i][j] = a[index[i][j]][j] for dim 1 (index values 0-based)
 function Tensor.gather(a, dim, index)
   check_index(index, "gather")
@@ -689,14 +731,13 @@ function Tensor.gather(a, dim, index)
   check(C.tn_gather(OUT, a._c, d, index._c), 2)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
-    record(out, "gather", function(g)
-      local z = g:new_zeros(src)
-      check(C.tn_scatter_add(z._c, d, index._c, g:contiguous()._c))
-      return z
-    end, a)
+    record(out, "gather", back_gather, { src = shape_table(a._c), d = d, index = index }, a)
   end
   return out
+end
+
+local function back_scatter_add(g, ctx)
+  return needs(ctx.a) and g or nil, needs(ctx.src) and g:gather(ctx.d + 1, ctx.index) or nil
 end
 
 -- scatter_add(dim, index, src): a copy of a with src added at index along dim
@@ -708,11 +749,15 @@ function Tensor.scatter_add(a, dim, index, src)
   local out = autograd.no_grad(function() return a:clone() end)
   check(C.tn_scatter_add(out._c, d, index._c, src._c), 2)
   if grad_enabled() and (needs(a) or needs(src)) then
-    record(out, "scatter_add", function(g)
-      return needs(a) and g or nil, needs(src) and g:gather(d + 1, index) or nil
-    end, a, src)
+    record(out, "scatter_add", back_scatter_add, { a = a, src = src, d = d, index = index }, a, src)
   end
   return out
+end
+
+local function back_index_select(g, ctx)
+  local z = g:new_zeros(ctx.src)
+  check(C.tn_index_add(z._c, ctx.d, ctx.index._c, g:contiguous()._c))
+  return z
 end
 
 -- index_select(dim, index): index 1-d, values 0-based
@@ -723,14 +768,13 @@ function Tensor.index_select(a, dim, index)
   check(C.tn_index_select(OUT, a._c, d, index._c), 2)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(a) then
-    local src = shape_table(a._c)
-    record(out, "index_select", function(g)
-      local z = g:new_zeros(src)
-      check(C.tn_index_add(z._c, d, index._c, g:contiguous()._c))
-      return z
-    end, a)
+    record(out, "index_select", back_index_select, { src = shape_table(a._c), d = d, index = index }, a)
   end
   return out
+end
+
+local function back_index_add(g, ctx)
+  return needs(ctx.a) and g or nil, needs(ctx.src) and g:index_select(ctx.d + 1, ctx.index) or nil
 end
 
 -- index_add(dim, index, src): a copy of a with src slices added at index along dim
@@ -742,9 +786,7 @@ function Tensor.index_add(a, dim, index, src)
   local out = autograd.no_grad(function() return a:clone() end)
   check(C.tn_index_add(out._c, d, index._c, src._c), 2)
   if grad_enabled() and (needs(a) or needs(src)) then
-    record(out, "index_add", function(g)
-      return needs(a) and g or nil, needs(src) and g:index_select(d + 1, index) or nil
-    end, a, src)
+    record(out, "index_add", back_index_add, { a = a, src = src, d = d, index = index }, a, src)
   end
   return out
 end

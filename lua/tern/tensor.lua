@@ -252,9 +252,34 @@ local function write_elem(p, dtype, i, v)
   end
 end
 
+-- NaNs with a high payload and the sign bit set (bf16 0xffff, as PyTorch writes NaN; f32
+-- 0xffff0000) widen to doubles that LuaJIT's NaN-tagging reads as nil or other tagged values,
+-- so NaNs are detected on the bits and returned as Lua's canonical NaN.
+local band = require("bit").band
+local u32p = ffi.typeof("uint32_t *")
+local NAN = 0 / 0
+
 local function read_elem(p, dtype, i)
-  if dtype == 2 then return tonumber(f16_to_f32(p[i])) end
-  if dtype == 3 then return tonumber(bf16_to_f32(p[i])) end
+  if dtype == 2 then
+    local b = p[i]
+    if band(b, 0x7c00) == 0x7c00 and band(b, 0x3ff) ~= 0 then return NAN end
+    return tonumber(f16_to_f32(b))
+  end
+  if dtype == 3 then
+    local b = p[i]
+    if band(b, 0x7f80) == 0x7f80 and band(b, 0x7f) ~= 0 then return NAN end
+    return tonumber(bf16_to_f32(b))
+  end
+  if dtype == 0 then
+    local b = ffi.cast(u32p, p)[i]
+    if band(b, 0x7f800000) == 0x7f800000 and band(b, 0x7fffff) ~= 0 then return NAN end
+  elseif dtype == 1 then
+    local q = ffi.cast(u32p, p)
+    local hi = q[2 * i + 1]
+    if band(hi, 0x7ff00000) == 0x7ff00000 and (band(hi, 0xfffff) ~= 0 or q[2 * i] ~= 0) then
+      return NAN
+    end
+  end
   return tonumber(p[i])
 end
 Tensor._read_elem = read_elem
@@ -370,28 +395,41 @@ end
 function Tensor.zero_grad(t) rawset(t, "grad", nil) end
 
 -- views --------------------------------------------------------------------------------------
+-- Backward functions are top-level (fn(g, ctx)); ctx is built only when recording.
 
-local function view_result(t, name, st, back)
+local function back_reshape(g, src) return g:reshape(src) end
+local function back_transpose(g, ctx) return g:transpose(ctx[1], ctx[2]) end
+local function back_permute(g, inv) return g:permute(inv) end
+local function back_sum_to(g, src) return g:sum_to(src) end
+local function back_identity(g) return g end
+local function back_narrow(g, ctx)
+  local z = g:new_zeros(ctx.src)
+  z:narrow(ctx.d, ctx.start, ctx.length):copy_(g)
+  return z
+end
+local function back_select(g, ctx)
+  local z = g:new_zeros(ctx.src)
+  z:select(ctx.d, ctx.index):copy_(g)
+  return z
+end
+
+local function view_out(t, st, name, fn)
   check(st, 3)
   local out = wrap(OUT[0])
-  if grad_enabled() and needs(t) then record(out, name, back, t) end
+  if fn and grad_enabled() and needs(t) then record(out, name, fn, shape_table(t._c), t) end
   return out
 end
 
 function Tensor.view(t, ...)
   local n = read_shape(SHAPE, "view", true, 2, ...)
-  local src = shape_table(t._c)
   OUT[0] = nil
-  return view_result(t, "view", C.tn_view(OUT, t._c, n, SHAPE),
-    function(g) return g:reshape(src) end)
+  return view_out(t, C.tn_view(OUT, t._c, n, SHAPE), "view", back_reshape)
 end
 
 function Tensor.reshape(t, ...)
   local n = read_shape(SHAPE, "reshape", true, 2, ...)
-  local src = shape_table(t._c)
   OUT[0] = nil
-  return view_result(t, "reshape", C.tn_reshape(OUT, t._c, n, SHAPE),
-    function(g) return g:reshape(src) end)
+  return view_out(t, C.tn_reshape(OUT, t._c, n, SHAPE), "reshape", back_reshape)
 end
 
 function Tensor.flatten(t)
@@ -402,8 +440,9 @@ function Tensor.transpose(t, d0, d1)
   local nd = t._c.ndim
   local a, b = cdim(nd, d0, "transpose", "dim0"), cdim(nd, d1, "transpose", "dim1")
   OUT[0] = nil
-  return view_result(t, "transpose", C.tn_transpose(OUT, t._c, a, b),
-    function(g) return g:transpose(d0, d1) end)
+  local out = view_out(t, C.tn_transpose(OUT, t._c, a, b))
+  if grad_enabled() and needs(t) then record(out, "transpose", back_transpose, { d0, d1 }, t) end
+  return out
 end
 
 -- t:t() — transpose of a 2-d tensor (a 1-d tensor is returned as is)
@@ -420,18 +459,18 @@ function Tensor.permute(t, ...)
   if #dims ~= nd then
     error(fmt("permute: expected %d dims for a %d-d tensor, got %d", nd, nd, #dims), 2)
   end
-  local inv = {}
-  for i = 1, nd do
-    local d = cdim(nd, dims[i], "permute")
-    DIMS[i - 1] = d
-    inv[d + 1] = i
-  end
+  for i = 1, nd do DIMS[i - 1] = cdim(nd, dims[i], "permute") end
   OUT[0] = nil
-  return view_result(t, "permute", C.tn_permute(OUT, t._c, DIMS),
-    function(g) return g:permute(inv) end)
+  local out = view_out(t, C.tn_permute(OUT, t._c, DIMS))
+  if grad_enabled() and needs(t) then
+    local inv = {}
+    for i = 1, nd do inv[DIMS[i - 1] + 1] = i end
+    record(out, "permute", back_permute, inv, t)
+  end
+  return out
 end
 
--- narrow(dim, start, length): start is 1-based
+-- narrow(dim, start, length): start is 1-based (negative counts from the end)
 function Tensor.narrow(t, d, start, length)
   local c = t._c
   local dd = cdim(c.ndim, d, "narrow")
@@ -439,13 +478,13 @@ function Tensor.narrow(t, d, start, length)
     error("narrow: start and length must be numbers", 2)
   end
   local s0 = start < 0 and tonumber(c.shape[dd]) + start or start - 1
-  local src = shape_table(c)
   OUT[0] = nil
-  return view_result(t, "narrow", C.tn_narrow(OUT, c, dd, s0, length), function(g)
-    local z = g:new_zeros(src)
-    z:narrow(d, start, length):copy_(g)
-    return z
-  end)
+  local out = view_out(t, C.tn_narrow(OUT, c, dd, s0, length))
+  if grad_enabled() and needs(t) then
+    record(out, "narrow", back_narrow,
+      { src = shape_table(c), d = dd + 1, start = s0 + 1, length = length }, t)
+  end
+  return out
 end
 
 -- select(dim, index): index is 1-based; negative counts from the end
@@ -461,40 +500,33 @@ function Tensor.select(t, d, index)
     error(fmt("select: index %d is out of range for dim %d of size %d (valid 1..%d or -%d..-1)",
       index, d, size, size, size), 2)
   end
-  local src = shape_table(c)
   OUT[0] = nil
-  return view_result(t, "select", C.tn_select(OUT, c, dd, i0), function(g)
-    local z = g:new_zeros(src)
-    z:select(d, index):copy_(g)
-    return z
-  end)
+  local out = view_out(t, C.tn_select(OUT, c, dd, i0))
+  if grad_enabled() and needs(t) then
+    record(out, "select", back_select, { src = shape_table(c), d = dd + 1, index = i0 + 1 }, t)
+  end
+  return out
 end
 
 function Tensor.unsqueeze(t, d)
   local c = t._c
   local dd = cdim(c.ndim + 1, d, "unsqueeze")
-  local src = shape_table(c)
   OUT[0] = nil
-  return view_result(t, "unsqueeze", C.tn_unsqueeze(OUT, c, dd),
-    function(g) return g:reshape(src) end)
+  return view_out(t, C.tn_unsqueeze(OUT, c, dd), "unsqueeze", back_reshape)
 end
 
 function Tensor.squeeze(t, d)
   local c = t._c
   local dd = d == nil and -1 or cdim(c.ndim, d, "squeeze")
-  local src = shape_table(c)
   OUT[0] = nil
-  return view_result(t, "squeeze", C.tn_squeeze(OUT, c, dd),
-    function(g) return g:reshape(src) end)
+  return view_out(t, C.tn_squeeze(OUT, c, dd), "squeeze", back_reshape)
 end
 
 -- expand(2, 3) or expand({2, 3}); -1 keeps a size
 function Tensor.expand(t, ...)
   local n = read_shape(SHAPE, "expand", true, 2, ...)
-  local src = shape_table(t._c)
   OUT[0] = nil
-  return view_result(t, "expand", C.tn_expand(OUT, t._c, n, SHAPE),
-    function(g) return g:sum_to(src) end)
+  return view_out(t, C.tn_expand(OUT, t._c, n, SHAPE), "expand", back_sum_to)
 end
 
 function Tensor.expand_as(t, other) return t:expand(shape_table(other._c)) end
@@ -508,7 +540,7 @@ function Tensor.contiguous(t)
     return t
   end
   local out = wrap(p)
-  if grad_enabled() and needs(t) then record(out, "contiguous", function(g) return g end, t) end
+  if grad_enabled() and needs(t) then record(out, "contiguous", back_identity, nil, t) end
   return out
 end
 
@@ -522,7 +554,7 @@ end
 function Tensor.clone(t)
   local out = like(t)
   check(C.tn_copy(out._c, t._c), 2)
-  if grad_enabled() and needs(t) then record(out, "clone", function(g) return g end, t) end
+  if grad_enabled() and needs(t) then record(out, "clone", back_identity, nil, t) end
   return out
 end
 
@@ -567,6 +599,8 @@ function Tensor.new_tensor(t, data, opts)
   return Tensor.tensor(data, { dtype = opts_dtype(opts, t._c.dtype), device = opts_device(opts, t._c.device) })
 end
 
+local function back_to(g, dtype_or_device) return g:to(dtype_or_device) end
+
 local function to_dtype(t, dtype)
   local c = t._c
   if c.dtype == dtype then return t end
@@ -574,8 +608,7 @@ local function to_dtype(t, dtype)
   check(C.tn_to_dtype(OUT, c, dtype), 3)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(t) and lib.is_float[dtype] then
-    local src = c.dtype
-    record(out, "to", function(g) return g:to(src) end, t)
+    record(out, "to", back_to, c.dtype, t)
   end
   return out
 end
@@ -586,8 +619,7 @@ local function to_device(t, device)
   local out = like(t, { device = device })
   check(C.tn_copy(out._c, c), 3)
   if grad_enabled() and needs(t) then
-    local src = c.device
-    record(out, "to", function(g) return g:to(lib.device_names[src]) end, t)
+    record(out, "to", back_to, lib.device_names[c.device], t)
   end
   return out
 end

@@ -1,0 +1,571 @@
+/*
+ * index.c — joining and indexing on the CPU: tn_cat, tn_gather, tn_scatter_add,
+ * tn_index_select, tn_index_add.
+ *
+ * Gradient policy: gather and index_select write their output (=); scatter_add and index_add
+ * accumulate into out (+=) and are the backward of gather and index_select. cat's backward is
+ * narrow (a view), so it has no kernel here.
+ *
+ * Index values (i64 or i32) are 0-based and are all range-checked before anything is written;
+ * an out-of-range or negative value is an error naming the op, the value, its position in the
+ * index tensor and the valid range. Inputs may have any strides (views, expanded dims).
+ *
+ * Threads: gather and index_select write each output element once, so any dim of the
+ * iteration is split across threads. scatter_add and index_add write out[..., index, ...]
+ * with possible duplicates along dim, so they split only a dim other than `dim` (slices that
+ * never write the same element); the order of additions into an element is the serial order,
+ * so results do not depend on the thread count. f16/bf16 accumulate as load -> f32 add ->
+ * round-to-nearest-even store.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+
+#define TN_IX_PARALLEL_MIN 32768    /* elements below which the index kernels stay serial */
+#define TN_CAT_PARALLEL_BYTES (1 << 20)
+
+static int ix_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static inline int64_t ix_load_index(const char *p, int32_t itype) {
+    return itype == TN_I64 ? *(const int64_t *)p : (int64_t)*(const int32_t *)p;
+}
+
+/* ---- the shared kernel ------------------------------------------------------------------- */
+
+/* One indexed loop over an iteration shape. With accumulate = 0 (gather, index_select):
+ *   d[c] = x[c with c[dim] replaced by index[c]]
+ * with accumulate = 1 (scatter_add, index_add):
+ *   x[c with c[dim] replaced by index[c]] += d[c]
+ * The index is read with strides istr (0 along dims it does not vary, as for index_select's
+ * 1-D index). xstr[dim] is 0; the index value times xdim_stride takes its place. */
+typedef struct ix_plan {
+    int32_t nd;                     /* iteration dims, >= 1 */
+    int32_t dim;                    /* the indexed dim */
+    int64_t shape[TN_MAX_DIMS];     /* (nd) iteration shape */
+    int64_t istr[TN_MAX_DIMS];      /* (nd) index strides, elements */
+    int64_t dstr[TN_MAX_DIMS];      /* (nd) direct operand strides (out of gather, src of adds) */
+    int64_t xstr[TN_MAX_DIMS];      /* (nd) indexed operand strides, xstr[dim] = 0 */
+    int64_t xdim_stride;            /* indexed operand's stride along dim */
+    const char *ip;                 /* index data */
+    char *dp;                       /* direct operand data (read when accumulating) */
+    char *xp;                       /* indexed operand data (written when accumulating) */
+    int32_t itype;                  /* TN_I64 or TN_I32 */
+    int32_t dtype;                  /* data dtype of d and x */
+    int accumulate;
+} ix_plan;
+
+/* x[i * xs] += d[i * ds], i < n, in dtype (integers wrap like torch; no signed overflow UB). */
+static void ix_add_run(char *x, int64_t xs, const char *d, int64_t ds, int64_t n, int32_t dtype) {
+    switch (dtype) {
+    case TN_F32: {
+        float *X = (float *)x; const float *D = (const float *)d;
+        for (int64_t i = 0; i < n; i++) X[i * xs] += D[i * ds];
+        break;
+    }
+    case TN_F64: {
+        double *X = (double *)x; const double *D = (const double *)d;
+        for (int64_t i = 0; i < n; i++) X[i * xs] += D[i * ds];
+        break;
+    }
+    case TN_F16: {
+        uint16_t *X = (uint16_t *)x; const uint16_t *D = (const uint16_t *)d;
+        for (int64_t i = 0; i < n; i++)
+            X[i * xs] = tn_float_to_half(tn_half_to_float(X[i * xs]) + tn_half_to_float(D[i * ds]));
+        break;
+    }
+    case TN_BF16: {
+        uint16_t *X = (uint16_t *)x; const uint16_t *D = (const uint16_t *)d;
+        for (int64_t i = 0; i < n; i++)
+            X[i * xs] = tn_float_to_bf16(tn_bf16_to_float(X[i * xs]) + tn_bf16_to_float(D[i * ds]));
+        break;
+    }
+    case TN_I32: {
+        int32_t *X = (int32_t *)x; const int32_t *D = (const int32_t *)d;
+        for (int64_t i = 0; i < n; i++) X[i * xs] = (int32_t)((uint32_t)X[i * xs] + (uint32_t)D[i * ds]);
+        break;
+    }
+    case TN_I64: {
+        int64_t *X = (int64_t *)x; const int64_t *D = (const int64_t *)d;
+        for (int64_t i = 0; i < n; i++) X[i * xs] = (int64_t)((uint64_t)X[i * xs] + (uint64_t)D[i * ds]);
+        break;
+    }
+    case TN_U8: {
+        uint8_t *X = (uint8_t *)x; const uint8_t *D = (const uint8_t *)d;
+        for (int64_t i = 0; i < n; i++) X[i * xs] = (uint8_t)(X[i * xs] + D[i * ds]);
+        break;
+    }
+    default: break;
+    }
+}
+
+/* d[i * ds] = x[i * xs], i < n, for an element size es. */
+static void ix_copy_run(char *d, int64_t ds, const char *x, int64_t xs, int64_t n, size_t es) {
+    if (ds == 1 && xs == 1) { memcpy(d, x, (size_t)n * es); return; }
+    switch (es) {
+    case 8: for (int64_t i = 0; i < n; i++) ((uint64_t *)d)[i * ds] = ((const uint64_t *)x)[i * xs]; break;
+    case 4: for (int64_t i = 0; i < n; i++) ((uint32_t *)d)[i * ds] = ((const uint32_t *)x)[i * xs]; break;
+    case 2: for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * ds] = ((const uint16_t *)x)[i * xs]; break;
+    default: for (int64_t i = 0; i < n; i++) ((uint8_t *)d)[i * ds] = ((const uint8_t *)x)[i * xs]; break;
+    }
+}
+
+/* The plan restricted to coordinates lo <= c[pd] < hi; every other dim in full. */
+static void ix_run_range(const ix_plan *p, int pd, int64_t lo, int64_t hi) {
+    const int nd = p->nd, last = nd - 1;
+    const size_t es = tn_dtype_size(p->dtype), is = tn_dtype_size(p->itype);
+    int64_t shape[TN_MAX_DIMS]; /* (nd) */
+    for (int i = 0; i < nd; i++) shape[i] = p->shape[i];
+    shape[pd] = hi - lo;
+    for (int i = 0; i < nd; i++) if (shape[i] == 0) return;
+    const char *ip = p->ip + lo * p->istr[pd] * (int64_t)is;
+    char *dp = p->dp + lo * p->dstr[pd] * (int64_t)es;
+    char *xp = p->xp + lo * p->xstr[pd] * (int64_t)es;
+    const int64_t n = shape[last], is_l = p->istr[last], ds_l = p->dstr[last], xs_l = p->xstr[last];
+    const int64_t xdim = p->xdim_stride;
+    int64_t outer = 1;
+    for (int i = 0; i < last; i++) outer *= shape[i];
+    int64_t c[TN_MAX_DIMS] = {0}; /* (nd - 1) odometer over the outer dims */
+    int64_t io = 0, dof = 0, xo = 0;
+    for (int64_t o = 0; o < outer; o++) {
+        const char *irow = ip + io * (int64_t)is;
+        char *drow = dp + dof * (int64_t)es;
+        char *xrow = xp + xo * (int64_t)es;
+        if (is_l == 0) { /* one index value for the whole row (index_select / index_add rows) */
+            int64_t v = ix_load_index(irow, p->itype);
+            char *xr = xrow + v * xdim * (int64_t)es;
+            if (p->accumulate) ix_add_run(xr, xs_l, drow, ds_l, n, p->dtype);
+            else ix_copy_run(drow, ds_l, xr, xs_l, n, es);
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                int64_t v = ix_load_index(irow + j * is_l * (int64_t)is, p->itype);
+                char *xe = xrow + (j * xs_l + v * xdim) * (int64_t)es;
+                char *de = drow + j * ds_l * (int64_t)es;
+                if (p->accumulate) ix_add_run(xe, 0, de, 0, 1, p->dtype);
+                else ix_copy_run(de, 0, xe, 0, 1, es);
+            }
+        }
+        for (int d = last - 1; d >= 0; d--) { /* advance the odometer */
+            if (++c[d] < shape[d]) { io += p->istr[d]; dof += p->dstr[d]; xo += p->xstr[d]; break; }
+            c[d] = 0;
+            io -= (shape[d] - 1) * p->istr[d];
+            dof -= (shape[d] - 1) * p->dstr[d];
+            xo -= (shape[d] - 1) * p->xstr[d];
+        }
+    }
+}
+
+/* Runs the plan, split across threads along one dim when it is big enough; accumulating
+ * plans never split along dim (duplicate indices write the same elements). */
+static void ix_run(const ix_plan *p) {
+    int64_t total = 1;
+    for (int i = 0; i < p->nd; i++) total *= p->shape[i];
+    if (total == 0) return;
+    const int nt = ix_max_threads();
+    int pd = -1;
+    if (nt > 1 && total >= TN_IX_PARALLEL_MIN) {
+        for (int i = 0; i < p->nd && pd < 0; i++) /* outermost dim with work for every thread */
+            if (!(p->accumulate && i == p->dim) && p->shape[i] >= nt) pd = i;
+        for (int i = 0; pd < 0 && i < p->nd; i++) /* else the largest */
+            if (!(p->accumulate && i == p->dim) && p->shape[i] > 1 && (pd < 0 || p->shape[i] > p->shape[pd])) pd = i;
+    }
+    if (pd < 0) { ix_run_range(p, 0, 0, p->shape[0]); return; }
+    const int64_t ext = p->shape[pd];
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+#ifdef _OPENMP
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int64_t t = 0, T = 1;
+#endif
+        int64_t lo = ext * t / T, hi = ext * (t + 1) / T;
+        if (lo < hi) ix_run_range(p, pd, lo, hi);
+    }
+}
+
+/* ---- argument helpers -------------------------------------------------------------------- */
+
+/* Every value of index must lie in [0, size); the error names the first bad one (row-major
+ * order) and its position in index. */
+static tn_status ix_check_values(const char *opname, const tn_tensor *index, int32_t dim, int64_t size) {
+    const int nd = index->ndim;
+    const int64_t numel = tn_tensor_numel(index);
+    const size_t is = tn_dtype_size(index->dtype);
+    int64_t bad = -1, badv = 0;
+    if (tn_tensor_is_contiguous(index)) {
+        for (int64_t i = 0; i < numel; i++) {
+            int64_t v = ix_load_index(index->data + i * (int64_t)is, index->dtype);
+            if (TN_UNLIKELY((uint64_t)v >= (uint64_t)size)) { bad = i; badv = v; break; }
+        }
+    } else {
+        for (int64_t i = 0; i < numel; i++) {
+            int64_t rem = i, off = 0;
+            for (int d = nd - 1; d >= 0; d--) { off += (rem % index->shape[d]) * index->strides[d]; rem /= index->shape[d]; }
+            int64_t v = ix_load_index(index->data + off * (int64_t)is, index->dtype);
+            if (TN_UNLIKELY((uint64_t)v >= (uint64_t)size)) { bad = i; badv = v; break; }
+        }
+    }
+    if (bad < 0) return TN_OK;
+    char pos[200]; /* "[i, j, ...]" */
+    int64_t c[TN_MAX_DIMS], rem = bad;
+    for (int d = nd - 1; d >= 0; d--) { c[d] = rem % index->shape[d]; rem /= index->shape[d]; }
+    size_t len = 0;
+    len += (size_t)snprintf(pos + len, sizeof pos - len, "[");
+    for (int d = 0; d < nd && len < sizeof pos; d++)
+        len += (size_t)snprintf(pos + len, sizeof pos - len, d ? ", %lld" : "%lld", (long long)c[d]);
+    if (len < sizeof pos) snprintf(pos + len, sizeof pos - len, "]");
+    return tn_error(TN_ERR_INDEX, "%s: index %lld is out of range for dim %d of size %lld (at position %s)",
+                    opname, (long long)badv, (int)dim, (long long)size, pos);
+}
+
+/* Rejects outputs updated in place whose elements overlap (expanded dims of stride 0). */
+static tn_status ix_check_no_overlap(const char *opname, const tn_tensor *out) {
+    for (int i = 0; i < out->ndim; i++)
+        if (out->strides[i] == 0 && out->shape[i] > 1 && tn_tensor_numel(out) > 0)
+            return tn_error(TN_ERR_ARG, "%s: out %s has overlapping elements (expanded dim %d, stride 0), %s",
+                            opname, TN_SHAPE(out), i, tn_dtype_name(out->dtype));
+    return TN_OK;
+}
+
+/* *hold = t, or a fresh contiguous copy when t shares storage with out. */
+static tn_status ix_unalias(tn_tensor **hold, const tn_tensor *t, const tn_tensor *out) {
+    if (t->storage != out->storage) { *hold = tn_tensor_retain((tn_tensor *)t); return TN_OK; }
+    TN_TRY(tn_tensor_empty(hold, t->ndim, t->shape, t->dtype, t->device));
+    tn_status s = tn_copy(*hold, t);
+    if (s != TN_OK) { tn_tensor_free(*hold); *hold = NULL; }
+    return s;
+}
+
+static tn_status ix_check_dim(const char *opname, const tn_tensor *t, int32_t dim, int allow_0d) {
+    const int nd = t->ndim > 0 ? t->ndim : (allow_0d ? 1 : 0);
+    if (dim < 0 || dim >= nd)
+        return tn_error(TN_ERR_ARG, "%s: dim %d is out of range for %s (%d-D), %s", opname, (int)dim,
+                        TN_SHAPE(t), (int)t->ndim, tn_dtype_name(t->dtype));
+    return TN_OK;
+}
+
+/* Fills the plan dims from the iteration shape (0-d becomes [1]). */
+static void ix_plan_dims(ix_plan *p, const tn_tensor *iter) {
+    p->nd = iter->ndim > 0 ? iter->ndim : 1;
+    for (int i = 0; i < p->nd; i++) p->shape[i] = iter->ndim > 0 ? iter->shape[i] : 1;
+}
+static void ix_plan_strides(int64_t *dst, const tn_tensor *t, int nd) {
+    for (int i = 0; i < nd; i++) dst[i] = t->ndim > 0 ? t->strides[i] : 0;
+}
+
+/* ---- gather / scatter_add ------------------------------------------------------------------ */
+
+tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index) {
+    static const char *op = "gather";
+    if (!out) return tn_error(TN_ERR_ARG, "gather: out is NULL");
+    TN_TRY(tn_check_tensor(op, "a", a));
+    TN_TRY(tn_check_tensor(op, "index", index));
+    TN_TRY(tn_check_same_device(op, a, index));
+    TN_TRY(tn_check_cpu(op, a));
+    TN_TRY(tn_check_index_dtype(op, "index", index));
+    TN_TRY(ix_check_dim(op, a, dim, 1));
+    if (index->ndim != a->ndim)
+        return tn_error(TN_ERR_SHAPE, "gather: index %s must have as many dims as a %s, %s", TN_SHAPE(index),
+                        TN_SHAPE(a), tn_dtype_name(a->dtype));
+    for (int d = 0; d < a->ndim; d++)
+        if (d != dim && index->shape[d] > a->shape[d])
+            return tn_error(TN_ERR_SHAPE, "gather: index %s is larger than a %s in dim %d, %s", TN_SHAPE(index),
+                            TN_SHAPE(a), d, tn_dtype_name(a->dtype));
+    const int64_t size = a->ndim > 0 ? a->shape[dim] : 1;
+    TN_TRY(ix_check_values(op, index, dim, size));
+    const int allocated = *out == NULL;
+    TN_TRY(tn_prepare_out(op, out, index->ndim, index->shape, a->dtype, a->device));
+    tn_tensor *ha = NULL, *hi = NULL;
+    tn_status s = ix_unalias(&ha, a, *out);
+    if (s == TN_OK) s = ix_unalias(&hi, index, *out);
+    if (s == TN_OK) {
+        ix_plan p;
+        memset(&p, 0, sizeof p);
+        ix_plan_dims(&p, index);
+        p.dim = dim;
+        ix_plan_strides(p.istr, hi, p.nd);
+        ix_plan_strides(p.dstr, *out, p.nd);
+        ix_plan_strides(p.xstr, ha, p.nd);
+        p.xdim_stride = p.xstr[dim];
+        p.xstr[dim] = 0;
+        p.ip = hi->data;
+        p.dp = (*out)->data;
+        p.xp = ha->data; /* read only: accumulate = 0 */
+        p.itype = index->dtype;
+        p.dtype = a->dtype;
+        p.accumulate = 0;
+        ix_run(&p);
+    }
+    tn_tensor_free(ha);
+    tn_tensor_free(hi);
+    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+    return s;
+}
+
+tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src) {
+    static const char *op = "scatter_add";
+    TN_TRY(tn_check_tensor(op, "out", out));
+    TN_TRY(tn_check_tensor(op, "index", index));
+    TN_TRY(tn_check_tensor(op, "src", src));
+    TN_TRY(tn_check_same_device(op, out, index));
+    TN_TRY(tn_check_same_device(op, out, src));
+    TN_TRY(tn_check_cpu(op, out));
+    TN_TRY(tn_check_index_dtype(op, "index", index));
+    if (out->dtype != src->dtype)
+        return tn_error(TN_ERR_DTYPE, "scatter_add: out %s is %s but src %s is %s", TN_SHAPE(out),
+                        tn_dtype_name(out->dtype), TN_SHAPE(src), tn_dtype_name(src->dtype));
+    TN_TRY(ix_check_dim(op, out, dim, 1));
+    if (index->ndim != out->ndim || src->ndim != out->ndim)
+        return tn_error(TN_ERR_SHAPE, "scatter_add: out %s, index %s and src %s must have the same number of dims, %s",
+                        TN_SHAPE(out), TN_SHAPE(index), TN_SHAPE(src), tn_dtype_name(out->dtype));
+    for (int d = 0; d < out->ndim; d++)
+        if (index->shape[d] > src->shape[d] || (d != dim && index->shape[d] > out->shape[d]))
+            return tn_error(TN_ERR_SHAPE,
+                            "scatter_add: index %s is larger than src %s or out %s in dim %d, %s", TN_SHAPE(index),
+                            TN_SHAPE(src), TN_SHAPE(out), d, tn_dtype_name(out->dtype));
+    TN_TRY(ix_check_no_overlap(op, out));
+    TN_TRY(ix_check_values(op, index, dim, out->ndim > 0 ? out->shape[dim] : 1));
+    tn_tensor *hs = NULL, *hi = NULL;
+    tn_status s = ix_unalias(&hs, src, out);
+    if (s == TN_OK) s = ix_unalias(&hi, index, out);
+    if (s == TN_OK) {
+        ix_plan p;
+        memset(&p, 0, sizeof p);
+        ix_plan_dims(&p, index);
+        p.dim = dim;
+        ix_plan_strides(p.istr, hi, p.nd);
+        ix_plan_strides(p.dstr, hs, p.nd);
+        ix_plan_strides(p.xstr, out, p.nd);
+        p.xdim_stride = p.xstr[dim];
+        p.xstr[dim] = 0;
+        p.ip = hi->data;
+        p.dp = hs->data; /* read only: accumulate = 1 */
+        p.xp = out->data;
+        p.itype = index->dtype;
+        p.dtype = out->dtype;
+        p.accumulate = 1;
+        ix_run(&p);
+    }
+    tn_tensor_free(hs);
+    tn_tensor_free(hi);
+    return s;
+}
+
+/* ---- index_select / index_add -------------------------------------------------------------- */
+
+static tn_status ix_check_1d_index(const char *opname, const tn_tensor *index) {
+    if (index->ndim > 1)
+        return tn_error(TN_ERR_SHAPE, "%s: index must be 1-D, got %s %s", opname, TN_SHAPE(index),
+                        tn_dtype_name(index->dtype));
+    return TN_OK;
+}
+
+tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index) {
+    static const char *op = "index_select";
+    if (!out) return tn_error(TN_ERR_ARG, "index_select: out is NULL");
+    TN_TRY(tn_check_tensor(op, "a", a));
+    TN_TRY(tn_check_tensor(op, "index", index));
+    TN_TRY(tn_check_same_device(op, a, index));
+    TN_TRY(tn_check_cpu(op, a));
+    TN_TRY(tn_check_index_dtype(op, "index", index));
+    TN_TRY(ix_check_1d_index(op, index));
+    TN_TRY(ix_check_dim(op, a, dim, 0));
+    TN_TRY(ix_check_values(op, index, dim, a->shape[dim]));
+    int64_t oshape[TN_MAX_DIMS]; /* (a->ndim) a's shape with shape[dim] = numel(index) */
+    for (int i = 0; i < a->ndim; i++) oshape[i] = a->shape[i];
+    oshape[dim] = tn_tensor_numel(index);
+    const int allocated = *out == NULL;
+    TN_TRY(tn_prepare_out(op, out, a->ndim, oshape, a->dtype, a->device));
+    tn_tensor *ha = NULL, *hi = NULL;
+    tn_status s = ix_unalias(&ha, a, *out);
+    if (s == TN_OK) s = ix_unalias(&hi, index, *out);
+    if (s == TN_OK) {
+        ix_plan p;
+        memset(&p, 0, sizeof p);
+        ix_plan_dims(&p, *out);
+        p.dim = dim;
+        p.istr[dim] = hi->ndim == 1 ? hi->strides[0] : 0;
+        ix_plan_strides(p.dstr, *out, p.nd);
+        ix_plan_strides(p.xstr, ha, p.nd);
+        p.xdim_stride = p.xstr[dim];
+        p.xstr[dim] = 0;
+        p.ip = hi->data;
+        p.dp = (*out)->data;
+        p.xp = ha->data; /* read only */
+        p.itype = index->dtype;
+        p.dtype = a->dtype;
+        p.accumulate = 0;
+        ix_run(&p);
+    }
+    tn_tensor_free(ha);
+    tn_tensor_free(hi);
+    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+    return s;
+}
+
+tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src) {
+    static const char *op = "index_add";
+    TN_TRY(tn_check_tensor(op, "out", out));
+    TN_TRY(tn_check_tensor(op, "index", index));
+    TN_TRY(tn_check_tensor(op, "src", src));
+    TN_TRY(tn_check_same_device(op, out, index));
+    TN_TRY(tn_check_same_device(op, out, src));
+    TN_TRY(tn_check_cpu(op, out));
+    TN_TRY(tn_check_index_dtype(op, "index", index));
+    TN_TRY(ix_check_1d_index(op, index));
+    if (out->dtype != src->dtype)
+        return tn_error(TN_ERR_DTYPE, "index_add: out %s is %s but src %s is %s", TN_SHAPE(out),
+                        tn_dtype_name(out->dtype), TN_SHAPE(src), tn_dtype_name(src->dtype));
+    TN_TRY(ix_check_dim(op, out, dim, 0));
+    int fits = src->ndim == out->ndim && src->shape[dim] == tn_tensor_numel(index);
+    for (int d = 0; fits && d < out->ndim; d++) fits = d == dim || src->shape[d] == out->shape[d];
+    if (!fits)
+        return tn_error(TN_ERR_SHAPE,
+                        "index_add: src %s must match out %s except in dim %d, where it needs index's size %lld, %s",
+                        TN_SHAPE(src), TN_SHAPE(out), (int)dim, (long long)tn_tensor_numel(index),
+                        tn_dtype_name(out->dtype));
+    TN_TRY(ix_check_no_overlap(op, out));
+    TN_TRY(ix_check_values(op, index, dim, out->shape[dim]));
+    tn_tensor *hs = NULL, *hi = NULL;
+    tn_status s = ix_unalias(&hs, src, out);
+    if (s == TN_OK) s = ix_unalias(&hi, index, out);
+    if (s == TN_OK) {
+        ix_plan p;
+        memset(&p, 0, sizeof p);
+        ix_plan_dims(&p, src);
+        p.dim = dim;
+        p.istr[dim] = hi->ndim == 1 ? hi->strides[0] : 0;
+        ix_plan_strides(p.dstr, hs, p.nd);
+        ix_plan_strides(p.xstr, out, p.nd);
+        p.xdim_stride = p.xstr[dim];
+        p.xstr[dim] = 0;
+        p.ip = hi->data;
+        p.dp = hs->data; /* read only */
+        p.xp = out->data;
+        p.itype = index->dtype;
+        p.dtype = out->dtype;
+        p.accumulate = 1;
+        ix_run(&p);
+    }
+    tn_tensor_free(hs);
+    tn_tensor_free(hi);
+    return s;
+}
+
+/* ---- cat ----------------------------------------------------------------------------------- */
+
+/* Copies nblocks blocks of block bytes (strides in bytes), on threads when it is large. */
+static void cat_copy_blocks(char *dst, int64_t dst_stride, const char *src, int64_t src_stride,
+                            int64_t nblocks, int64_t block) {
+    const int64_t total = nblocks * block;
+    if (total < TN_CAT_PARALLEL_BYTES || ix_max_threads() == 1) {
+        for (int64_t i = 0; i < nblocks; i++) memcpy(dst + i * dst_stride, src + i * src_stride, (size_t)block);
+        return;
+    }
+    if (nblocks >= ix_max_threads()) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (int64_t i = 0; i < nblocks; i++) memcpy(dst + i * dst_stride, src + i * src_stride, (size_t)block);
+        return;
+    }
+    const int64_t chunk = 1 << 18; /* few large blocks: split each into chunks */
+    const int64_t nchunks = (block + chunk - 1) / chunk;
+    for (int64_t i = 0; i < nblocks; i++) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t off = c * chunk, len = block - off < chunk ? block - off : chunk;
+            memcpy(dst + i * dst_stride + off, src + i * src_stride + off, (size_t)len);
+        }
+    }
+}
+
+/* torch's legacy rule: a 1-D empty tensor is skipped whatever the others' shape. */
+static int cat_skipped(const tn_tensor *t, const tn_tensor *ref) {
+    return t != ref && t->ndim == 1 && t->shape[0] == 0 && ref->ndim != 1;
+}
+
+tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t dim) {
+    static const char *op = "cat";
+    if (!out) return tn_error(TN_ERR_ARG, "cat: out is NULL");
+    if (!ts || n <= 0) return tn_error(TN_ERR_ARG, "cat: expected a non-empty list of tensors (n = %d)", (int)n);
+    const tn_tensor *ref = NULL;
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "tensor %d", i);
+        TN_TRY(tn_check_tensor(op, name, ts[i]));
+        if (!ref && !(ts[i]->ndim == 1 && ts[i]->shape[0] == 0)) ref = ts[i];
+    }
+    if (!ref) ref = ts[0];
+    int refi = 0;
+    while (ts[refi] != ref) refi++;
+    TN_TRY(tn_check_cpu(op, ref));
+    if (ref->ndim == 0)
+        return tn_error(TN_ERR_SHAPE, "cat: zero-dimensional tensor (tensor %d, %s) cannot be concatenated", refi,
+                        tn_dtype_name(ref->dtype));
+    TN_TRY(ix_check_dim(op, ref, dim, 0));
+    int64_t oshape[TN_MAX_DIMS]; /* (ref->ndim) ref's shape with the sizes along dim summed */
+    for (int d = 0; d < ref->ndim; d++) oshape[d] = ref->shape[d];
+    oshape[dim] = 0;
+    for (int i = 0; i < n; i++) {
+        const tn_tensor *t = ts[i];
+        TN_TRY(tn_check_same_device(op, ref, t));
+        if (t->dtype != ref->dtype)
+            return tn_error(TN_ERR_DTYPE, "cat: tensor %d is %s %s but tensor %d is %s %s", i, TN_SHAPE(t),
+                            tn_dtype_name(t->dtype), refi, TN_SHAPE(ref), tn_dtype_name(ref->dtype));
+        if (cat_skipped(t, ref)) continue;
+        int fits = t->ndim == ref->ndim;
+        for (int d = 0; fits && d < ref->ndim; d++) fits = d == dim || t->shape[d] == ref->shape[d];
+        if (!fits)
+            return tn_error(TN_ERR_SHAPE, "cat: tensor %d has shape %s but tensor %d has %s; sizes must match except in dim %d, %s",
+                            i, TN_SHAPE(t), refi, TN_SHAPE(ref), (int)dim, tn_dtype_name(ref->dtype));
+        oshape[dim] += t->shape[dim];
+    }
+    const int allocated = *out == NULL;
+    TN_TRY(tn_prepare_out(op, out, ref->ndim, oshape, ref->dtype, ref->device));
+    tn_tensor *o = *out;
+    const size_t es = tn_dtype_size(ref->dtype);
+    int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
+    for (int d = 0; d < dim; d++) outer *= oshape[d];
+    for (int d = dim + 1; d < ref->ndim; d++) inner *= oshape[d];
+    const int out_contig = tn_tensor_is_contiguous(o);
+    tn_status s = TN_OK;
+    int64_t pos = 0; /* offset along dim */
+    for (int i = 0; i < n && s == TN_OK; i++) {
+        const tn_tensor *t = ts[i];
+        if (cat_skipped(t, ref)) continue;
+        const int64_t len = t->shape[dim];
+        if (len == 0) continue;
+        tn_tensor *h = NULL;
+        s = ix_unalias(&h, t, o);
+        if (s != TN_OK) break;
+        if (out_contig && tn_tensor_is_contiguous(h)) {
+            /* (outer) blocks of len*inner elements into rows of oshape[dim]*inner elements */
+            cat_copy_blocks(o->data + pos * inner * (int64_t)es, oshape[dim] * inner * (int64_t)es, h->data,
+                            len * inner * (int64_t)es, outer, len * inner * (int64_t)es);
+        } else {
+            tn_tensor *view = NULL;
+            s = tn_narrow(&view, o, dim, pos, len);
+            if (s == TN_OK) s = tn_copy(view, h);
+            tn_tensor_free(view);
+        }
+        tn_tensor_free(h);
+        pos += len;
+    }
+    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+    return s;
+}

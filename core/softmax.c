@@ -1,0 +1,251 @@
+/*
+ * softmax.c — tn_softmax and tn_softmax_backward (softmax and log_softmax) on the CPU.
+ *
+ * Gradient policy: tn_softmax_backward writes (=) grad_in, an activation gradient:
+ *   softmax:      grad_in = y * (grad_out - sum(grad_out * y))
+ *   log_softmax:  grad_in = grad_out - exp(y) * sum(grad_out)
+ * with sums along dim. Ownership: `tn_tensor **out` per tern.h.
+ *
+ * Stable: the max along dim is subtracted before exp (a NaN in a row gives a NaN row).
+ * f32/f64 compute natively; f16/bf16 are converted to f32, computed, and rounded back.
+ * Inputs are viewed as contiguous (O, D, I) with D the softmax dim: I == 1 (the last dim,
+ * the common case) runs row by row, rows in parallel; I > 1 runs on column chunks
+ * vectorised along I. Non-contiguous inputs are copied to contiguous first.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+#include "iter.h"
+#include "kernels/elementwise.h"
+
+enum { SM_COLW = 256 };
+
+#define SOFTMAX_IMPL(T, S)                                                                     \
+    /* y (O, D) = softmax/log_softmax of x (O, D) along D */                                   \
+    static void fwd_rows_##S(T *y, const T *x, int64_t O, int64_t D, int log_, int nt) {       \
+        TN_PARALLEL_FOR(nt, o, O, {                                                            \
+            const T *xr = x + o * D;                                                           \
+            T *yr = y + o * D;                                                                 \
+            T m = -INFINITY;                                                                   \
+            for (int64_t i = 0; i < D; i++) m = (xr[i] > m || xr[i] != xr[i]) ? xr[i] : m;     \
+            T s = 0;                                                                           \
+            if (log_) {                                                                        \
+                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s +=      \
+                    tn_exp_##S(xr[i] - m);                                                     \
+                const T ls = (T)log((double)s); /* y = (x - m) - log(s): x - m first */       \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] = (xr[i] - m) - ls;  \
+            } else {                                                                           \
+                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) {         \
+                    T e = tn_exp_##S(xr[i] - m);                                               \
+                    yr[i] = e;                                                                 \
+                    s += e;                                                                    \
+                }                                                                              \
+                const T inv = (T)1 / s;                                                        \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] *= inv;              \
+            }                                                                                  \
+        });                                                                                    \
+    }                                                                                          \
+    /* y (O, D, I) along D, on chunks of SM_COLW columns */                                    \
+    static void fwd_cols_##S(T *y, const T *x, int64_t O, int64_t D, int64_t I, int log_, int nt) { \
+        const int64_t nch = (I + SM_COLW - 1) / SM_COLW;                                       \
+        TN_PARALLEL_FOR(nt, it, O * nch, {                                                     \
+            const int64_t o = it / nch, j0 = (it % nch) * SM_COLW;                             \
+            const int64_t cw = I - j0 < SM_COLW ? I - j0 : SM_COLW;                            \
+            const T *xb = x + o * D * I + j0;                                                  \
+            T *yb = y + o * D * I + j0;                                                        \
+            T m[SM_COLW], s[SM_COLW];                                                          \
+            for (int64_t j = 0; j < cw; j++) { m[j] = -INFINITY; s[j] = 0; }                   \
+            for (int64_t d = 0; d < D; d++) {                                                  \
+                const T *xr = xb + d * I;                                                      \
+                _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) m[j] =                    \
+                    (xr[j] > m[j] || xr[j] != xr[j]) ? xr[j] : m[j];                           \
+            }                                                                                  \
+            for (int64_t d = 0; d < D; d++) {                                                  \
+                const T *xr = xb + d * I;                                                      \
+                T *yr = yb + d * I;                                                            \
+                if (log_) {                                                                    \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) s[j] += tn_exp_##S(xr[j] - m[j]); \
+                } else {                                                                       \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) {                     \
+                        T e = tn_exp_##S(xr[j] - m[j]);                                        \
+                        yr[j] = e;                                                             \
+                        s[j] += e;                                                             \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            for (int64_t j = 0; j < cw; j++) s[j] = log_ ? (T)log((double)s[j]) : (T)1 / s[j];   \
+            for (int64_t d = 0; d < D; d++) {                                                  \
+                const T *xr = xb + d * I;                                                      \
+                T *yr = yb + d * I;                                                            \
+                if (log_) {                                                                    \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) yr[j] = (xr[j] - m[j]) - s[j]; \
+                } else {                                                                       \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) yr[j] *= s[j];        \
+                }                                                                              \
+            }                                                                                  \
+        });                                                                                    \
+    }                                                                                          \
+    /* gi (O, D, I) from g and y (O, D, I); I == 1 is the row case */                          \
+    static void bwd_##S(T *gi, const T *g, const T *y, int64_t O, int64_t D, int64_t I, int log_, int nt) { \
+        if (I == 1) {                                                                          \
+            TN_PARALLEL_FOR(nt, o, O, {                                                        \
+                const T *gr = g + o * D, *yr = y + o * D;                                      \
+                T *ir = gi + o * D;                                                            \
+                T s = 0;                                                                       \
+                if (log_) {                                                                    \
+                    _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i]; \
+                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] = gr[i] - tn_exp_##S(yr[i]) * s; \
+                } else {                                                                       \
+                    _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i] * yr[i]; \
+                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] = yr[i] * (gr[i] - s); \
+                }                                                                              \
+            });                                                                                \
+            return;                                                                            \
+        }                                                                                      \
+        const int64_t nch = (I + SM_COLW - 1) / SM_COLW;                                       \
+        TN_PARALLEL_FOR(nt, it, O * nch, {                                                     \
+            const int64_t o = it / nch, j0 = (it % nch) * SM_COLW;                             \
+            const int64_t cw = I - j0 < SM_COLW ? I - j0 : SM_COLW;                            \
+            const int64_t base = o * D * I + j0;                                               \
+            T s[SM_COLW];                                                                      \
+            for (int64_t j = 0; j < cw; j++) s[j] = 0;                                         \
+            for (int64_t d = 0; d < D; d++) {                                                  \
+                const T *gr = g + base + d * I, *yr = y + base + d * I;                        \
+                if (log_) {                                                                    \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) s[j] += gr[j];        \
+                } else {                                                                       \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) s[j] += gr[j] * yr[j]; \
+                }                                                                              \
+            }                                                                                  \
+            for (int64_t d = 0; d < D; d++) {                                                  \
+                const T *gr = g + base + d * I, *yr = y + base + d * I;                        \
+                T *ir = gi + base + d * I;                                                     \
+                if (log_) {                                                                    \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] = gr[j] - tn_exp_##S(yr[j]) * s[j]; \
+                } else {                                                                       \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] = yr[j] * (gr[j] - s[j]); \
+                }                                                                              \
+            }                                                                                  \
+        });                                                                                    \
+    }
+
+SOFTMAX_IMPL(float, f)
+SOFTMAX_IMPL(double, d)
+
+static void split_dim(const tn_tensor *a, int32_t dim, int64_t *O, int64_t *D, int64_t *I) {
+    *O = *D = *I = 1;
+    for (int32_t d = 0; d < a->ndim; d++) {
+        if (d < dim) *O *= a->shape[d];
+        else if (d == dim) *D = a->shape[d];
+        else *I *= a->shape[d];
+    }
+}
+
+static tn_status check_sm(const char *name, const tn_tensor *a, int32_t dim) {
+    TN_TRY(tn_check_tensor(name, "a", a));
+    TN_TRY(tn_check_cpu(name, a));
+    TN_TRY(tn_check_float(name, "a", a));
+    if (dim < 0 || dim >= (a->ndim > 0 ? a->ndim : 1))
+        return tn_error(TN_ERR_INDEX, "%s: dim %d out of range for a %s (%s)", name, (int)dim, TN_SHAPE(a),
+                        tn_dtype_name(a->dtype));
+    return TN_OK;
+}
+
+/* Runs fn-like computation into a contiguous destination of (ndim, shape, dtype): *out itself
+ * when it is (or will be) contiguous, else a temporary copied into *out afterwards. */
+static tn_status prepare_dst(const char *name, tn_tensor **out, tn_tensor **dst, const tn_tensor *like, int32_t dtype) {
+    TN_TRY(tn_prepare_out(name, out, like->ndim, like->shape, dtype, like->device));
+    if (tn_tensor_is_contiguous(*out) && dtype == (*out)->dtype) {
+        *dst = tn_tensor_retain(*out);
+        return TN_OK;
+    }
+    return tn_tensor_empty(dst, like->ndim, like->shape, dtype, like->device);
+}
+
+static tn_status finish_dst(tn_tensor *out, tn_tensor *dst) {
+    tn_status st = dst == out ? TN_OK : tn_copy(out, dst);
+    tn_tensor_free(dst);
+    return st;
+}
+
+/* Contiguous compute-type (f32 for f16/bf16) version of t: a new reference. */
+static tn_status compute_copy(tn_tensor **c, const tn_tensor *t) {
+    if (t->dtype == TN_F16 || t->dtype == TN_BF16) return tn_to_dtype(c, t, TN_F32);
+    return tn_contiguous(c, t);
+}
+
+tn_status tn_softmax(tn_tensor **out, const tn_tensor *a, int32_t dim, int32_t log) {
+    const char *name = log ? "log_softmax" : "softmax";
+    if (!out) return tn_error(TN_ERR_ARG, "%s: out is NULL", name);
+    TN_TRY(check_sm(name, a, dim));
+    int allocated = *out == NULL;
+    tn_tensor *x = NULL, *dst = NULL;
+    TN_TRY(compute_copy(&x, a));
+    int32_t ct = x->dtype;
+    tn_status st = TN_OK;
+    if (ct == a->dtype) {
+        st = prepare_dst(name, out, &dst, a, ct);
+    } else { /* f16/bf16: compute in an f32 temporary */
+        st = tn_prepare_out(name, out, a->ndim, a->shape, a->dtype, a->device);
+        if (st == TN_OK) st = tn_tensor_empty(&dst, a->ndim, a->shape, ct, a->device);
+    }
+    if (st == TN_OK) {
+        int64_t O, D, I;
+        split_dim(a, dim, &O, &D, &I);
+        int nt = tn_par_threads(O * D * I, TN_PAR_MIN);
+        if (O * D * I > 0) {
+            if (ct == TN_F64) {
+                if (I == 1) fwd_rows_d((double *)dst->data, (const double *)x->data, O, D, log, nt);
+                else fwd_cols_d((double *)dst->data, (const double *)x->data, O, D, I, log, nt);
+            } else {
+                if (I == 1) fwd_rows_f((float *)dst->data, (const float *)x->data, O, D, log, nt);
+                else fwd_cols_f((float *)dst->data, (const float *)x->data, O, D, I, log, nt);
+            }
+        }
+        st = finish_dst(*out, dst);
+    }
+    tn_tensor_free(x);
+    if (st != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+    return st;
+}
+
+tn_status tn_softmax_backward(tn_tensor **grad_in, const tn_tensor *grad_out, const tn_tensor *y, int32_t dim,
+                              int32_t log) {
+    const char *name = log ? "log_softmax_backward" : "softmax_backward";
+    if (!grad_in) return tn_error(TN_ERR_ARG, "%s: grad_in is NULL", name);
+    TN_TRY(check_sm(name, grad_out, dim));
+    TN_TRY(tn_check_tensor(name, "y", y));
+    TN_TRY(tn_check_cpu(name, y));
+    int same = grad_out->ndim == y->ndim && grad_out->dtype == y->dtype;
+    for (int32_t d = 0; same && d < y->ndim; d++) same = grad_out->shape[d] == y->shape[d];
+    if (!same)
+        return tn_error(TN_ERR_SHAPE, "%s: grad_out %s (%s) and y %s (%s) must match", name, TN_SHAPE(grad_out),
+                        tn_dtype_name(grad_out->dtype), TN_SHAPE(y), tn_dtype_name(y->dtype));
+    int allocated = *grad_in == NULL;
+    tn_tensor *g = NULL, *yc = NULL, *dst = NULL;
+    tn_status st = compute_copy(&g, grad_out);
+    if (st == TN_OK) st = compute_copy(&yc, y);
+    int32_t ct = g ? g->dtype : TN_F32;
+    if (st == TN_OK) {
+        if (ct == y->dtype) {
+            st = prepare_dst(name, grad_in, &dst, y, ct);
+        } else {
+            st = tn_prepare_out(name, grad_in, y->ndim, y->shape, y->dtype, y->device);
+            if (st == TN_OK) st = tn_tensor_empty(&dst, y->ndim, y->shape, ct, y->device);
+        }
+    }
+    if (st == TN_OK) {
+        int64_t O, D, I;
+        split_dim(y, dim, &O, &D, &I);
+        int nt = tn_par_threads(O * D * I, TN_PAR_MIN);
+        if (O * D * I > 0) {
+            if (ct == TN_F64) bwd_d((double *)dst->data, (const double *)g->data, (const double *)yc->data, O, D, I, log, nt);
+            else bwd_f((float *)dst->data, (const float *)g->data, (const float *)yc->data, O, D, I, log, nt);
+        }
+        st = finish_dst(*grad_in, dst);
+    }
+    tn_tensor_free(g);
+    tn_tensor_free(yc);
+    if (st != TN_OK && allocated) { tn_tensor_free(*grad_in); *grad_in = NULL; }
+    return st;
+}

@@ -1,0 +1,224 @@
+/*
+ * test_copy.c — tn_copy, tn_fill, tn_to_dtype, tn_arange: conversions (saturation, f16/bf16
+ * rounding, exact i64), broadcasting, strided and overlapping operands, parallel sizes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "kernels/half.h"
+
+static tn_tensor *mk(int32_t dtype, int32_t ndim, const int64_t *shape) {
+    tn_tensor *t = NULL;
+    CHECK_OK(tn_tensor_empty(&t, ndim, shape, dtype, TN_CPU));
+    return t;
+}
+/* element i in row-major logical order, as double */
+static double at(const tn_tensor *t, int64_t i) {
+    int64_t off = 0;
+    for (int32_t d = t->ndim - 1; d >= 0; d--) { off += (i % t->shape[d]) * t->strides[d]; i /= t->shape[d]; }
+    const char *p = t->data + off * (int64_t)tn_dtype_size(t->dtype);
+    switch (t->dtype) {
+    case TN_F32: return *(const float *)p;
+    case TN_F64: return *(const double *)p;
+    case TN_F16: return tn_half_to_float(*(const uint16_t *)p);
+    case TN_BF16: return tn_bf16_to_float(*(const uint16_t *)p);
+    case TN_I32: return *(const int32_t *)p;
+    case TN_I64: return (double)*(const int64_t *)p;
+    default: return *(const uint8_t *)p;
+    }
+}
+static void set_f32(tn_tensor *t, const float *v) { memcpy(t->data, v, (size_t)tn_tensor_numel(t) * 4); }
+
+static void test_saturation(void) {
+    int64_t sh[1] = {6};
+    tn_tensor *f = mk(TN_F32, 1, sh), *u = mk(TN_U8, 1, sh), *i = mk(TN_I32, 1, sh);
+    float v[6] = {300.7f, -5.0f, NAN, 3.9f, -3.9f, 3e9f};
+    set_f32(f, v);
+    CHECK_OK(tn_copy(u, f));
+    CHECK(at(u, 0) == 255 && at(u, 1) == 0 && at(u, 2) == 0 && at(u, 3) == 3 && at(u, 4) == 0 && at(u, 5) == 255);
+    CHECK_OK(tn_copy(i, f));
+    CHECK(at(i, 0) == 300 && at(i, 2) == 0 && at(i, 3) == 3 && at(i, 4) == -3 && at(i, 5) == 2147483647.0);
+    tn_tensor_free(f); tn_tensor_free(u); tn_tensor_free(i);
+}
+
+static void test_int_exact(void) {
+    int64_t sh[2] = {2, 2};
+    tn_tensor *a = mk(TN_I64, 2, sh), *b = mk(TN_I64, 2, sh), *c = mk(TN_I32, 2, sh), *u = mk(TN_U8, 2, sh);
+    int64_t *p = (int64_t *)a->data;
+    p[0] = ((int64_t)1 << 62) + 1; p[1] = -(((int64_t)1 << 53) + 1); p[2] = 300; p[3] = -7;
+    tn_tensor *at_ = NULL;
+    CHECK_OK(tn_transpose(&at_, a, 0, 1)); /* strided path */
+    CHECK_OK(tn_copy(b, at_));
+    int64_t *q = (int64_t *)b->data;
+    CHECK(q[0] == p[0] && q[1] == p[2] && q[2] == p[1] && q[3] == p[3]);
+    CHECK_OK(tn_copy(c, a));
+    int32_t *r = (int32_t *)c->data;
+    CHECK(r[0] == INT32_MAX && r[1] == INT32_MIN && r[2] == 300 && r[3] == -7);
+    CHECK_OK(tn_copy(u, at_));
+    CHECK(at(u, 0) == 255 && at(u, 1) == 255 && at(u, 2) == 0 && at(u, 3) == 0);
+    tn_tensor_free(a); tn_tensor_free(b); tn_tensor_free(c); tn_tensor_free(u); tn_tensor_free(at_);
+}
+
+static void test_half_rounding(void) {
+    int64_t sh[1] = {6};
+    tn_tensor *f = mk(TN_F32, 1, sh), *h = mk(TN_F16, 1, sh), *bf = mk(TN_BF16, 1, sh), *back = mk(TN_F32, 1, sh);
+    float v[6] = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65520.0f, 65519.0f, 1e-8f, NAN};
+    set_f32(f, v);
+    CHECK_OK(tn_copy(h, f));
+    CHECK_OK(tn_copy(back, h));
+    CHECK(at(back, 0) == 1.0);                  /* tie to even: down */
+    CHECK(at(back, 1) == 1.0 + 2 * 0x1p-10);    /* tie to even: up */
+    CHECK(isinf(at(back, 2)) && at(back, 3) == 65504.0);
+    CHECK(at(back, 4) == 0.0 && isnan(at(back, 5)));
+    CHECK_OK(tn_copy(bf, f));
+    CHECK(at(bf, 0) == 1.0 && isnan(at(bf, 5)));
+    float w[6] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1, 2, 3, 4}; /* bf16 ties */
+    set_f32(f, w);
+    CHECK_OK(tn_copy(bf, f));
+    CHECK(at(bf, 0) == 1.0 && at(bf, 1) == 1.0 + 0x1p-6);
+    /* f64 -> f16, u8 -> f16 via the generic path */
+    tn_tensor *d = NULL;
+    CHECK_OK(tn_to_dtype(&d, f, TN_F64));
+    CHECK(d->dtype == TN_F64 && at(d, 1) == 1.0 + 3 * 0x1p-8);
+    CHECK_OK(tn_copy(h, d));
+    CHECK(at(h, 5) == 4.0);
+    tn_tensor_free(f); tn_tensor_free(h); tn_tensor_free(bf); tn_tensor_free(back); tn_tensor_free(d);
+}
+
+static void test_broadcast_strided_overlap(void) {
+    int64_t s3[1] = {3}, s23[2] = {2, 3}, s32[2] = {3, 2};
+    tn_tensor *r = mk(TN_F32, 1, s3), *m = mk(TN_F64, 2, s23), *t = mk(TN_F32, 2, s32), *tv = NULL;
+    float v[3] = {1, 2, 3};
+    set_f32(r, v);
+    CHECK_OK(tn_copy(m, r));
+    for (int i = 0; i < 6; i++) CHECK(at(m, i) == v[i % 3]);
+    CHECK_OK(tn_transpose(&tv, t, 0, 1)); /* (2, 3) view of a (3, 2) tensor */
+    CHECK_OK(tn_copy(tv, m));
+    for (int i = 0; i < 6; i++) CHECK(at(tv, i) == v[i % 3]);
+    CHECK(at(t, 0) == 1 && at(t, 1) == 1 && at(t, 2) == 2);
+    /* bad broadcast */
+    int64_t s4[1] = {4};
+    tn_tensor *q = mk(TN_F32, 1, s4);
+    CHECK(tn_copy(m, q) == TN_ERR_SHAPE);
+    CHECK(strstr(tn_last_error(), "copy") && strstr(tn_last_error(), "[4]") && strstr(tn_last_error(), "[2, 3]"));
+    /* overlapping views of one storage: x[1:] = x[:-1] */
+    int64_t s10[1] = {10}, s9[1] = {9}, st1[1] = {1};
+    tn_tensor *x = mk(TN_F32, 1, s10), *lo = NULL, *hi = NULL;
+    for (int i = 0; i < 10; i++) ((float *)x->data)[i] = (float)i;
+    CHECK_OK(tn_as_strided(&lo, x, 1, s9, st1, 0));
+    CHECK_OK(tn_as_strided(&hi, x, 1, s9, st1, 1));
+    CHECK_OK(tn_copy(hi, lo));
+    for (int i = 1; i < 10; i++) CHECK(at(x, i) == i - 1);
+    CHECK_OK(tn_copy(x, x)); /* self copy is a no-op */
+    tn_tensor_free(r); tn_tensor_free(m); tn_tensor_free(t); tn_tensor_free(tv); tn_tensor_free(q);
+    tn_tensor_free(x); tn_tensor_free(lo); tn_tensor_free(hi);
+}
+
+static void test_fill(void) {
+    int64_t sh[2] = {3, 4};
+    for (int32_t dt = 0; dt < TN_NUM_DTYPES; dt++) {
+        tn_tensor *t = mk(dt, 2, sh);
+        CHECK_OK(tn_fill(t, 7));
+        int ok = 1;
+        for (int i = 0; i < 12; i++) ok &= at(t, i) == 7;
+        CHECK(ok);
+        CHECK_OK(tn_fill(t, 0));
+        CHECK(at(t, 11) == 0);
+        tn_tensor_free(t);
+    }
+    tn_tensor *l = mk(TN_I64, 2, sh), *col = NULL;
+    CHECK_OK(tn_fill(l, 9007199254740992.0)); /* 2^53 */
+    CHECK(((int64_t *)l->data)[5] == ((int64_t)1 << 53));
+    CHECK_OK(tn_fill(l, -3));
+    int64_t s1[1] = {3}, st[1] = {4};
+    CHECK_OK(tn_as_strided(&col, l, 1, s1, st, 1)); /* column 1 */
+    CHECK_OK(tn_fill(col, 5));
+    int64_t *p = (int64_t *)l->data;
+    CHECK(p[1] == 5 && p[5] == 5 && p[9] == 5 && p[0] == -3 && p[2] == -3);
+    tn_tensor *u = mk(TN_U8, 2, sh);
+    CHECK_OK(tn_fill(u, 300.5));
+    CHECK(at(u, 0) == 255);
+    tn_tensor_free(l); tn_tensor_free(col); tn_tensor_free(u);
+}
+
+static void test_to_dtype(void) {
+    int64_t sh[2] = {2, 3};
+    tn_tensor *f = mk(TN_F32, 2, sh), *same = NULL, *i = NULL, *tr = NULL, *c = NULL;
+    float v[6] = {1.5f, -2.5f, 3, 4, 5, 6};
+    set_f32(f, v);
+    CHECK_OK(tn_to_dtype(&same, f, TN_F32));
+    CHECK(same == f && f->refcount == 2);
+    CHECK_OK(tn_to_dtype(&i, f, TN_I32));
+    CHECK(i->dtype == TN_I32 && at(i, 0) == 1 && at(i, 1) == -2);
+    CHECK_OK(tn_transpose(&tr, f, 0, 1));
+    CHECK_OK(tn_to_dtype(&c, tr, TN_F32)); /* non-contiguous: a contiguous copy */
+    CHECK(c != tr && tn_tensor_is_contiguous(c) && at(c, 1) == 4 && at(c, 2) == -2.5);
+    CHECK(tn_to_dtype(&c, f, 99) == TN_ERR_DTYPE);
+    tn_tensor_free(same); tn_tensor_free(f); tn_tensor_free(i); tn_tensor_free(tr); tn_tensor_free(c);
+}
+
+static void test_arange(void) {
+    tn_tensor *t = NULL;
+    CHECK_OK(tn_arange(&t, 0, 5, 1, TN_I64, TN_CPU));
+    CHECK(t->ndim == 1 && t->shape[0] == 5 && at(t, 4) == 4);
+    tn_tensor_free(t); t = NULL;
+    CHECK_OK(tn_arange(&t, 0, 1, 0.3, TN_F32, TN_CPU));
+    CHECK(t->shape[0] == 4);
+    CHECK_NEAR(at(t, 3), 0.9, 1e-6);
+    tn_tensor_free(t); t = NULL;
+    CHECK_OK(tn_arange(&t, 5, 0, -2, TN_I32, TN_CPU));
+    CHECK(t->shape[0] == 3 && at(t, 0) == 5 && at(t, 1) == 3 && at(t, 2) == 1);
+    tn_tensor_free(t); t = NULL;
+    CHECK_OK(tn_arange(&t, 3, 3, 1, TN_F64, TN_CPU));
+    CHECK(t->shape[0] == 0);
+    tn_tensor_free(t); t = NULL;
+    CHECK_OK(tn_arange(&t, 9007199254740992.0, 9007199254740992.0 + 4, 1, TN_I64, TN_CPU));
+    CHECK(t->shape[0] == 4 && ((int64_t *)t->data)[1] == ((int64_t)1 << 53) + 1 &&
+          ((int64_t *)t->data)[3] == ((int64_t)1 << 53) + 3);
+    tn_tensor_free(t); t = NULL;
+    CHECK(tn_arange(&t, 0, 5, 0, TN_F32, TN_CPU) == TN_ERR_ARG && t == NULL);
+    CHECK(tn_arange(&t, 0, 5, -1, TN_F32, TN_CPU) == TN_ERR_ARG && strstr(tn_last_error(), "arange"));
+    CHECK(tn_arange(&t, 0, 5, 1, 42, TN_CPU) == TN_ERR_DTYPE);
+    /* large: parallel, index-exact */
+    CHECK_OK(tn_arange(&t, 0, 1000003, 1, TN_F64, TN_CPU));
+    int ok = 1;
+    for (int64_t i = 0; i < 1000003; i++) ok &= ((double *)t->data)[i] == (double)i;
+    CHECK(ok);
+    tn_tensor_free(t);
+}
+
+static void test_large(void) {
+    int64_t sh[2] = {1000, 1001};
+    tn_tensor *f = mk(TN_F32, 2, sh), *h = mk(TN_F16, 2, sh), *f2 = mk(TN_F32, 2, sh), *tr = NULL, *t2 = NULL;
+    float *p = (float *)f->data;
+    for (int64_t i = 0; i < 1000 * 1001; i++) p[i] = (float)(i % 2000) * 0.5f;
+    CHECK_OK(tn_copy(h, f));
+    CHECK_OK(tn_copy(f2, h));
+    CHECK(memcmp(f->data, f2->data, 4 * 1000 * 1001) == 0); /* x.5 up to 999.5 exact in f16 */
+    CHECK_OK(tn_transpose(&tr, f, 0, 1));
+    int64_t s2[2] = {1001, 1000};
+    tn_tensor *d = mk(TN_F64, 2, s2);
+    CHECK_OK(tn_copy(d, tr));
+    int ok = 1;
+    for (int64_t i = 0; i < 1001 && ok; i++)
+        for (int64_t j = 0; j < 1000; j++) ok &= ((double *)d->data)[i * 1000 + j] == p[j * 1001 + i];
+    CHECK(ok);
+    CHECK_OK(tn_to_dtype(&t2, f, TN_F32));
+    CHECK(t2 == f);
+    tn_tensor_free(t2);
+    tn_tensor_free(f); tn_tensor_free(h); tn_tensor_free(f2); tn_tensor_free(tr); tn_tensor_free(d);
+}
+
+int main(void) {
+    test_saturation();
+    test_int_exact();
+    test_half_rounding();
+    test_broadcast_strided_overlap();
+    test_fill();
+    test_to_dtype();
+    test_arange();
+    test_large();
+    return check_report("test_copy");
+}
