@@ -104,6 +104,13 @@ int64_t tn_memory_current(int32_t device);
 int64_t tn_memory_peak(int32_t device);
 int64_t tn_memory_live(int32_t device);
 void tn_memory_reset_peak(int32_t device);
+/* The CPU allocator keeps freed blocks for reuse (size classes, bounded; TERN_CPU_CACHE_MB
+ * sets the bound, default 1024). Bytes held in that cache, not counted in current: */
+int64_t tn_memory_cached(int32_t device);
+/* Return every cached block to the system. */
+void tn_memory_empty_cache(int32_t device);
+/* Set the cache bound in bytes (0 disables caching); drains the cache when over it. */
+void tn_memory_set_cache_limit(int32_t device, int64_t bytes);
 
 /* Scalar conversions of the 16-bit float formats (round to nearest even). */
 float tn_f16_to_f32(uint16_t h);

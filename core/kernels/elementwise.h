@@ -14,6 +14,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "half.h" /* tn_bits_f32 */
 
 /* ---- float ---------------------------------------------------------------------------- */
 
@@ -28,7 +29,27 @@ static TN_HD float tn_atan2_f(float a, float b) { return atan2f(a, b); }
 
 static TN_HD float tn_neg_f(float x) { return -x; }
 static TN_HD float tn_abs_f(float x) { return fabsf(x); }
-static TN_HD float tn_exp_f(float x) { return expf(x); }
+/* expf without libm so that `omp simd` loops vectorise it (glibc's vector expf needs
+ * -ffast-math): n = rint(x / ln2), r = x - n ln2 in two parts, a degree-6 polynomial
+ * (Cephes expf, ~1 ulp), scaled by 2^n in two halves so overflow gives inf and deep
+ * underflow 0. NaN stays NaN. */
+static TN_HD float tn_exp_f(float x) {
+    float xc = x != x ? 0.0f : x < -104.0f ? -104.0f : x > 88.8f ? 88.8f : x;
+    float n = rintf(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t ni = (int32_t)n, n1 = ni / 2, n2 = ni - n1;
+    float s1 = tn_bits_f32((uint32_t)(n1 + 127) << 23), s2 = tn_bits_f32((uint32_t)(n2 + 127) << 23);
+    float y = p * s1 * s2;
+    return x != x ? x : y;
+}
 static TN_HD float tn_log_f(float x) { return logf(x); }
 static TN_HD float tn_sqrt_f(float x) { return sqrtf(x); }
 static TN_HD float tn_rsqrt_f(float x) { return 1.0f / sqrtf(x); }

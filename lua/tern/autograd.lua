@@ -102,12 +102,12 @@ function M.backward(root, grad, opts)
   if grad == nil then
     if root:numel() ~= 1 then
       error(string.format("backward: grad can be implicit only for a one-element output, got shape %s; pass a gradient of that shape",
-        root:shape_string()), 3)
+        root:shape_string()), 2) -- tail-called by Tensor.backward
     end
     grad = root:ones_like()
   elseif not shape_equal(grad._c, root._c) then
     error(string.format("backward: gradient of shape %s given for output of shape %s",
-      grad:shape_string(), root:shape_string()), 3)
+      grad:shape_string(), root:shape_string()), 2)
   end
   local node = root._node
   if not node then
@@ -120,7 +120,7 @@ function M.backward(root, grad, opts)
       return
     end
     error("backward: tensor does not require grad and has no grad_fn "
-      .. "(call :requires_grad(true) on a leaf it was computed from)", 3)
+      .. "(call :requires_grad(true) on a leaf it was computed from)", 2)
   end
 
   -- reachable nodes, sorted by id: the tape in reverse

@@ -74,7 +74,15 @@ function tn.memory_stats(device)
     current = tonumber(C.tn_memory_current(d)),
     peak = tonumber(C.tn_memory_peak(d)),
     live = tonumber(C.tn_memory_live(d)),
+    cached = tonumber(C.tn_memory_cached(d)),
   }
+end
+-- Bytes the CPU allocator keeps cached for reuse, and a way to return them to the system.
+function tn.memory_cached(device) return tonumber(C.tn_memory_cached(lib.device_of(device, "memory_cached", 2))) end
+function tn.empty_cache(device) C.tn_memory_empty_cache(lib.device_of(device, "empty_cache", 2)) end
+function tn.set_cache_limit(bytes, device)
+  if type(bytes) ~= "number" or bytes < 0 then error("set_cache_limit: bytes must be a non-negative number", 2) end
+  C.tn_memory_set_cache_limit(lib.device_of(device, "set_cache_limit", 2), bytes)
 end
 function tn.reset_peak_memory(device) C.tn_memory_reset_peak(lib.device_of(device, "reset_peak_memory", 2)) end
 function tn.has_cuda() return C.tn_has_cuda() ~= 0 end

@@ -110,7 +110,7 @@ local function binary_tt(a, b, op)
     ca, cb = a._c, b._c
   end
   OUT[0] = nil
-  check(C.tn_binary(OUT, ca, cb, op), 3)
+  check(C.tn_binary(OUT, ca, cb, op), 2) -- tail-called: the caller is level 2
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and (needs(a) or needs(b)) then
     local oc = out._c
@@ -163,7 +163,7 @@ local function binary_ts(a, s, op, reverse)
     ca = a._c
   end
   OUT[0] = nil
-  check(C.tn_binary_scalar(OUT, ca, s, op, reverse and 1 or 0), 3)
+  check(C.tn_binary_scalar(OUT, ca, s, op, reverse and 1 or 0), 2) -- tail-called
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and needs(a) then
     record(out, binop_names[op], back_scalar,
@@ -175,17 +175,18 @@ end
 local function binary(a, b, op)
   local ta, tb = type(a), type(b)
   if ta == "table" and tb == "table" then
-    if a._c == nil then error(binop_names[op] .. ": left operand is not a tensor", 3) end
-    if b._c == nil then error(binop_names[op] .. ": right operand is not a tensor", 3) end
+    if a._c == nil then error(binop_names[op] .. ": left operand is not a tensor", 2) end
+    if b._c == nil then error(binop_names[op] .. ": right operand is not a tensor", 2) end
     return binary_tt(a, b, op)
   elseif ta == "table" and tb == "number" then
-    if a._c == nil then error(binop_names[op] .. ": left operand is not a tensor", 3) end
+    if a._c == nil then error(binop_names[op] .. ": left operand is not a tensor", 2) end
     return binary_ts(a, b, op, false)
   elseif ta == "number" and tb == "table" then
-    if b._c == nil then error(binop_names[op] .. ": right operand is not a tensor", 3) end
+    if b._c == nil then error(binop_names[op] .. ": right operand is not a tensor", 2) end
     return binary_ts(b, a, op, true)
   end
-  error(fmt("%s: expected tensors or numbers, got %s and %s", binop_names[op], ta, tb), 3)
+  -- binary is tail-called by the methods and metamethods: level 2 is the user's line
+  error(fmt("%s: expected tensors or numbers, got %s and %s", binop_names[op], ta, tb), 2)
 end
 M.binary = binary
 
@@ -222,11 +223,11 @@ local function inplace(a, b, op, opname)
   local ca = a._c
   OUT[0] = ca
   if type(b) == "number" then
-    check(C.tn_binary_scalar(OUT, ca, b, op, 0), 3)
+    check(C.tn_binary_scalar(OUT, ca, b, op, 0), 2) -- inplace is tail-called
   else
     as_tensor_arg(b, opname, "other")
     if b._c.dtype ~= ca.dtype then b = b:to(ca.dtype) end
-    check(C.tn_binary(OUT, ca, b._c, op), 3)
+    check(C.tn_binary(OUT, ca, b._c, op), 2)
   end
   OUT[0] = nil
   return a
@@ -373,13 +374,13 @@ local function read_dims(a, dims, opname)
   local nd = a._c.ndim
   if dims == nil then return 0 end
   if type(dims) == "number" then
-    DIMS[0] = cdim(nd, dims, opname, "dim", 3)
+    DIMS[0] = cdim(nd, dims, opname, "dim", 4) -- read_dims < reduce < method < user
     return 1
   end
   if type(dims) ~= "table" then
     error(fmt("%s: dim must be a number or a table of numbers, got %s", opname, type(dims)), 4)
   end
-  for i = 1, #dims do DIMS[i - 1] = cdim(nd, dims[i], opname, "dim", 3) end
+  for i = 1, #dims do DIMS[i - 1] = cdim(nd, dims[i], opname, "dim", 4) end
   return #dims
 end
 
@@ -562,8 +563,9 @@ local function softmax(a, dim, log, opname)
   end
   return out
 end
-function Tensor.softmax(a, dim) return softmax(a, dim, 0, "softmax") end
-function Tensor.log_softmax(a, dim) return softmax(a, dim, 1, "log_softmax") end
+-- not tail calls: softmax raises at level 3, the caller of these methods
+function Tensor.softmax(a, dim) local r = softmax(a, dim, 0, "softmax") return r end
+function Tensor.log_softmax(a, dim) local r = softmax(a, dim, 1, "log_softmax") return r end
 
 -- linear algebra ---------------------------------------------------------------------------
 
@@ -601,7 +603,7 @@ function Tensor.matmul(a, b)
     local d = promote(a._c.dtype, b._c.dtype)
     a, b = a:to(d), b:to(d)
   end
-  if na >= 2 and nb >= 2 then return matmul_nd(a, b) end
+  if na >= 2 and nb >= 2 then local r = matmul_nd(a, b) return r end -- no tail call: levels
   if na == 1 and nb == 1 then
     if a._c.shape[0] ~= b._c.shape[0] then
       error(fmt("matmul: shapes %s and %s cannot be multiplied (%d != %d)", a:shape_string(),
@@ -801,7 +803,9 @@ function M.embedding(weight, indices)
   end
   local s = indices:shape()
   s[#s + 1] = tonumber(weight._c.shape[1])
-  return weight:index_select(1, indices:reshape(-1)):reshape(s)
+  local ok, r = pcall(weight.index_select, weight, 1, indices:reshape(-1))
+  if not ok then error("embedding: " .. tostring(r):gsub("^[^:]*:%d+: ", ""), 2) end
+  return r:reshape(s)
 end
 
 -- comparisons of whole tensors -------------------------------------------------------------

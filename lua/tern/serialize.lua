@@ -208,7 +208,9 @@ function M.load(path)
   f:close()
   local ok, hdr = pcall(json_decode, json, path)
   if not ok then error(hdr, 2) end
-  if type(hdr) ~= "table" then error("load: " .. path .. ": header is not a JSON object", 2) end
+  if type(hdr) ~= "table" or hdr[1] ~= nil then -- a JSON array decodes to a Lua list
+    error("load: " .. path .. ": header is not a JSON object", 2)
+  end
   local data_start = 8 + n
   local out, metadata = {}, hdr.__metadata__
   for name, info in pairs(hdr) do

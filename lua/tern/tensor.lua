@@ -25,7 +25,8 @@ local SHAPE2 = ffi.new("int64_t[8]")
 local DIMS = ffi.new("int32_t[8]")
 local MAX_DIMS = 8
 
-local function is_tensor(x) return type(x) == "table" and x._c ~= nil end
+local getmetatable = getmetatable
+local function is_tensor(x) return type(x) == "table" and getmetatable(x) == "tern.Tensor" end
 Tensor.is_tensor = is_tensor
 
 -- shape helpers ------------------------------------------------------------------------------
@@ -84,11 +85,12 @@ Tensor._cdim = cdim
 Tensor._shape_table = shape_table
 
 local function opts_dtype(opts, default)
-  if type(opts) == "table" and opts.dtype ~= nil then return dtype_of(opts.dtype, "dtype", 3) end
+  -- dtype_of is tail-called: level 2 is the caller of opts_dtype's caller
+  if type(opts) == "table" and opts.dtype ~= nil then return dtype_of(opts.dtype, "dtype", 2) end
   return default
 end
 local function opts_device(opts, default)
-  if type(opts) == "table" and opts.device ~= nil then return lib.device_of(opts.device, "device", 3) end
+  if type(opts) == "table" and opts.device ~= nil then return lib.device_of(opts.device, "device", 2) end
   return default or 0
 end
 
@@ -110,7 +112,7 @@ end
 
 local function new_empty(ndim, shape, dtype, device)
   OUT[0] = nil
-  check(C.tn_tensor_empty(OUT, ndim, shape, dtype, device), 2)
+  check(C.tn_tensor_empty(OUT, ndim, shape, dtype, device), 3)
   return wrap(OUT[0])
 end
 Tensor._new_empty = new_empty
@@ -124,9 +126,10 @@ end
 
 local function filled(opname, value, ...)
   local opts = last_opts(...)
-  local n = read_shape(SHAPE, opname, false, 3, ...)
+  -- filled is tail-called by zeros, ones and full: level 2 is their caller
+  local n = read_shape(SHAPE, opname, false, 2, ...)
   local t = new_empty(n, SHAPE, opts_dtype(opts, 0), opts_device(opts))
-  check(C.tn_fill(t._c, value), 3)
+  check(C.tn_fill(t._c, value), 2)
   return finish_opts(t, opts)
 end
 
@@ -197,9 +200,10 @@ end
 
 local function random_fill(opname, cfn, a, b, default_dtype, ...)
   local opts = last_opts(...)
-  local n = read_shape(SHAPE, opname, false, 3, ...)
+  -- tail-called by rand, randn and randint
+  local n = read_shape(SHAPE, opname, false, 2, ...)
   local t = new_empty(n, SHAPE, opts_dtype(opts, default_dtype), opts_device(opts))
-  check(cfn(t._c, a, b), 3)
+  check(cfn(t._c, a, b), 2)
   return finish_opts(t, opts)
 end
 
@@ -544,6 +548,16 @@ function Tensor.contiguous(t)
   return out
 end
 
+-- Release the native memory now instead of at garbage collection (the finalizer is detached
+-- first). The tensor is unusable afterwards; views and other references keep their storage.
+function Tensor.free(t)
+  local c = rawget(t, "_c")
+  if c == nil then return end
+  ffi.gc(c, nil)
+  C.tn_tensor_free(c)
+  rawset(t, "_c", nil) -- any later use reaches __index("_c"), which raises
+end
+
 -- A new leaf sharing t's storage, outside the graph.
 function Tensor.detach(t)
   return wrap(C.tn_tensor_retain(t._c))
@@ -742,6 +756,7 @@ end
 mt.__index = function(t, k)
   local m = Tensor[k]
   if m ~= nil then return m end
+  if k == "_c" then error("tensor: used after :free()", 3) end
   if type(k) == "number" then
     if t._c.ndim == 1 then return t:get({ k }) end
     if t._c.ndim == 0 then error("index: a 0-d tensor cannot be indexed; use :item()", 2) end
