@@ -64,6 +64,32 @@ if [ "${TERN_TEST_NO_BUILD:-0}" != 1 ]; then
     fi
 fi
 
+# ---- sanitizer builds ---------------------------------------------------------------------------
+# The C tests are instrumented executables. LuaJIT is not instrumented, so for the specs the
+# sanitizer runtimes are preloaded (ASan must come first in the library list), and libtern.so
+# too: kept mapped until exit, its globals stay visible to LeakSanitizer, which would otherwise
+# report what they point to once LuaJIT has dlclose()d the library. Leak detection stays on:
+# lua_close runs every ffi.gc finalizer, so what is left at exit is a real leak.
+# allocator_may_return_null: the out-of-memory specs ask for absurd sizes and expect an error.
+sanitize=$(cache_value TERN_SANITIZE)
+preload=""
+if [ -n "$sanitize" ]; then
+    cc=$(cache_value CMAKE_C_COMPILER)
+    for san in $(echo "$sanitize" | tr ',' ' '); do
+        case $san in
+            address) rt=libasan.so ;;
+            undefined) rt=libubsan.so ;;
+            thread) rt=libtsan.so ;;
+            leak) rt=liblsan.so ;;
+            *) continue ;;
+        esac
+        preload="$preload $("${cc:-cc}" -print-file-name="$rt")"
+    done
+    export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}"
+    export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+    say "sanitizer build ($sanitize): ASAN_OPTIONS=$ASAN_OPTIONS UBSAN_OPTIONS=$UBSAN_OPTIONS"
+fi
+
 # ---- C tests -----------------------------------------------------------------------------------
 # Each result line reads "  1/3 Test #1: c/test_tensor ......   Passed    0.01 sec".
 say "ctest --test-dir $BUILD"
@@ -109,33 +135,14 @@ if [ "${TERN_SLOW:-0}" != 1 ]; then
     add_exclude slow "set TERN_SLOW=1 to run them"
 fi
 
-# A sanitizer build: LuaJIT itself is not instrumented, so the sanitizer runtimes must be
-# preloaded, and the specs load this build's library instead of lua/tern/libtern.so.
-# LuaJIT's own allocations are not tracked by LSan's view of the world (detect_leaks=0);
-# every other report aborts the run and counts as a failure.
-sanitize=$(cache_value TERN_SANITIZE)
-preload=""
-if [ -n "$sanitize" ]; then
-    cc=$(cache_value CMAKE_C_COMPILER)
-    for san in $(echo "$sanitize" | tr ',' ' '); do
-        case $san in
-            address) rt=libasan.so ;;
-            undefined) rt=libubsan.so ;;
-            thread) rt=libtsan.so ;;
-            leak) rt=liblsan.so ;;
-            *) continue ;;
-        esac
-        preload="$preload $("${cc:-cc}" -print-file-name=$rt)"
-    done
-    preload=${preload# }
-    export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}"
-    export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-    say "sanitizer build ($sanitize): LD_PRELOAD=$preload"
-fi
 if [ -z "${TERN_LIB:-}" ] && [ "$(cache_value TERN_COPY_TO_SOURCE)" != ON ]; then
     export TERN_LIB="$BUILD/libtern.so"
 fi
 [ -n "${TERN_LIB:-}" ] && say "TERN_LIB=$TERN_LIB"
+if [ -n "$preload" ]; then
+    preload="${preload# } ${TERN_LIB:-$ROOT/lua/tern/libtern.so}"
+    say "LD_PRELOAD=$preload"
+fi
 
 run_busted() { # run_busted TALLY_FILE ARGS... (TERN_BUSTED_OUTPUT etc. pass through)
     tally=$1

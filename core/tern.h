@@ -266,6 +266,81 @@ tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, cons
 /* out.narrow(dim, index[i], 1) += src.narrow(dim, i, 1), in place on out (duplicates add up). */
 tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src);
 
+/* ---- SRU recurrence (sru.c) -------------------------------------------------------------
+ * The elementwise recurrence of the `sru` package 2.x (EMNLP 2018), one fused pass over time
+ * for every (batch, direction, hidden unit) column. L steps, B batch, D = 1 or 2 directions
+ * (direction 1 walks time backwards), d hidden units, k = 3 or 4 values per unit.
+ * Layouts as the package: U (L, B, D, d, k) holds per unit [x~, f, r, (x')] before the bias;
+ * weight_c and bias are (2, D, d) = [v_f | v_r] and [b_f | b_r]; c0, mask_c (B, D, d);
+ * h and c (L, B, D, d); mask_pad (L, B), nonzero = padding.
+ *   f = sigmoid(U1 + v_f c_prev + b_f), r = sigmoid(U2 + v_r c_prev + b_r)
+ *   c = U0 + (c_prev - U0) f              (padding: c = c_prev)
+ *   h = x' + (g(c) - x') mask_c r        (no skip term: h = g(c) mask_c r; padding: h = 0)
+ * with g = identity (activation 0) or tanh (1), x' = U3 when k == 4, else scale_x * x.
+ * dtypes: f32 or f64, all tensors alike and contiguous.
+ * Gradient policy: activation gradients (grad_U, grad_x, grad_c0) are written (=); parameter
+ * gradients (grad_weight_c, grad_bias) accumulate (+=). */
+tn_status tn_sru_forward(tn_tensor *h,              /* [OUT] (L, B, D*d) */
+                         tn_tensor *c,              /* [OUT] (L, B, D*d) every step's cell state */
+                         tn_tensor *c_last,         /* [OUT] (B, D*d) last cell state per direction */
+                         const tn_tensor *U,        /* (L, B, D*d*k) */
+                         const tn_tensor *x,        /* [OPTIONAL] (L, B, D*d), when k == 3 and has_skip */
+                         const tn_tensor *weight_c, /* [OPTIONAL] (2*D*d); NULL = v1 (no v terms) */
+                         const tn_tensor *bias,     /* (2*D*d) */
+                         const tn_tensor *c0,       /* [OPTIONAL] (B, D*d); NULL = zeros */
+                         const tn_tensor *mask_c,   /* [OPTIONAL] (B, D*d) dropout mask on h */
+                         const tn_tensor *mask_pad, /* [OPTIONAL] (L, B) u8 */
+                         double scale_x, int32_t activation, int32_t has_skip, int32_t bidirectional);
+tn_status tn_sru_backward(tn_tensor *grad_U,              /* [OUT] (L, B, D*d*k) = */
+                          tn_tensor *grad_x,              /* [OPTIONAL][OUT] (L, B, D*d) = */
+                          tn_tensor *grad_weight_c,       /* [OPTIONAL] (2*D*d) += */
+                          tn_tensor *grad_bias,           /* (2*D*d) += */
+                          tn_tensor *grad_c0,             /* [OPTIONAL][OUT] (B, D*d) = */
+                          const tn_tensor *grad_h,        /* (L, B, D*d) */
+                          const tn_tensor *grad_c_last,   /* [OPTIONAL] (B, D*d) */
+                          const tn_tensor *U, const tn_tensor *x, const tn_tensor *weight_c,
+                          const tn_tensor *bias, const tn_tensor *c0,
+                          const tn_tensor *c,             /* (L, B, D*d) from the forward */
+                          const tn_tensor *mask_c, const tn_tensor *mask_pad,
+                          double scale_x, int32_t activation, int32_t has_skip, int32_t bidirectional);
+
+/* ---- LSTM recurrence (lstm.c) ----------------------------------------------------------
+ * One direction of one layer of PyTorch's nn.LSTM over a whole sequence: gates i, f, g, o.
+ * The caller computes xproj = x W_ih^T + b_ih + b_hh for all steps (one GEMM); each step here
+ * is one GEMM with W_hh plus one fused pointwise pass (and one GEMM with W_hr when proj_size
+ * > 0: h = W_hr (o tanh c)). H hidden, P = proj_size or H.
+ * lengths (B) i64 [OPTIONAL]: steps t >= lengths[b] keep h and c and write zeros to out, so
+ * h_n, c_n come from each sequence's last valid step (PyTorch packed sequences). reverse = 1
+ * walks t = lengths[b]-1 .. 0 (each sequence reversed within its length, as PyTorch's reverse
+ * direction of a packed sequence). dtypes f32 or f64, all alike, contiguous.
+ * Gradient policy: grad_xproj, grad_h0, grad_c0 are written (=); grad_w_hh, grad_w_hr
+ * accumulate (+=). */
+tn_status tn_lstm_forward(tn_tensor *out,            /* [OUT] (L, B, P) */
+                          tn_tensor *h_n,            /* [OUT] (B, P) */
+                          tn_tensor *c_n,            /* [OUT] (B, H) */
+                          tn_tensor *gates,          /* [OUT][BUFFER] (L, B, 4H) activated i, f, g, o */
+                          tn_tensor *cells,          /* [OUT][BUFFER] (L, B, H) cell state of each step */
+                          tn_tensor *hraw,           /* [OPTIONAL][OUT][BUFFER] (L, B, H) o tanh(c), when w_hr */
+                          const tn_tensor *xproj,    /* (L, B, 4H) */
+                          const tn_tensor *w_hh,     /* (4H, P) */
+                          const tn_tensor *w_hr,     /* [OPTIONAL] (P, H) */
+                          const tn_tensor *h0,       /* [OPTIONAL] (B, P); NULL = zeros */
+                          const tn_tensor *c0,       /* [OPTIONAL] (B, H); NULL = zeros */
+                          const tn_tensor *lengths,  /* [OPTIONAL] (B) i64, 1 <= lengths[b] <= L */
+                          int32_t reverse);
+tn_status tn_lstm_backward(tn_tensor *grad_xproj,      /* [OUT] (L, B, 4H) = */
+                           tn_tensor *grad_w_hh,       /* (4H, P) += */
+                           tn_tensor *grad_w_hr,       /* [OPTIONAL] (P, H) += */
+                           tn_tensor *grad_h0,         /* [OPTIONAL][OUT] (B, P) = */
+                           tn_tensor *grad_c0,         /* [OPTIONAL][OUT] (B, H) = */
+                           const tn_tensor *grad_out,  /* [OPTIONAL] (L, B, P) */
+                           const tn_tensor *grad_h_n,  /* [OPTIONAL] (B, P) */
+                           const tn_tensor *grad_c_n,  /* [OPTIONAL] (B, H) */
+                           const tn_tensor *out, const tn_tensor *gates, const tn_tensor *cells,
+                           const tn_tensor *hraw, const tn_tensor *w_hh, const tn_tensor *w_hr,
+                           const tn_tensor *h0, const tn_tensor *c0, const tn_tensor *lengths,
+                           int32_t reverse);
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 /* Atomically write path: header (header_len bytes) preceded by its length as u64 little

@@ -34,7 +34,14 @@ static TN_HD float tn_abs_f(float x) { return fabsf(x); }
  * (Cephes expf, ~1 ulp), scaled by 2^n in two halves so overflow gives inf and deep
  * underflow 0. NaN stays NaN. */
 static TN_HD float tn_exp_f(float x) {
-    float xc = x != x ? 0.0f : x < -104.0f ? -104.0f : x > 88.8f ? 88.8f : x;
+    /* branch-free, integer selects only (float compares block if-conversion): clamp |x| to
+     * 104 (x < 0) or 88.8 (x >= 0) on the bits; NaN clamps too and is put back at the end */
+    const uint32_t xb = tn_f32_bits(x);
+    const uint32_t nanm = 0u - (uint32_t)((xb & 0x7fffffffu) > 0x7f800000u);
+    const uint32_t sg = xb & 0x80000000u, lim = sg ? 0x42d00000u : 0x42b1999au;
+    uint32_t ab = xb & 0x7fffffffu;
+    ab = ab > lim ? lim : ab;
+    const float xc = tn_bits_f32(sg | ab);
     float n = rintf(xc * 1.44269504088896341f);
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -48,16 +55,19 @@ static TN_HD float tn_exp_f(float x) {
     int32_t ni = (int32_t)n, n1 = ni / 2, n2 = ni - n1;
     float s1 = tn_bits_f32((uint32_t)(n1 + 127) << 23), s2 = tn_bits_f32((uint32_t)(n2 + 127) << 23);
     float y = p * s1 * s2;
-    return x != x ? x : y;
+    return tn_bits_f32((tn_f32_bits(y) & ~nanm) | (xb & nanm));
 }
 static TN_HD float tn_log_f(float x) { return logf(x); }
 static TN_HD float tn_sqrt_f(float x) { return sqrtf(x); }
 static TN_HD float tn_rsqrt_f(float x) { return 1.0f / sqrtf(x); }
 static TN_HD float tn_tanh_f(float x) { return tanhf(x); }
 static TN_HD float tn_sigmoid_f(float x) {
-    /* exp of a non-positive number only: never overflows */
-    float z = expf(-fabsf(x));
-    return x >= 0.0f ? 1.0f / (1.0f + z) : z / (1.0f + z);
+    /* exp of a non-positive number only: never overflows; the sign picks 1/(1+z) or z/(1+z)
+     * with an integer select so the loop vectorises */
+    float z = tn_exp_f(-fabsf(x));
+    float pos = 1.0f / (1.0f + z), neg = z * pos;
+    uint32_t m = 0u - (tn_f32_bits(x) >> 31);
+    return tn_bits_f32((tn_f32_bits(pos) & ~m) | (tn_f32_bits(neg) & m));
 }
 static TN_HD float tn_relu_f(float x) { return x < 0.0f ? 0.0f : x; }
 static TN_HD float tn_sign_f(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x; }

@@ -59,21 +59,49 @@ M.needs = needs
 -- needs grad. Returns out.
 function M.record(out, name, fn, ctx, ...)
   if not enabled then return out end
+  local node = M.make_node(name, fn, ctx, ...)
+  if node then out._node = node end
+  return out
+end
+
+-- A node for inputs ... (nil when none needs grad). edges[i] is the producing node, the leaf
+-- tensor, or false; eidx[i] the output index of a multi-output producer (nil otherwise).
+function M.make_node(name, fn, ctx, ...)
   local n = select("#", ...)
-  local edges, any = {}, false
+  local edges, eidx, any = {}, nil, false
   for i = 1, n do
     local t = select(i, ...)
     if type(t) == "table" and t._c ~= nil and needs(t) then
-      edges[i] = t._node or t
+      local nd = t._node
+      edges[i] = nd or t
+      if nd and nd.nout then
+        eidx = eidx or {}
+        eidx[i] = t._oi
+      end
       any = true
     else
       edges[i] = false
     end
   end
-  if not any then return out end
+  if not any then return nil end
   next_id = next_id + 1
-  out._node = { id = next_id, name = name, fn = fn, ctx = ctx, edges = edges, nedges = n }
-  return out
+  return { id = next_id, name = name, fn = fn, ctx = ctx, edges = edges, eidx = eidx, nedges = n }
+end
+
+-- Record an op with several outputs (a list of tensors; nil entries allowed): its gradient is
+-- fn(grads, ctx) where grads[i] is the gradient of output i or nil when none reached it.
+function M.record_multi(outs, name, fn, ctx, ...)
+  if not enabled then return end
+  local node = M.make_node(name, fn, ctx, ...)
+  if not node then return end
+  node.nout = table.maxn(outs)
+  for i = 1, node.nout do
+    local o = outs[i]
+    if o then
+      o._node = node
+      o._oi = i
+    end
+  end
 end
 
 -- Accumulate g into a leaf's .grad: in place when a .grad exists (it may be a view into a
@@ -110,6 +138,8 @@ function M.backward(root, grad, opts)
       grad:shape_string(), root:shape_string()), 2)
   end
   local node = root._node
+  local seed = grad
+  if node and node.nout then seed = { [root._oi] = grad } end
   if not node then
     if root._rg then
       local prev = enabled
@@ -145,7 +175,7 @@ function M.backward(root, grad, opts)
   local prev = enabled
   enabled = false
   local ok, err = pcall(function()
-    local grads = { [node] = grad }
+    local grads = { [node] = seed }
     for k = 1, #nodes do
       local nd = nodes[k]
       local g = grads[nd]
@@ -156,12 +186,18 @@ function M.backward(root, grad, opts)
             .. "backward(); pass {retain_graph=true} to the first call to keep it", 0)
         end
         local results = { nd.fn(g, nd.ctx) }
-        local edges = nd.edges
+        local edges, eidx = nd.edges, nd.eidx
         for i = 1, nd.nedges do
           local e, gi = edges[i], results[i]
           if e and gi then
             if e._c ~= nil then
               accumulate_leaf(e, gi)
+            elseif e.nout then
+              local k = eidx[i]
+              local gt = grads[e]
+              if not gt then gt = {}; grads[e] = gt end
+              local cur = gt[k]
+              gt[k] = cur and cur + gi or gi
             else
               local cur = grads[e]
               grads[e] = cur and cur + gi or gi
@@ -173,6 +209,7 @@ function M.backward(root, grad, opts)
         nd.fn = nil
         nd.ctx = nil
         nd.edges = nil
+        nd.eidx = nil
         nd.nedges = 0
       end
     end

@@ -59,6 +59,8 @@ tn.is_grad_enabled = autograd.is_enabled
 tn.set_grad_enabled = autograd.set_enabled
 
 -- files
+tn.nn = require "tern.nn"
+
 tn.save = serialize.save
 tn.load = serialize.load
 

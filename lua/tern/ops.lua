@@ -89,8 +89,8 @@ local binary_grad = {
   end,
 }
 
--- int dtypes are promoted to f32 for true division, pow with a float exponent and atan2
-local needs_float = { [DIV] = true, [ATAN2] = true }
+-- int dtypes are promoted to f32 for true division, pow and atan2
+local needs_float = { [DIV] = true, [ATAN2] = true, [POW] = true }
 
 local function back_binary(g, ctx)
   local ga, gb = ctx.gf(g, ctx.a, ctx.b, ctx.out)

@@ -339,7 +339,11 @@ function Tensor.tensor(data, opts)
   end
   local ok, err = pcall(fill, data, 1, "data")
   if not ok then error(err, 2) end
-  if opts and opts.device and lib.device_of(opts.device, "device", 2) ~= 0 then t = t:to(opts.device) end
+  if opts and opts.device and lib.device_of(opts.device, "device", 2) ~= 0 then
+    local ok, r = pcall(t.to, t, opts.device)
+    if not ok then error((tostring(r):gsub("^[^:\n]*:%d+: ", "")), 2) end -- at the caller's line
+    t = r
+  end
   return finish_opts(t, opts)
 end
 
@@ -427,13 +431,15 @@ end
 function Tensor.view(t, ...)
   local n = read_shape(SHAPE, "view", true, 2, ...)
   OUT[0] = nil
-  return view_out(t, C.tn_view(OUT, t._c, n, SHAPE), "view", back_reshape)
+  local r = view_out(t, C.tn_view(OUT, t._c, n, SHAPE), "view", back_reshape)
+  return r -- no tail call: view_out raises at level 3
 end
 
 function Tensor.reshape(t, ...)
   local n = read_shape(SHAPE, "reshape", true, 2, ...)
   OUT[0] = nil
-  return view_out(t, C.tn_reshape(OUT, t._c, n, SHAPE), "reshape", back_reshape)
+  local r = view_out(t, C.tn_reshape(OUT, t._c, n, SHAPE), "reshape", back_reshape)
+  return r -- no tail call: view_out raises at level 3
 end
 
 function Tensor.flatten(t)
@@ -516,21 +522,24 @@ function Tensor.unsqueeze(t, d)
   local c = t._c
   local dd = cdim(c.ndim + 1, d, "unsqueeze")
   OUT[0] = nil
-  return view_out(t, C.tn_unsqueeze(OUT, c, dd), "unsqueeze", back_reshape)
+  local r = view_out(t, C.tn_unsqueeze(OUT, c, dd), "unsqueeze", back_reshape)
+  return r -- no tail call: view_out raises at level 3
 end
 
 function Tensor.squeeze(t, d)
   local c = t._c
   local dd = d == nil and -1 or cdim(c.ndim, d, "squeeze")
   OUT[0] = nil
-  return view_out(t, C.tn_squeeze(OUT, c, dd), "squeeze", back_reshape)
+  local r = view_out(t, C.tn_squeeze(OUT, c, dd), "squeeze", back_reshape)
+  return r -- no tail call: view_out raises at level 3
 end
 
 -- expand(2, 3) or expand({2, 3}); -1 keeps a size
 function Tensor.expand(t, ...)
   local n = read_shape(SHAPE, "expand", true, 2, ...)
   OUT[0] = nil
-  return view_out(t, C.tn_expand(OUT, t._c, n, SHAPE), "expand", back_sum_to)
+  local r = view_out(t, C.tn_expand(OUT, t._c, n, SHAPE), "expand", back_sum_to)
+  return r -- no tail call: view_out raises at level 3
 end
 
 function Tensor.expand_as(t, other) return t:expand(shape_table(other._c)) end
@@ -619,7 +628,7 @@ local function to_dtype(t, dtype)
   local c = t._c
   if c.dtype == dtype then return t end
   OUT[0] = nil
-  check(C.tn_to_dtype(OUT, c, dtype), 3)
+  check(C.tn_to_dtype(OUT, c, dtype), 2) -- tail-called by to, float, half, ...
   local out = wrap(OUT[0])
   if grad_enabled() and needs(t) and lib.is_float[dtype] then
     record(out, "to", back_to, c.dtype, t)
@@ -631,7 +640,7 @@ local function to_device(t, device)
   local c = t._c
   if c.device == device then return t end
   local out = like(t, { device = device })
-  check(C.tn_copy(out._c, c), 3)
+  check(C.tn_copy(out._c, c), 2) -- tail-called by to, cpu, cuda
   if grad_enabled() and needs(t) then
     record(out, "to", back_to, lib.device_names[c.device], t)
   end
@@ -766,14 +775,15 @@ mt.__index = function(t, k)
 end
 
 -- t[i] = v: sets an element of a 1-d tensor, or fills/copies into the slice t:select(1, i)
+local function copy_row(t, k, v) t:select(1, k):copy_(v) end
 mt.__newindex = function(t, k, v)
   if type(k) == "number" then
     if t._c.ndim == 1 then
       if type(v) ~= "number" then error("index: value must be a number for a 1-d tensor", 2) end
-      t:set({ k }, v)
-    else
-      t:select(1, k):copy_(v)
+      return t:set({ k }, v) -- a tail call: set's errors point at the assignment
     end
+    local ok, err = pcall(copy_row, t, k, v)
+    if not ok then error((tostring(err):gsub("^[^:\n]*:%d+: ", "")), 2) end
     return
   end
   rawset(t, k, v)
