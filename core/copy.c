@@ -171,8 +171,8 @@ static tn_status check_dtype(const char *op, int32_t dtype) {
 tn_status tn_copy(tn_tensor *dst, const tn_tensor *src) {
     TN_TRY(tn_check_tensor("copy", "dst", dst));
     TN_TRY(tn_check_tensor("copy", "src", src));
+    TN_TRY(tn_check_same_device("copy", dst, src));
     TN_TRY(tn_check_cpu("copy", dst));
-    TN_TRY(tn_check_cpu("copy", src));
     TN_TRY(check_dtype("copy", dst->dtype));
     TN_TRY(check_dtype("copy", src->dtype));
     int ok = src->ndim <= dst->ndim;

@@ -203,6 +203,17 @@ static tn_status check_in(const char *op, const char *arg, const tn_tensor *t) {
     return TN_OK;
 }
 
+/* Two operands: both valid, on the same device (checked before the CPU-only check, so a
+ * device mismatch is reported as such), then on the CPU. */
+static tn_status check_pair(const char *op, const char *an, const tn_tensor *a, const char *bn,
+                            const tn_tensor *b) {
+    TN_TRY(tn_check_tensor(op, an, a));
+    TN_TRY(tn_check_tensor(op, bn, b));
+    TN_TRY(tn_check_same_device(op, a, b));
+    TN_TRY(check_in(op, an, a));
+    return check_in(op, bn, b);
+}
+
 static tn_iter_fn bin_kernel(int32_t dtype) {
     switch (dtype) {
     case TN_F64: return bin_f64;
@@ -256,9 +267,7 @@ tn_status tn_binary(tn_tensor **out, const tn_tensor *a, const tn_tensor *b, int
     if (op < 0 || op >= TN_NUM_BINOPS) return tn_error(TN_ERR_ARG, "binary: invalid op %d", (int)op);
     const char *name = binop_names[op];
     if (!out) return tn_error(TN_ERR_ARG, "%s: out is NULL", name);
-    TN_TRY(check_in(name, "a", a));
-    TN_TRY(check_in(name, "b", b));
-    TN_TRY(tn_check_same_device(name, a, b));
+    TN_TRY(check_pair(name, "a", a, "b", b));
     if (a->dtype != b->dtype)
         return tn_error(TN_ERR_DTYPE, "%s: dtypes %s and %s differ (a %s, b %s)", name, tn_dtype_name(a->dtype),
                         tn_dtype_name(b->dtype), TN_SHAPE(a), TN_SHAPE(b));
@@ -533,9 +542,8 @@ static void where_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
 
 tn_status tn_where(tn_tensor **out, const tn_tensor *cond, const tn_tensor *a, const tn_tensor *b) {
     if (!out) return tn_error(TN_ERR_ARG, "where: out is NULL");
-    TN_TRY(check_in("where", "cond", cond));
-    TN_TRY(check_in("where", "a", a));
-    TN_TRY(check_in("where", "b", b));
+    TN_TRY(check_pair("where", "cond", cond, "a", a));
+    TN_TRY(check_pair("where", "a", a, "b", b));
     if (cond->dtype != TN_U8)
         return tn_error(TN_ERR_DTYPE, "where: cond must be u8, got %s (cond %s)", tn_dtype_name(cond->dtype), TN_SHAPE(cond));
     if (a->dtype != b->dtype)
@@ -585,8 +593,7 @@ static void mfill_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
 
 tn_status tn_masked_fill(tn_tensor **out, const tn_tensor *a, const tn_tensor *mask, double value) {
     if (!out) return tn_error(TN_ERR_ARG, "masked_fill: out is NULL");
-    TN_TRY(check_in("masked_fill", "a", a));
-    TN_TRY(check_in("masked_fill", "mask", mask));
+    TN_TRY(check_pair("masked_fill", "a", a, "mask", mask));
     if (mask->dtype != TN_U8)
         return tn_error(TN_ERR_DTYPE, "masked_fill: mask must be u8, got %s (mask %s)", tn_dtype_name(mask->dtype),
                         TN_SHAPE(mask));

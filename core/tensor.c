@@ -294,6 +294,11 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
         return tn_error(TN_ERR_ARG, "%s: shape %s (%s) is too large: its byte size overflows",
                         opname, TN_DIMS(ndim, shape), tn_dtype_name(dtype));
     const tn_allocator *a = tn_allocator_get(device);
+    if (a && device == TN_CUDA && !tn_has_cuda())
+        return tn_error(TN_ERR_DEVICE,
+                        "%s: no CUDA device is available (tern was built with CUDA, but the driver "
+                        "reports no GPU) for shape %s (%s)",
+                        opname, TN_DIMS(ndim, shape), tn_dtype_name(dtype));
     if (!a)
         return tn_error(TN_ERR_DEVICE, "%s: tern was built without %s (device %s requested)", opname,
                         device == TN_CUDA ? "CUDA" : tn_device_name(device), tn_device_name(device));

@@ -1,0 +1,143 @@
+/*
+ * kernels/sru.h — per-element math of the SRU recurrence (tn_sru_forward / tn_sru_backward in
+ * core/sru.c): one time step of one (batch, direction, hidden unit) column, forward and
+ * backward, in float (_f) and double (_d). The CPU loops call these inside `omp simd` loops
+ * over consecutive hidden units; a CUDA kernel (one thread per column) can call the same.
+ *
+ * One step, as elementwise_recurrence_naive of the `sru` package 2.x:
+ *   f = sigmoid((u1 + b_f) + v_f c_prev),  r = sigmoid((u2 + b_r) + v_r c_prev)
+ *   c = u0 + (c_prev - u0) f,  g = c (act 0) or tanh(c) (act 1)
+ *   h = x' + (g - x') m r  (skip)   or   h = g m r  (no skip),   m = dropout mask of h
+ * Padding (c = c_prev, h = 0) is decided per (t, b) row by the caller, not here.
+ *
+ * The float sigmoid/tanh avoid libm (and rintf, which baseline x86-64 cannot vectorise) so
+ * that the simd loops vectorise with plain SSE2: e^x rounds x/ln2 with the 1.5*2^23 trick
+ * and reads the integer back from the bits of that sum, so no float->int conversion (and no
+ * undefined behaviour for NaN) is involved. NaN inputs give NaN outputs.
+ */
+#ifndef TERN_KERNELS_SRU_H
+#define TERN_KERNELS_SRU_H
+
+#include <math.h>
+
+#include "common.h"
+#include "half.h" /* tn_f32_bits, tn_bits_f32 */
+
+/* ---- float ---------------------------------------------------------------------------- */
+
+/* e^x for x in [-87, 87] (callers clamp; NaN stays NaN); Cephes expf polynomial, ~1 ulp. */
+static TN_HD float tn_sru_exp_f(float x) {
+    const float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
+    const float n = t - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    /* the low mantissa bits of t hold n (|n| <= 126): 2^n = bits((n + 127) << 23) */
+    const uint32_t e = tn_f32_bits(t) - 0x4b400000u + 127u;
+    return p * tn_bits_f32(e << 23);
+}
+
+/* x clamped to [-87, 87] (NaN stays NaN). Integer selects on the bits: a float compare
+ * would let gcc thread the clamp's constants into the arithmetic that follows, turning the
+ * select into branches that stop vectorisation. */
+static TN_HD float tn_sru_clamp87_f(float x) {
+    const uint32_t b = tn_f32_bits(x), ab = b & 0x7fffffffu;
+    const uint32_t over = (uint32_t)(ab > 0x42ae0000u) & (uint32_t)(ab <= 0x7f800000u);
+    return tn_bits_f32((b & 0x80000000u) | (over ? 0x42ae0000u : ab));
+}
+
+/* 1 / (1 + e^-x): no cancellation on either side. */
+static TN_HD float tn_sru_sigmoid_f(float x) { return 1.0f / (1.0f + tn_sru_exp_f(tn_sru_clamp87_f(-x))); }
+
+/* Cephes tanhf: odd polynomial below |x| = 0.625, 1 - 2 / (e^{2|x|} + 1) above; both are
+ * computed and one picked with a bit mask (|x| compared on its bits; a ?: select here
+ * comes back as a branch). */
+static TN_HD float tn_sru_tanh_f(float x) {
+    const uint32_t xb = tn_f32_bits(x), ab = xb & 0x7fffffffu;
+    const float s = x * x;
+    const float small =
+        ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s + 1.33314422036e-1f) * s -
+         3.33332819422e-1f) * s * x + x;
+    const float big = 1.0f - 2.0f / (tn_sru_exp_f(tn_sru_clamp87_f(2.0f * tn_bits_f32(ab))) + 1.0f);
+    const uint32_t sbig = tn_f32_bits(big) | (xb & 0x80000000u);
+    const uint32_t m = 0u - (uint32_t)(ab < 0x3f200000u); /* 0x3f200000 = 0.625f */
+    return tn_bits_f32((tn_f32_bits(small) & m) | (sbig & ~m));
+}
+
+/* Forward step: returns the new c; *h gets h. u0, u1, u2: U's first three values; xp = x'
+ * (ignored without skip); vf, vr = weight_c (0 for v1); bf, br = bias; mc = mask (1 without). */
+static TN_HD float tn_sru_fwd_f(float u0, float u1, float u2, float xp, float vf, float vr, float bf,
+                                float br, float mc, float cp, int act, int skip, float *h) {
+    const float f = tn_sru_sigmoid_f((u1 + bf) + cp * vf);
+    const float r = tn_sru_sigmoid_f((u2 + br) + cp * vr);
+    const float c = u0 + (cp - u0) * f;
+    const float g = act ? tn_sru_tanh_f(c) : c;
+    *h = skip ? xp + (g - xp) * mc * r : g * mc * r;
+    return c;
+}
+
+/* Backward step. gh = dL/dh_t, gc = dL/dc_t from later steps (and from c_last). Writes
+ * du0, du1 (= dL/d pre-sigmoid of f, also the bias and (times cp) weight_c gradient of f),
+ * du2 (same for r) and dxp = dL/dx' (0 without skip); returns dL/dc_prev. */
+static TN_HD float tn_sru_bwd_f(float u0, float u1, float u2, float xp, float vf, float vr, float bf,
+                                float br, float mc, float cp, float gh, float gc, int act, int skip,
+                                float *du0, float *du1, float *du2, float *dxp) {
+    const float f = tn_sru_sigmoid_f((u1 + bf) + cp * vf);
+    const float r = tn_sru_sigmoid_f((u2 + br) + cp * vr);
+    const float c = u0 + (cp - u0) * f;
+    const float g = act ? tn_sru_tanh_f(c) : c;
+    const float ghm = gh * mc;
+    const float dg = ghm * r;
+    const float dr = skip ? ghm * (g - xp) : ghm * g;
+    const float dc = gc + (act ? dg * (1.0f - g * g) : dg);
+    const float daf = dc * (cp - u0) * (f * (1.0f - f));
+    const float dar = dr * (r * (1.0f - r));
+    *du0 = dc * (1.0f - f);
+    *du1 = daf;
+    *du2 = dar;
+    *dxp = skip ? gh - dg : 0.0f; /* gh (1 - m r) */
+    return dc * f + daf * vf + dar * vr;
+}
+
+/* ---- double --------------------------------------------------------------------------- */
+
+static TN_HD double tn_sru_sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+static TN_HD double tn_sru_tanh_d(double x) { return tanh(x); }
+
+static TN_HD double tn_sru_fwd_d(double u0, double u1, double u2, double xp, double vf, double vr,
+                                 double bf, double br, double mc, double cp, int act, int skip, double *h) {
+    const double f = tn_sru_sigmoid_d((u1 + bf) + cp * vf);
+    const double r = tn_sru_sigmoid_d((u2 + br) + cp * vr);
+    const double c = u0 + (cp - u0) * f;
+    const double g = act ? tn_sru_tanh_d(c) : c;
+    *h = skip ? xp + (g - xp) * mc * r : g * mc * r;
+    return c;
+}
+
+static TN_HD double tn_sru_bwd_d(double u0, double u1, double u2, double xp, double vf, double vr,
+                                 double bf, double br, double mc, double cp, double gh, double gc, int act,
+                                 int skip, double *du0, double *du1, double *du2, double *dxp) {
+    const double f = tn_sru_sigmoid_d((u1 + bf) + cp * vf);
+    const double r = tn_sru_sigmoid_d((u2 + br) + cp * vr);
+    const double c = u0 + (cp - u0) * f;
+    const double g = act ? tn_sru_tanh_d(c) : c;
+    const double ghm = gh * mc;
+    const double dg = ghm * r;
+    const double dr = skip ? ghm * (g - xp) : ghm * g;
+    const double dc = gc + (act ? dg * (1.0 - g * g) : dg);
+    const double daf = dc * (cp - u0) * (f * (1.0 - f));
+    const double dar = dr * (r * (1.0 - r));
+    *du0 = dc * (1.0 - f);
+    *du1 = daf;
+    *du2 = dar;
+    *dxp = skip ? gh - dg : 0.0;
+    return dc * f + daf * vf + dar * vr;
+}
+
+#endif /* TERN_KERNELS_SRU_H */

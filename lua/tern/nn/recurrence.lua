@@ -1,0 +1,137 @@
+-- tern.nn.recurrence: the fused recurrences as differentiable ops (multi-output autograd nodes
+-- over the C entry points tn_lstm_* and tn_sru_*). The modules LSTM and SRU build on these;
+-- the input projections stay ordinary matmuls (one GEMM over all steps).
+local lib = require "tern.lib"
+local Tensor = require "tern.tensor"
+local autograd = require "tern.autograd"
+
+local C, check = lib.C, lib.check
+local fmt = string.format
+local M = {}
+
+local function cptr(t) return t and t._c or nil end
+local function shape_str(t) return "{" .. table.concat(t:shape(), ", ") .. "}" end
+
+-- LSTM --------------------------------------------------------------------------------------
+
+local function back_lstm(gs, ctx)
+  local s = ctx.saved
+  local w_hh, w_hr, h0, c0 = s.w_hh, s.w_hr, s.h0, s.c0
+  local gx = s.xproj:empty_like()
+  local gw_hh = w_hh:zeros_like()
+  local gw_hr = w_hr and w_hr:zeros_like() or nil
+  local gh0 = h0 and autograd.needs(h0) and h0:empty_like() or nil
+  local gc0 = c0 and autograd.needs(c0) and c0:empty_like() or nil
+  local go, ghn, gcn = gs[1], gs[2], gs[3]
+  if go then go = go:contiguous() end
+  if ghn then ghn = ghn:contiguous() end
+  if gcn then gcn = gcn:contiguous() end
+  check(C.tn_lstm_backward(gx._c, gw_hh._c, cptr(gw_hr), cptr(gh0), cptr(gc0),
+    cptr(go), cptr(ghn), cptr(gcn), s.out._c, s.gates._c, s.cells._c, cptr(s.hraw),
+    w_hh._c, cptr(w_hr), cptr(h0), cptr(c0), cptr(s.lengths), ctx.reverse))
+  return gx, gw_hh, gw_hr, gh0, gc0
+end
+
+-- out (L, B, P), h_n (B, P), c_n (B, H) of one direction of one layer.
+-- xproj (L, B, 4H) = x W_ih^T + b; w_hh (4H, P); w_hr (P, H) or nil; h0, c0 or nil;
+-- lengths (B) i64 or nil; reverse boolean.
+function M.lstm(xproj, w_hh, w_hr, h0, c0, lengths, reverse)
+  local L, B, H4 = xproj:size(1), xproj:size(2), xproj:size(3)
+  local H = H4 / 4
+  local P = w_hr and w_hr:size(1) or H
+  local opts = { dtype = xproj:dtype() }
+  xproj = xproj:contiguous()
+  local out = Tensor.empty({ L, B, P }, opts)
+  local h_n = Tensor.empty({ B, P }, opts)
+  local c_n = Tensor.empty({ B, H }, opts)
+  local gates = Tensor.empty({ L, B, H4 }, opts)
+  local cells = Tensor.empty({ L, B, H }, opts)
+  local hraw = w_hr and Tensor.empty({ L, B, H }, opts) or nil
+  w_hh = w_hh:contiguous()
+  if w_hr then w_hr = w_hr:contiguous() end
+  if h0 then h0 = h0:contiguous() end
+  if c0 then c0 = c0:contiguous() end
+  check(C.tn_lstm_forward(out._c, h_n._c, c_n._c, gates._c, cells._c, cptr(hraw), xproj._c,
+    w_hh._c, cptr(w_hr), cptr(h0), cptr(c0), cptr(lengths), reverse and 1 or 0), 2)
+  if autograd.is_enabled() then
+    autograd.record_multi({ out, h_n, c_n }, "lstm", back_lstm, {
+      reverse = reverse and 1 or 0,
+      saved = { xproj = xproj, w_hh = w_hh, w_hr = w_hr, h0 = h0, c0 = c0, lengths = lengths,
+        out = out, gates = gates, cells = cells, hraw = hraw },
+    }, xproj, w_hh, w_hr or false, h0 or false, c0 or false)
+  end
+  return out, h_n, c_n
+end
+
+-- SRU ---------------------------------------------------------------------------------------
+
+local function back_sru(gs, ctx)
+  local s = ctx.saved
+  local gU = s.U:empty_like()
+  local gx = s.x and autograd.needs(s.x) and s.x:empty_like() or nil
+  local gwc = s.weight_c and s.weight_c:zeros_like() or nil
+  local gb = s.bias:zeros_like()
+  local gc0 = s.c0 and autograd.needs(s.c0) and s.c0:empty_like() or nil
+  local gh = gs[1] and gs[1]:contiguous() or s.h:zeros_like()
+  local gcl = gs[2] and gs[2]:contiguous() or nil
+  check(C.tn_sru_backward(gU._c, cptr(gx), cptr(gwc), gb._c, cptr(gc0), gh._c, cptr(gcl),
+    s.U._c, cptr(s.x), cptr(s.weight_c), s.bias._c, cptr(s.c0), s.c._c, cptr(s.mask_c),
+    cptr(s.mask_pad), ctx.scale_x, ctx.activation, ctx.has_skip, ctx.bidir))
+  return gU, gx, gwc, gb, gc0
+end
+
+-- h (L, B, D*d), c_last (B, D*d). U (L, B, D*d*k); x (L, B, D*d) or nil; weight_c (2*D*d) or
+-- nil (v1); bias (2*D*d); c0 (B, D*d) or nil; mask_c (B, D*d) or nil; mask_pad (L, B) u8 or
+-- nil; opts: scale_x, activation (0|1), has_skip, bidirectional.
+function M.sru(U, x, weight_c, bias, c0, mask_c, mask_pad, opts)
+  local L, B = U:size(1), U:size(2)
+  local D = opts.bidirectional and 2 or 1
+  local Dd = bias:numel() / 2
+  local dt = { dtype = U:dtype() }
+  U = U:contiguous()
+  if x then x = x:contiguous() end
+  if c0 then c0 = c0:contiguous() end
+  local h = Tensor.empty({ L, B, Dd }, dt)
+  local c = Tensor.empty({ L, B, Dd }, dt)
+  local c_last = Tensor.empty({ B, Dd }, dt)
+  local ctx = {
+    scale_x = opts.scale_x or 1, activation = opts.activation or 0,
+    has_skip = opts.has_skip == false and 0 or 1, bidir = D == 2 and 1 or 0,
+  }
+  check(C.tn_sru_forward(h._c, c._c, c_last._c, U._c, cptr(x), cptr(weight_c), bias._c, cptr(c0),
+    cptr(mask_c), cptr(mask_pad), ctx.scale_x, ctx.activation, ctx.has_skip, ctx.bidir), 2)
+  if autograd.is_enabled() then
+    ctx.saved = { U = U, x = x, weight_c = weight_c, bias = bias, c0 = c0, mask_c = mask_c,
+      mask_pad = mask_pad, c = c, h = h }
+    autograd.record_multi({ h, c_last }, "sru", back_sru, ctx, U, x or false,
+      weight_c or false, bias, c0 or false)
+  end
+  return h, c_last
+end
+
+-- argument checks shared by the modules ------------------------------------------------------
+
+-- lengths given as a Lua table or a tensor -> i64 tensor (B), checked against L and B.
+function M.check_lengths(name, lengths, L, B, level)
+  if lengths == nil then return nil end
+  if type(lengths) == "table" and not Tensor.is_tensor(lengths) then
+    lengths = Tensor.tensor(lengths, { dtype = "i64" })
+  end
+  if not Tensor.is_tensor(lengths) then
+    error(fmt("%s: lengths must be a tensor or a table of numbers, got %s", name, type(lengths)), level + 1)
+  end
+  if lengths:dim() ~= 1 or lengths:size(1) ~= B then
+    error(fmt("%s: lengths must have shape {%d} (one per sequence), got %s", name, B,
+      shape_str(lengths)), level + 1)
+  end
+  lengths = lengths:to("i64"):contiguous()
+  local mn, mx = lengths:min():item(), lengths:max():item()
+  if mn <= 0 then error(fmt("%s: lengths must be >= 1, got %d", name, mn), level + 1) end
+  if mx > L then
+    error(fmt("%s: a length of %d is longer than the sequence (%d steps)", name, mx, L), level + 1)
+  end
+  return lengths
+end
+
+M.shape_str = shape_str
+return M
