@@ -224,18 +224,19 @@ static tn_status ix_check_values(const char *opname, const tn_tensor *index, int
     size_t len = 0;
     len += (size_t)snprintf(pos + len, sizeof pos - len, "[");
     for (int d = 0; d < nd && len < sizeof pos; d++)
-        len += (size_t)snprintf(pos + len, sizeof pos - len, d ? ", %lld" : "%lld", (long long)c[d]);
+        len += (size_t)snprintf(pos + len, sizeof pos - len, d ? ", %lld" : "%lld", TN_D(c[d]));
     if (len < sizeof pos) snprintf(pos + len, sizeof pos - len, "]");
-    return tn_error(TN_ERR_INDEX, "%s: index %lld is out of range for dim %d of size %lld (at position %s)",
-                    opname, (long long)badv, (int)dim, (long long)size, pos);
+    /* badv is a value of index (0-based data): printed as it is; dim and position are not */
+    return tn_error(TN_ERR_INDEX, "%s: index %lld is out of range for dim %lld of size %lld (at position %s)",
+                    opname, (long long)badv, TN_D(dim), (long long)size, pos);
 }
 
 /* Rejects outputs updated in place whose elements overlap (expanded dims of stride 0). */
 static tn_status ix_check_no_overlap(const char *opname, const tn_tensor *out) {
     for (int i = 0; i < out->ndim; i++)
         if (out->strides[i] == 0 && out->shape[i] > 1 && tn_tensor_numel(out) > 0)
-            return tn_error(TN_ERR_ARG, "%s: out %s has overlapping elements (expanded dim %d, stride 0), %s",
-                            opname, TN_SHAPE(out), i, tn_dtype_name(out->dtype));
+            return tn_error(TN_ERR_ARG, "%s: out %s has overlapping elements (expanded dim %lld, stride 0), %s",
+                            opname, TN_SHAPE(out), TN_D(i), tn_dtype_name(out->dtype));
     return TN_OK;
 }
 
@@ -251,7 +252,7 @@ static tn_status ix_unalias(tn_tensor **hold, const tn_tensor *t, const tn_tenso
 static tn_status ix_check_dim(const char *opname, const tn_tensor *t, int32_t dim, int allow_0d) {
     const int nd = t->ndim > 0 ? t->ndim : (allow_0d ? 1 : 0);
     if (dim < 0 || dim >= nd)
-        return tn_error(TN_ERR_ARG, "%s: dim %d is out of range for %s (%d-D), %s", opname, (int)dim,
+        return tn_error(TN_ERR_ARG, "%s: dim %lld is out of range for %s (%d-D), %s", opname, TN_D(dim),
                         TN_SHAPE(t), (int)t->ndim, tn_dtype_name(t->dtype));
     return TN_OK;
 }
@@ -281,8 +282,8 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
                         TN_SHAPE(a), tn_dtype_name(a->dtype));
     for (int d = 0; d < a->ndim; d++)
         if (d != dim && index->shape[d] > a->shape[d])
-            return tn_error(TN_ERR_SHAPE, "gather: index %s is larger than a %s in dim %d, %s", TN_SHAPE(index),
-                            TN_SHAPE(a), d, tn_dtype_name(a->dtype));
+            return tn_error(TN_ERR_SHAPE, "gather: index %s is larger than a %s in dim %lld, %s", TN_SHAPE(index),
+                            TN_SHAPE(a), TN_D(d), tn_dtype_name(a->dtype));
     const int64_t size = a->ndim > 0 ? a->shape[dim] : 1;
     TN_TRY(ix_check_values(op, index, dim, size));
     const int allocated = *out == NULL;
@@ -333,8 +334,8 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
     for (int d = 0; d < out->ndim; d++)
         if (index->shape[d] > src->shape[d] || (d != dim && index->shape[d] > out->shape[d]))
             return tn_error(TN_ERR_SHAPE,
-                            "scatter_add: index %s is larger than src %s or out %s in dim %d, %s", TN_SHAPE(index),
-                            TN_SHAPE(src), TN_SHAPE(out), d, tn_dtype_name(out->dtype));
+                            "scatter_add: index %s is larger than src %s or out %s in dim %lld, %s", TN_SHAPE(index),
+                            TN_SHAPE(src), TN_SHAPE(out), TN_D(d), tn_dtype_name(out->dtype));
     TN_TRY(ix_check_no_overlap(op, out));
     TN_TRY(ix_check_values(op, index, dim, out->ndim > 0 ? out->shape[dim] : 1));
     tn_tensor *hs = NULL, *hi = NULL;
@@ -433,8 +434,8 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
     for (int d = 0; fits && d < out->ndim; d++) fits = d == dim || src->shape[d] == out->shape[d];
     if (!fits)
         return tn_error(TN_ERR_SHAPE,
-                        "index_add: src %s must match out %s except in dim %d, where it needs index's size %lld, %s",
-                        TN_SHAPE(src), TN_SHAPE(out), (int)dim, (long long)tn_tensor_numel(index),
+                        "index_add: src %s must match out %s except in dim %lld, where it needs index's size %lld, %s",
+                        TN_SHAPE(src), TN_SHAPE(out), TN_D(dim), (long long)tn_tensor_numel(index),
                         tn_dtype_name(out->dtype));
     TN_TRY(ix_check_no_overlap(op, out));
     TN_TRY(ix_check_values(op, index, dim, out->shape[dim]));
@@ -506,7 +507,7 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
     const tn_tensor *ref = NULL;
     for (int i = 0; i < n; i++) {
         char name[32];
-        snprintf(name, sizeof name, "tensor %d", i);
+        snprintf(name, sizeof name, "tensor %lld", TN_D(i));
         TN_TRY(tn_check_tensor(op, name, ts[i]));
         if (!ref && !(ts[i]->ndim == 1 && ts[i]->shape[0] == 0)) ref = ts[i];
     }
@@ -515,7 +516,7 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
     while (ts[refi] != ref) refi++;
     TN_TRY(tn_check_cpu(op, ref));
     if (ref->ndim == 0)
-        return tn_error(TN_ERR_SHAPE, "cat: zero-dimensional tensor (tensor %d, %s) cannot be concatenated", refi,
+        return tn_error(TN_ERR_SHAPE, "cat: zero-dimensional tensor (tensor %lld, %s) cannot be concatenated", TN_D(refi),
                         tn_dtype_name(ref->dtype));
     TN_TRY(ix_check_dim(op, ref, dim, 0));
     int64_t oshape[TN_MAX_DIMS]; /* (ref->ndim) ref's shape with the sizes along dim summed */
@@ -525,14 +526,14 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
         const tn_tensor *t = ts[i];
         TN_TRY(tn_check_same_device(op, ref, t));
         if (t->dtype != ref->dtype)
-            return tn_error(TN_ERR_DTYPE, "cat: tensor %d is %s %s but tensor %d is %s %s", i, TN_SHAPE(t),
-                            tn_dtype_name(t->dtype), refi, TN_SHAPE(ref), tn_dtype_name(ref->dtype));
+            return tn_error(TN_ERR_DTYPE, "cat: tensor %lld is %s %s but tensor %lld is %s %s", TN_D(i), TN_SHAPE(t),
+                            tn_dtype_name(t->dtype), TN_D(refi), TN_SHAPE(ref), tn_dtype_name(ref->dtype));
         if (cat_skipped(t, ref)) continue;
         int fits = t->ndim == ref->ndim;
         for (int d = 0; fits && d < ref->ndim; d++) fits = d == dim || t->shape[d] == ref->shape[d];
         if (!fits)
-            return tn_error(TN_ERR_SHAPE, "cat: tensor %d has shape %s but tensor %d has %s; sizes must match except in dim %d, %s",
-                            i, TN_SHAPE(t), refi, TN_SHAPE(ref), (int)dim, tn_dtype_name(ref->dtype));
+            return tn_error(TN_ERR_SHAPE, "cat: tensor %lld has shape %s but tensor %lld has %s; sizes must match except in dim %lld, %s",
+                            TN_D(i), TN_SHAPE(t), TN_D(refi), TN_SHAPE(ref), TN_D(dim), tn_dtype_name(ref->dtype));
         oshape[dim] += t->shape[dim];
     }
     const int allocated = *out == NULL;

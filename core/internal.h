@@ -24,6 +24,11 @@
  *   return tn_error(TN_ERR_SHAPE, "add: shapes %s and %s are not broadcastable", sa, sb); */
 tn_status tn_error(tn_status code, const char *fmt, ...) TN_PRINTF(2, 3);
 
+/* A dimension number, position, start/index argument or list position as printed in an error
+ * message: shifted by tn_get_dim_base() (1 under Lua). Print with %lld. Not for values read
+ * from index tensors, nor for sizes or counts. */
+#define TN_D(d) ((long long)(d) + (long long)tn_get_dim_base())
+
 /* Propagate a failing status. */
 #define TN_TRY(expr)                                                                          \
     do {                                                                                      \

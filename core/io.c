@@ -59,10 +59,10 @@ tn_status tn_io_write(const char *path, const char *header, uint64_t header_len,
     if (n < 0 || (n > 0 && !ts))
         return tn_error(TN_ERR_ARG, "write: %s: bad tensor list (n = %d)", path, n);
     for (int32_t i = 0; i < n; i++) {
-        if (!ts[i]) return tn_error(TN_ERR_ARG, "write: %s: tensor %d is NULL", path, i);
+        if (!ts[i]) return tn_error(TN_ERR_ARG, "write: %s: tensor %lld is NULL", path, TN_D(i));
         if (ts[i]->device != TN_CPU)
-            return tn_error(TN_ERR_DEVICE, "write: %s: tensor %d %s (%s) is on %s; copy it to the cpu first",
-                            path, i, TN_SHAPE(ts[i]), tn_dtype_name(ts[i]->dtype),
+            return tn_error(TN_ERR_DEVICE, "write: %s: tensor %lld %s (%s) is on %s; copy it to the cpu first",
+                            path, TN_D(i), TN_SHAPE(ts[i]), tn_dtype_name(ts[i]->dtype),
                             tn_device_name(ts[i]->device));
     }
 

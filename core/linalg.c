@@ -425,8 +425,8 @@ tn_status tn_matmul(tn_tensor **out, const tn_tensor *a, const tn_tensor *b) {
         int64_t sa = ia >= 0 ? a->shape[ia] : 1, sb = ib >= 0 ? b->shape[ib] : 1;
         if (sa != sb && sa != 1 && sb != 1)
             return tn_error(TN_ERR_SHAPE,
-                            "matmul: batch dims of %s and %s are not broadcastable (%lld vs %lld at batch dim %d), %s",
-                            TN_SHAPE(a), TN_SHAPE(b), (long long)sa, (long long)sb, i, tn_dtype_name(a->dtype));
+                            "matmul: batch dims of %s and %s are not broadcastable (%lld vs %lld at batch dim %lld), %s",
+                            TN_SHAPE(a), TN_SHAPE(b), (long long)sa, (long long)sb, TN_D(i), tn_dtype_name(a->dtype));
         bshape[i] = sa == 1 ? sb : sa;
     }
     int32_t ond = 0;

@@ -138,8 +138,9 @@ static void fwd_point_f(int64_t B, int64_t H, int64_t t, const int64_t *len, flo
         float *restrict cr = C + b * H, *restrict hr = HR + b * H, *restrict cst = cs + b * H;
         if (!len || t < len[b]) {
             _Pragma("omp simd") for (int64_t j = j0; j < j1; j++) {
-                float h;
-                const float c = tn_lstm_cell_fwd_f(gi + j, gf + j, gg + j, go + j, cst[j], &h);
+                float ai = gi[j], af = gf[j], ag = gg[j], ao = go[j], h;
+                const float c = tn_lstm_cell_fwd_f(&ai, &af, &ag, &ao, cst[j], &h);
+                gi[j] = ai; gf[j] = af; gg[j] = ag; go[j] = ao;
                 cr[j] = c;
                 cst[j] = c;
                 hr[j] = h;

@@ -524,9 +524,9 @@ tn_status tn_reduce(tn_tensor **out, const tn_tensor *a, int32_t ndims, const in
     uint8_t red[TN_MAX_DIMS] = {0};
     for (int32_t i = 0; i < ndims; i++) {
         if (dims[i] < 0 || dims[i] >= a->ndim)
-            return tn_error(TN_ERR_INDEX, "%s: dim %d out of range for a %s (%s)", name, (int)dims[i], TN_SHAPE(a),
+            return tn_error(TN_ERR_INDEX, "%s: dim %lld out of range for a %s (%s)", name, TN_D(dims[i]), TN_SHAPE(a),
                             tn_dtype_name(a->dtype));
-        if (red[dims[i]]) return tn_error(TN_ERR_ARG, "%s: dim %d listed twice (a %s)", name, (int)dims[i], TN_SHAPE(a));
+        if (red[dims[i]]) return tn_error(TN_ERR_ARG, "%s: dim %lld listed twice (a %s)", name, TN_D(dims[i]), TN_SHAPE(a));
         red[dims[i]] = 1;
     }
     if (ndims == 0) for (int32_t d = 0; d < a->ndim; d++) red[d] = 1;
@@ -556,7 +556,7 @@ tn_status tn_max_dim(tn_tensor **values, tn_tensor **indices, const tn_tensor *a
     if (!values || !indices) return tn_error(TN_ERR_ARG, "%s: values or indices is NULL", name);
     TN_TRY(check_a(name, a));
     if (dim < 0 || dim >= (a->ndim > 0 ? a->ndim : 1))
-        return tn_error(TN_ERR_INDEX, "%s: dim %d out of range for a %s (%s)", name, (int)dim, TN_SHAPE(a),
+        return tn_error(TN_ERR_INDEX, "%s: dim %lld out of range for a %s (%s)", name, TN_D(dim), TN_SHAPE(a),
                         tn_dtype_name(a->dtype));
     uint8_t red[TN_MAX_DIMS] = {0};
     if (a->ndim > 0) red[dim] = 1;

@@ -146,7 +146,7 @@ static tn_status check_sm(const char *name, const tn_tensor *a, int32_t dim) {
     TN_TRY(tn_check_cpu(name, a));
     TN_TRY(tn_check_float(name, "a", a));
     if (dim < 0 || dim >= (a->ndim > 0 ? a->ndim : 1))
-        return tn_error(TN_ERR_INDEX, "%s: dim %d out of range for a %s (%s)", name, (int)dim, TN_SHAPE(a),
+        return tn_error(TN_ERR_INDEX, "%s: dim %lld out of range for a %s (%s)", name, TN_D(dim), TN_SHAPE(a),
                         tn_dtype_name(a->dtype));
     return TN_OK;
 }

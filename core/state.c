@@ -1,7 +1,7 @@
 /*
  * state.c — library state: the thread-local error message, version and build features,
- * the CPU thread count, dtype/device names, the public f16/bf16 scalar conversions and the
- * argument checks shared by every entry point (internal.h).
+ * the CPU thread count, the dim base of error messages, dtype/device names, the public
+ * f16/bf16 scalar conversions and the argument checks shared by every entry point (internal.h).
  */
 #include <stdio.h>
 
@@ -107,6 +107,14 @@ int tn_get_num_threads(void) {
     return 1;
 #endif
 }
+
+/* ---- dim base of error messages ------------------------------------------------------------- */
+
+static int32_t tn_dim_base = 0; /* 0 or 1; read by TN_D (internal.h) */
+
+void tn_set_dim_base(int32_t base) { __atomic_store_n(&tn_dim_base, base ? 1 : 0, __ATOMIC_RELAXED); }
+
+int32_t tn_get_dim_base(void) { return __atomic_load_n(&tn_dim_base, __ATOMIC_RELAXED); }
 
 /* ---- dtypes and devices -------------------------------------------------------------------- */
 

@@ -279,8 +279,8 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
     int overflow = 0;
     for (int32_t i = 0; i < ndim; i++) {
         if (shape[i] < 0)
-            return tn_error(TN_ERR_ARG, "%s: negative size %lld in dim %d of shape %s", opname,
-                            (long long)shape[i], i, TN_DIMS(ndim, shape));
+            return tn_error(TN_ERR_ARG, "%s: negative size %lld in dim %lld of shape %s", opname,
+                            (long long)shape[i], TN_D(i), TN_DIMS(ndim, shape));
         if (__builtin_mul_overflow(numel, shape[i], &numel)) overflow = 1;
     }
     int64_t nbytes = 0;
@@ -569,8 +569,8 @@ tn_status tn_reshape(tn_tensor **out, const tn_tensor *t, int32_t ndim, const in
 
 static tn_status check_dim(const char *opname, const tn_tensor *t, int32_t dim) {
     if (dim < 0 || dim >= t->ndim)
-        return tn_error(TN_ERR_INDEX, "%s: dim %d out of range for a %d-d tensor of shape %s", opname,
-                        dim, t->ndim, TN_SHAPE(t));
+        return tn_error(TN_ERR_INDEX, "%s: dim %lld out of range for a %d-d tensor of shape %s", opname,
+                        TN_D(dim), t->ndim, TN_SHAPE(t));
     return TN_OK;
 }
 
@@ -588,17 +588,17 @@ tn_status tn_transpose(tn_tensor **out, const tn_tensor *t, int32_t dim0, int32_
 tn_status tn_permute(tn_tensor **out, const tn_tensor *t, const int32_t *dims) {
     TN_TRY(check_view_args("permute", out, t));
     if (t->ndim > 0 && !dims) return tn_error(TN_ERR_ARG, "permute: argument 'dims' is NULL");
-    int64_t shape[TN_MAX_DIMS], strides[TN_MAX_DIMS], dd[TN_MAX_DIMS];
+    int64_t shape[TN_MAX_DIMS], strides[TN_MAX_DIMS], dd[TN_MAX_DIMS]; /* dd: dims as printed */
     int seen[TN_MAX_DIMS] = {0};
     int ok = 1;
     for (int32_t i = 0; i < t->ndim; i++) {
-        dd[i] = dims[i];
+        dd[i] = TN_D(dims[i]);
         if (dims[i] < 0 || dims[i] >= t->ndim || seen[dims[i]]) ok = 0;
         else seen[dims[i]] = 1;
     }
     if (!ok)
-        return tn_error(TN_ERR_ARG, "permute: dims %s are not a permutation of 0..%d (input shape %s)",
-                        TN_DIMS(t->ndim, dd), t->ndim - 1, TN_SHAPE(t));
+        return tn_error(TN_ERR_ARG, "permute: dims %s are not a permutation of %lld..%lld (input shape %s)",
+                        TN_DIMS(t->ndim, dd), TN_D(0), TN_D(t->ndim - 1), TN_SHAPE(t));
     for (int32_t i = 0; i < t->ndim; i++) shape[i] = t->shape[dims[i]], strides[i] = t->strides[dims[i]];
     return make_view("permute", out, t, t->ndim, shape, strides, t->offset);
 }
@@ -609,8 +609,8 @@ tn_status tn_narrow(tn_tensor **out, const tn_tensor *t, int32_t dim, int64_t st
     int64_t size = t->shape[dim];
     if (start < 0 || length < 0 || start > size || length > size - start)
         return tn_error(TN_ERR_INDEX,
-                        "narrow: start %lld, length %lld out of range for dim %d of size %lld (shape %s)",
-                        (long long)start, (long long)length, dim, (long long)size, TN_SHAPE(t));
+                        "narrow: start %lld, length %lld out of range for dim %lld of size %lld (shape %s)",
+                        TN_D(start), (long long)length, TN_D(dim), (long long)size, TN_SHAPE(t));
     int64_t shape[TN_MAX_DIMS];
     for (int32_t i = 0; i < t->ndim; i++) shape[i] = t->shape[i];
     shape[dim] = length;
@@ -624,8 +624,8 @@ tn_status tn_select(tn_tensor **out, const tn_tensor *t, int32_t dim, int64_t in
     TN_TRY(check_dim("select", t, dim));
     int64_t size = t->shape[dim];
     if (index < 0 || index >= size)
-        return tn_error(TN_ERR_INDEX, "select: index %lld out of range for dim %d of size %lld (shape %s)",
-                        (long long)index, dim, (long long)size, TN_SHAPE(t));
+        return tn_error(TN_ERR_INDEX, "select: index %lld out of range for dim %lld of size %lld (shape %s)",
+                        TN_D(index), TN_D(dim), (long long)size, TN_SHAPE(t));
     int64_t shape[TN_MAX_DIMS], strides[TN_MAX_DIMS];
     int32_t nd = 0;
     for (int32_t i = 0; i < t->ndim; i++)
@@ -639,8 +639,8 @@ tn_status tn_unsqueeze(tn_tensor **out, const tn_tensor *t, int32_t dim) {
         return tn_error(TN_ERR_SHAPE, "unsqueeze: shape %s already has the maximum of %d dims",
                         TN_SHAPE(t), TN_MAX_DIMS);
     if (dim < 0 || dim > t->ndim)
-        return tn_error(TN_ERR_INDEX, "unsqueeze: dim %d out of range 0..%d for shape %s", dim, t->ndim,
-                        TN_SHAPE(t));
+        return tn_error(TN_ERR_INDEX, "unsqueeze: dim %lld out of range %lld..%lld for shape %s", TN_D(dim),
+                        TN_D(0), TN_D(t->ndim), TN_SHAPE(t));
     int64_t shape[TN_MAX_DIMS], strides[TN_MAX_DIMS];
     for (int32_t i = 0, j = 0; i <= t->ndim; i++) {
         if (i == dim) {
@@ -678,8 +678,8 @@ tn_status tn_expand(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int
         if (i < lead) {
             if (want < 0)
                 return tn_error(TN_ERR_SHAPE,
-                                "expand: size %lld not allowed in new leading dim %d (expanding %s to %s)",
-                                (long long)want, i, TN_SHAPE(t), TN_DIMS(ndim, shape));
+                                "expand: size %lld not allowed in new leading dim %lld (expanding %s to %s)",
+                                (long long)want, TN_D(i), TN_SHAPE(t), TN_DIMS(ndim, shape));
             res[i] = want, strides[i] = 0;
             continue;
         }
@@ -690,9 +690,9 @@ tn_status tn_expand(tn_tensor **out, const tn_tensor *t, int32_t ndim, const int
             res[i] = want, strides[i] = 0;
         } else {
             return tn_error(TN_ERR_SHAPE,
-                            "expand: cannot expand shape %s to %s (dim %d: size %lld to %lld; only "
+                            "expand: cannot expand shape %s to %s (dim %lld: size %lld to %lld; only "
                             "size-1 dims can change)",
-                            TN_SHAPE(t), TN_DIMS(ndim, shape), i, (long long)have, (long long)want);
+                            TN_SHAPE(t), TN_DIMS(ndim, shape), TN_D(i), (long long)have, (long long)want);
         }
     }
     return make_view("expand", out, t, ndim, res, strides, t->offset);

@@ -93,6 +93,12 @@ int tn_has_mpi(void);                   /* 1 when built with MPI */
 int tn_has_nccl(void);                  /* 1 when built with NCCL */
 void tn_set_num_threads(int n);         /* OpenMP threads for CPU ops; n <= 0 = default */
 int tn_get_num_threads(void);
+/* Base (0 or 1) added to every dimension number, position, start/index argument and list
+ * position printed in error messages ("dim 1", "start 2", "tensor 1 of cat", "at position
+ * [0, 2]"). Default 0, matching the 0-based dims of this API; the Lua layer sets 1. Values read
+ * from index tensors and sizes are printed as they are. Any nonzero base means 1. */
+void tn_set_dim_base(int32_t base);
+int32_t tn_get_dim_base(void);
 
 size_t tn_dtype_size(int32_t dtype);    /* bytes per element; 0 for an invalid dtype */
 const char *tn_dtype_name(int32_t dtype); /* "f32", ...; "?" for an invalid dtype */

@@ -37,14 +37,6 @@ if not ok_load then
   error("tern: cannot load " .. libpath .. ": " .. tostring(C)
     .. " (build it with cmake, or point TERN_LIB at libtern.so)", 2)
 end
--- Keep libtern, and with it libgomp, mapped until the process exits: lua_close() (busted
--- exits through it) unloads ffi.load'ed libraries, and unmapping libgomp under its idle
--- OpenMP worker threads crashes the process at exit (SIGSEGV in libgomp). A second dlopen
--- with RTLD_NODELETE (0x1000) | RTLD_NOW (2) pins it. Linking with -Wl,-z,nodelete does the same.
-pcall(function()
-  ffi.cdef("void *dlopen(const char *filename, int flags);")
-  ffi.C.dlopen(libpath, 0x1002)
-end)
 M.C = C
 M.ffi = ffi
 

@@ -10,7 +10,10 @@ local nn = {
   Dropout = require "tern.nn.Dropout",
   Sequential = require "tern.nn.Sequential",
   ModuleList = require "tern.nn.ModuleList",
+  LSTM = require "tern.nn.LSTM",
+  SRU = require "tern.nn.SRU",
 }
+nn.SRUCell = nn.SRU.Cell
 for name, cls in pairs(acts) do nn[name] = cls end
 
 return nn
