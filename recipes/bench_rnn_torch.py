@@ -15,7 +15,9 @@ Each case: 2 warm-up calls, then the median wall time of `repeat` single calls (
 Prints one JSON line per case:
   {"op":"lstm"|"sru_pkg","impl":"torch"|"sru","mode":"fwd"|"fwdbwd","L":..,"B":..,"d":..,
    "layers":..,"threads":..,"median_ms":.., "min_ms":.., "repeats":.., "dtype":"f32",
-   "device":"cpu","case":"<op>_<mode>_L<L>_d<d>_l<layers>"[, "note":..]}
+   "device":"cpu","case":"<op>_<mode>_L<L>_d<d>_l<layers>","load1":..[, "note":..]}
+(load1 = the 1-minute load average after the case: a value above the core count means the
+machine was shared and the timing is not to be trusted.)
 
 What the `sru` package runs on the CPU (sru 2.6.0): with grad disabled, SRUCell goes through
 `elementwise_recurrence_inference`, i.e. the package's C++ kernel (sru/csrc/sru_cpu_impl.cpp,
@@ -101,7 +103,8 @@ def emit(op, impl, mode, L, d, layers, med, mn, n, note=None):
     r = {"op": op, "impl": impl, "mode": mode, "L": L, "B": B, "d": d, "layers": layers,
          "threads": torch.get_num_threads(), "median_ms": round(med, 4), "min_ms": round(mn, 4),
          "repeats": n, "dtype": "f32", "device": "cpu",
-         "case": "%s_%s_L%d_d%d_l%d" % (op, mode, L, d, layers)}
+         "case": "%s_%s_L%d_d%d_l%d" % (op, mode, L, d, layers),
+         "load1": round(os.getloadavg()[0], 2)}
     if note:
         r["note"] = note
     print(json.dumps(r, separators=(",", ":")), flush=True)

@@ -153,12 +153,14 @@ describe("tern errors", function()
     it("select and narrow check their ranges", function()
       raises_here(function() local r = m:select(1, 3) return r end, "select: index 3 is out of range for dim 1 of size 2")
       raises_here(function() local r = m:select(2, 0) return r end, "select: index 0 is out of range")
-      raises_here(function() local r = m:narrow(2, 2, 5) return r end, "narrow")
-      raises_here(function() local r = m:narrow(2, 5, 1) return r end, "narrow")
+      raises_here(function() local r = m:narrow(2, 2, 5) return r end,
+        "narrow: start 2, length 5 out of range for dim 2 of size 3 %(shape %[2, 3%]%)")
+      raises_here(function() local r = m:narrow(2, 5, 1) return r end, "narrow: start 5, length 1 out of range for dim 2 ")
     end)
 
     it("index values (0-based) are checked by gather, scatter_add, index_select, index_add and embedding", function()
-      raises_here(function() local r = m:gather(2, i64({ { 3 } })) return r end, "gather: index 3 is out of range for dim 1 of size 3")
+      raises_here(function() local r = m:gather(2, i64({ { 3 } })) return r end,
+        "gather: index 3 is out of range for dim 2 of size 3 %(at position %[1, 1%]%)")
       raises_here(function() local r = m:gather(2, i64({ { -1 } })) return r end, "gather: index %-1 is out of range")
       raises_here(function() local r = m:scatter_add(2, i64({ { 3 } }), tn.ones(1, 1)) return r end, "scatter_add: index 3 is out of range")
       raises_here(function() local r = m:index_select(1, i64({ 2 })) return r end, "index_select: index 2 is out of range")
@@ -197,6 +199,58 @@ describe("tern errors", function()
       raises_here(function() local r = a:sum(0) return r end, "sum: dim 0 is out of range")
       raises_here(function() local r = a:select(0, 1) return r end, "select: dim 0 is out of range")
       raises_here(function() local r = a:transpose(0, 1) return r end, "transpose: dim0 0 is out of range")
+    end)
+  end)
+
+  -- The C library prints dims, positions, narrow's start, select's index and list positions
+  -- with the base tern.lib sets (1): the user reads back the dim they typed. Index values read
+  -- from index tensors are data and stay 0-based.
+  describe("dims and positions from the C library", function()
+    local m = tn.zeros(2, 3)
+    it("are 1-based under Lua", function()
+      assert.are.equal(1, tn.C.tn_get_dim_base())
+    end)
+
+    it("name the user's dim, and the element's 1-based position, for bad index values", function()
+      local bad = i64({ { 0, 1 }, { 2, 3 } }) -- 3 is out of range for dim 2 (size 3), at row 2, column 2
+      raises_here(function() local r = m:gather(2, bad) return r end,
+        "gather: index 3 is out of range for dim 2 of size 3 %(at position %[2, 2%]%)")
+      raises_here(function() local r = m:scatter_add(2, bad, tn.ones(2, 2)) return r end,
+        "scatter_add: index 3 is out of range for dim 2 of size 3 %(at position %[2, 2%]%)")
+      raises_here(function() local r = m:index_select(2, i64({ 0, 2, 5 })) return r end,
+        "index_select: index 5 is out of range for dim 2 of size 3 %(at position %[3%]%)")
+      raises_here(function() local r = m:index_add(1, i64({ 1, 2 }), tn.ones(2, 3)) return r end,
+        "index_add: index 2 is out of range for dim 1 of size 2 %(at position %[2%]%)")
+    end)
+
+    it("name narrow's dim and 1-based start", function()
+      raises_here(function() local r = m:narrow(2, 2, 5) return r end, "narrow: start 2, length 5 out of range for dim 2 ")
+      raises_here(function() local r = m:narrow(1, 4, 0) return r end, "narrow: start 4, length 0 out of range for dim 1 ")
+    end)
+
+    it("name cat's tensors by their 1-based position in the list", function()
+      raises_here(function() local r = tn.cat({ m, m, tn.zeros(2, 4) }, 1) return r end,
+        "cat: tensor 3 has shape %[2, 4%] but tensor 1 has %[2, 3%]; sizes must match except in dim 1")
+      raises_here(function() local r = tn.cat({ m, tn.zeros(3, 3) }, 2) return r end,
+        "cat: tensor 2 has shape %[3, 3%] but tensor 1 has %[2, 3%]; sizes must match except in dim 2")
+    end)
+
+    it("name the other dims 1-based too", function()
+      raises_here(function() local r = m:index_add(2, i64({ 0 }), tn.ones(2, 2)) return r end,
+        "index_add: src %[2, 2%] must match out %[2, 3%] except in dim 2,")
+      raises_here(function() local r = m:expand(3, 4) return r end, "expand: cannot expand shape %[2, 3%] to %[3, 4%] %(dim 1:")
+      raises_here(function() local r = tn.zeros(2, 2, 3):matmul(tn.zeros(3, 3, 4)) return r end, "at batch dim 1%)")
+    end)
+
+    it("are 0-based for C callers at base 0", function()
+      local C, OUT = tn.C, ffi.new("tn_tensor *[1]")
+      C.tn_set_dim_base(0)
+      local st = C.tn_narrow(OUT, m._c, 1, 1, 5)
+      local msg = ffi.string(C.tn_last_error())
+      C.tn_set_dim_base(1)
+      assert.are_not.equal(0, st)
+      assert.are.equal("narrow: start 1, length 5 out of range for dim 1 of size 3 (shape [2, 3])", msg)
+      assert.are.equal(1, C.tn_get_dim_base())
     end)
   end)
 

@@ -37,6 +37,9 @@ if not ok_load then
   error("tern: cannot load " .. libpath .. ": " .. tostring(C)
     .. " (build it with cmake, or point TERN_LIB at libtern.so)", 2)
 end
+-- Error messages name dims, positions, narrow's start, select's index and list positions the
+-- way Lua users type them: 1-based (values read from index tensors stay 0-based).
+C.tn_set_dim_base(1)
 M.C = C
 M.ffi = ffi
 

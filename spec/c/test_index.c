@@ -173,6 +173,13 @@ static void test_cat(void) {
     CHECK(tn_cat(&out, bad1, 2, 2) == TN_ERR_SHAPE);
     CHECK(strcmp(tn_last_error(),
                  "cat: tensor 1 has shape [2, 4, 6] but tensor 0 has [2, 3, 6]; sizes must match except in dim 2, f32") == 0);
+    tn_set_dim_base(1); /* list positions and dims 1-based */
+    CHECK(tn_cat(&out, bad1, 2, 2) == TN_ERR_SHAPE);
+    CHECK(strcmp(tn_last_error(),
+                 "cat: tensor 2 has shape [2, 4, 6] but tensor 1 has [2, 3, 6]; sizes must match except in dim 3, f32") == 0);
+    CHECK(tn_cat(&out, bad4, 2, 0) == TN_ERR_ARG && strstr(tn_last_error(), "'tensor 2' is NULL"));
+    tn_set_dim_base(0);
+    CHECK(tn_cat(&out, bad4, 2, 0) == TN_ERR_ARG && strstr(tn_last_error(), "'tensor 1' is NULL"));
     CHECK(tn_cat(&out, bad1, 2, 1) == TN_OK); /* fine along dim 1 */
     tn_tensor_free(out);
     out = NULL;
@@ -226,6 +233,13 @@ static void test_gather(void) {
     seti(ix, 2, 7);
     CHECK(tn_gather(&out, a, 1, ix) == TN_ERR_INDEX);
     CHECK(strcmp(tn_last_error(), "gather: index 7 is out of range for dim 1 of size 5 (at position [0, 2])") == 0);
+    /* dim base 1 (as set by the Lua layer): dims and positions shift, the index value does not */
+    tn_set_dim_base(1);
+    CHECK(tn_gather(&out, a, 1, ix) == TN_ERR_INDEX);
+    CHECK(strcmp(tn_last_error(), "gather: index 7 is out of range for dim 2 of size 5 (at position [1, 3])") == 0);
+    CHECK(tn_gather(&out, a, 2, ix) == TN_ERR_ARG && strstr(tn_last_error(), "gather: dim 3 is out of range"));
+    tn_set_dim_base(0);
+    CHECK(tn_gather(&out, a, 2, ix) == TN_ERR_ARG && strstr(tn_last_error(), "gather: dim 2 is out of range"));
     seti(ix, 2, 0);
     seti(ix, 1, -1);
     CHECK(tn_gather(&out, a, 1, ix) == TN_ERR_INDEX);
@@ -351,6 +365,10 @@ static void test_index_select(void) {
     seti(ix, 3, 7);
     CHECK(tn_index_select(&out, a, 1, ix) == TN_ERR_INDEX);
     CHECK(strcmp(tn_last_error(), "index_select: index 7 is out of range for dim 1 of size 5 (at position [3])") == 0);
+    tn_set_dim_base(1);
+    CHECK(tn_index_select(&out, a, 1, ix) == TN_ERR_INDEX);
+    CHECK(strcmp(tn_last_error(), "index_select: index 7 is out of range for dim 2 of size 5 (at position [4])") == 0);
+    tn_set_dim_base(0);
     CHECK(out == NULL);
     tn_tensor *ix2 = mk_index(2, SH(2, 2), TN_I64, 4), *s0 = mk(0, SH(0), TN_F32), *fx = mk(1, SH(2), TN_F32);
     CHECK(tn_index_select(&out, a, 0, ix2) == TN_ERR_SHAPE);

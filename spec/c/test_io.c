@@ -158,6 +158,9 @@ static void test_write_errors(void) {
     CHECK(tn_io_write(NULL, "", 0, ts, 1) == TN_ERR_ARG);
     CHECK(tn_io_write(dpath, NULL, 5, ts, 1) == TN_ERR_ARG && has("header"));
     CHECK(tn_io_write(dpath, "", 0, ts, 2) == TN_ERR_ARG && has("tensor 1 is NULL"));
+    tn_set_dim_base(1); /* list positions 1-based */
+    CHECK(tn_io_write(dpath, "", 0, ts, 2) == TN_ERR_ARG && has("tensor 2 is NULL"));
+    tn_set_dim_base(0);
     CHECK(tn_io_write(dpath, "", 0, NULL, 1) == TN_ERR_ARG);
     CHECK(tn_io_write(dpath, "", 0, ts, -1) == TN_ERR_ARG);
     tn_tensor fake = *t; /* header only: never dereferenced */

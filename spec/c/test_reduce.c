@@ -154,6 +154,11 @@ static void test_int_and_errors(void) {
     CHECK(tn_reduce(&o, a, 1, bad, TN_RED_SUM, 0, 0) == TN_ERR_INDEX && o == NULL);
     CHECK(strstr(tn_last_error(), "sum") && strstr(tn_last_error(), "[3, 4]"));
     CHECK(tn_reduce(&o, a, 2, dup, TN_RED_SUM, 0, 0) == TN_ERR_ARG && o == NULL);
+    CHECK(strstr(tn_last_error(), "sum: dim 1 listed twice (a [3, 4])"));
+    tn_set_dim_base(1);
+    CHECK(tn_reduce(&o, a, 1, bad, TN_RED_SUM, 0, 0) == TN_ERR_INDEX && strstr(tn_last_error(), "sum: dim 3 out of range for a [3, 4]"));
+    CHECK(tn_reduce(&o, a, 2, dup, TN_RED_SUM, 0, 0) == TN_ERR_ARG && strstr(tn_last_error(), "sum: dim 2 listed twice (a [3, 4])"));
+    tn_set_dim_base(0);
     CHECK(tn_reduce(&o, a, 2, (int32_t[]){0, 1}, TN_RED_ARGMAX, 0, 0) == TN_ERR_ARG);
     /* empty reductions */
     int64_t se[2] = {0, 3};
@@ -364,6 +369,9 @@ static void test_softmax(void) {
     tn_tensor *iv = mk(TN_I32, 2, s2), *bad = NULL;
     CHECK(tn_softmax(&bad, iv, 1, 0) == TN_ERR_DTYPE && bad == NULL);
     CHECK(tn_softmax(&bad, l, 2, 0) == TN_ERR_INDEX && strstr(tn_last_error(), "[1000, 300]"));
+    tn_set_dim_base(1);
+    CHECK(tn_softmax(&bad, l, 2, 0) == TN_ERR_INDEX && strstr(tn_last_error(), "softmax: dim 3 out of range for a [1000, 300]"));
+    tn_set_dim_base(0);
     CHECK(tn_softmax_backward(&bad, l, b, 1, 0) == TN_ERR_SHAPE && bad == NULL);
     tn_tensor_free(b); tn_tensor_free(y); tn_tensor_free(l); tn_tensor_free(ly); tn_tensor_free(iv);
 }

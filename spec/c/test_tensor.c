@@ -56,6 +56,14 @@ static void test_state(void) {
     tn_set_num_threads(0);
     CHECK(tn_get_num_threads() == n0);
 
+    CHECK(tn_get_dim_base() == 0); /* the default, for C callers */
+    tn_set_dim_base(1);
+    CHECK(tn_get_dim_base() == 1);
+    tn_set_dim_base(7); /* any nonzero base means 1 */
+    CHECK(tn_get_dim_base() == 1);
+    tn_set_dim_base(0);
+    CHECK(tn_get_dim_base() == 0);
+
     static const char *names[] = {"f32", "f64", "f16", "bf16", "i32", "i64", "u8"};
     static const size_t sizes[] = {4, 8, 2, 2, 4, 8, 1};
     for (int d = 0; d < TN_NUM_DTYPES; d++) {
@@ -400,6 +408,12 @@ static void test_transpose_permute(void) {
     CHECK(tn_permute(&v, t, dup) == TN_ERR_ARG && has("[0, 0, 1]") && has("not a permutation"));
     CHECK(tn_permute(&v, t, oor) == TN_ERR_ARG);
     CHECK(tn_permute(&v, t, NULL) == TN_ERR_ARG);
+    CHECK(tn_permute(&v, t, dup) == TN_ERR_ARG && has("dims [0, 0, 1] are not a permutation of 0..2"));
+    tn_set_dim_base(1); /* permutation entries and the dim range 1-based; the shape is not */
+    CHECK(tn_permute(&v, t, dup) == TN_ERR_ARG && has("dims [1, 1, 2] are not a permutation of 1..3") &&
+          has("[2, 3, 4]"));
+    CHECK(tn_transpose(&v, t, 0, 3) == TN_ERR_INDEX && has("transpose: dim 4 out of range for a 3-d tensor"));
+    tn_set_dim_base(0);
     CHECK(v == NULL);
     tn_tensor_free(t);
 }
@@ -435,6 +449,13 @@ static void test_narrow_select(void) {
           has("[4, 5]"));
     CHECK(tn_select(&w, t, 0, -1) == TN_ERR_INDEX && has("index -1"));
     CHECK(tn_select(&w, t, 2, 0) == TN_ERR_INDEX);
+    tn_set_dim_base(1); /* start and index arguments and dims 1-based; length and size are not */
+    CHECK(tn_narrow(&w, t, 0, 3, 2) == TN_ERR_INDEX &&
+          has("narrow: start 4, length 2 out of range for dim 1 of size 4 (shape [4, 5])"));
+    CHECK(tn_narrow(&w, t, 2, 0, 1) == TN_ERR_INDEX && has("dim 3"));
+    CHECK(tn_select(&w, t, 1, 5) == TN_ERR_INDEX &&
+          has("select: index 6 out of range for dim 2 of size 5 (shape [4, 5])"));
+    tn_set_dim_base(0);
     CHECK(w == NULL);
     /* select down to a scalar */
     tn_tensor *r = NULL, *sc = NULL;
@@ -473,7 +494,10 @@ static void test_squeeze_unsqueeze_expand(void) {
     CHECK(v->ndim == 4 && v->shape[0] == 1 && v->strides[0] == 6 && tn_tensor_is_contiguous(v));
     tn_tensor_free(v);
     v = NULL;
-    CHECK(tn_unsqueeze(&v, t, 4) == TN_ERR_INDEX && has("unsqueeze: dim 4") && has("[2, 1, 3]"));
+    CHECK(tn_unsqueeze(&v, t, 4) == TN_ERR_INDEX && has("unsqueeze: dim 4 out of range 0..3") && has("[2, 1, 3]"));
+    tn_set_dim_base(1);
+    CHECK(tn_unsqueeze(&v, t, 4) == TN_ERR_INDEX && has("unsqueeze: dim 5 out of range 1..4 for shape [2, 1, 3]"));
+    tn_set_dim_base(0);
     CHECK(tn_unsqueeze(&v, t, -1) == TN_ERR_INDEX);
     int64_t s8[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     tn_tensor *t8 = arange_f32(8, s8);
