@@ -276,9 +276,11 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
  * The elementwise recurrence of the `sru` package 2.x (EMNLP 2018), one fused pass over time
  * for every (batch, direction, hidden unit) column. L steps, B batch, D = 1 or 2 directions
  * (direction 1 walks time backwards), d hidden units, k = 3 or 4 values per unit.
- * Layouts as the package: U (L, B, D, d, k) holds per unit [x~, f, r, (x')] before the bias;
- * weight_c and bias are (2, D, d) = [v_f | v_r] and [b_f | b_r]; c0, mask_c (B, D, d);
- * h and c (L, B, D, d); mask_pad (L, B), nonzero = padding.
+ * Layouts as the package, flattened as the argument shapes below say: U (L, B, D*d*k) is
+ * (L, B, D, d, k) holding per unit [x~, f, r, (x')] before the bias; weight_c and bias
+ * (2*D*d) are (2, D, d) = [v_f | v_r] and [b_f | b_r]; c0, mask_c (B, D*d) and h, c
+ * (L, B, D*d) are direction-major; mask_pad (L, B), nonzero = padding. x is read only when
+ * k == 3 with the skip term (with k == 4 the skip is U's fourth value).
  *   f = sigmoid(U1 + v_f c_prev + b_f), r = sigmoid(U2 + v_r c_prev + b_r)
  *   c = U0 + (c_prev - U0) f              (padding: c = c_prev)
  *   h = x' + (g(c) - x') mask_c r        (no skip term: h = g(c) mask_c r; padding: h = 0)
