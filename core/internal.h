@@ -29,6 +29,9 @@ tn_status tn_error(tn_status code, const char *fmt, ...) TN_PRINTF(2, 3);
  * from index tensors, nor for sizes or counts. */
 #define TN_D(d) ((long long)(d) + (long long)tn_get_dim_base())
 
+/* Status of the last tn_error on this thread (TN_OK after tn_clear_error). */
+tn_status tn_last_status(void);
+
 /* Propagate a failing status. */
 #define TN_TRY(expr)                                                                          \
     do {                                                                                      \

@@ -9,8 +9,8 @@
  * Shapes: L steps, B batch, H hidden units, P = proj_size or H, G = 4H.
  *
  * Forward, for each step t (t = 0..L-1, or L-1..0 when reverse):
- *   gates[t] = xproj[t] + h W_hh^T        one GEMM (B, P) x (P, G), beta 1 on a copy of xproj[t]
- *   pointwise (kernels/lstm.h)            activations in place, c, o tanh(c); OpenMP over B x H
+ *   gates[t] = h W_hh^T                   one GEMM (B, P) x (P, G) (beta 1 onto xproj when gates is xproj)
+ *   pointwise (kernels/lstm.h)            + xproj[t], activations in place, c, o tanh(c); OpenMP over B x H
  *   out[t] = hraw[t] W_hr^T               one GEMM (B, H) x (H, P), only with a projection
  * h_n and c_n are the running state (initialised from h0, c0), so no other scratch is needed.
  * With lengths, a row b at a step t >= lengths[b] is padding: its state is carried (h_n, c_n
@@ -123,11 +123,19 @@ static void lstm_gemm(int32_t dtype, int ta, int tb, int64_t M, int64_t N, int64
 
 /* ---- pointwise passes ---------------------------------------------------------------------- */
 
-/* Threads for a pointwise pass of `work` units. */
+#ifdef TERN_HAVE_OPENBLAS
+int openblas_get_parallel(void); /* OpenBLAS: 0 sequential, 1 pthreads, 2 OpenMP build */
+#endif
+
+/* Threads for a pointwise pass of `work` units. With a pthreads OpenBLAS the pass stays on the
+ * calling thread: OpenBLAS's workers wait for the next GEMM spinning and yielding, libgomp's
+ * workers spin after each region, and alternating the two every step oversubscribes the
+ * cores (measured 10-30x slower at 2 threads on 2 cores). An OpenMP OpenBLAS shares libgomp's
+ * pool, and the plain C GEMM is OpenMP itself: then the pass runs on OpenMP threads. */
 static int lstm_threads(int64_t work) {
-    static int mode = -1;
-    if (mode < 0) { const char *e = getenv("TN_LSTM_SERIAL"); mode = e && *e == '1'; }
-    if (mode) return 1;
+#ifdef TERN_HAVE_OPENBLAS
+    if (openblas_get_parallel() == 1) return 1;
+#endif
     return tn_par_threads(work, LSTM_PAR_MIN);
 }
 
@@ -135,26 +143,45 @@ static int lstm_threads(int64_t work) {
  * picked at run time on x86-64 CPUs that have it (the library itself is built for baseline
  * SSE2, where the pointwise pass costs ~2.5x more). */
 
-/* gi, gf, gg, go (n): pre-activations in, activated gates out; cr (n) cells[t]; hr (n)
- * o tanh(c); cst (n) the running cell state. */
-static inline void fwd_chunk_f_body(float *restrict gi, float *restrict gf, float *restrict gg,
-                                    float *restrict go, float *restrict cr, float *restrict hr,
-                                    float *restrict cst, int64_t n) {
+#if defined(__GNUC__)
+#define LSTM_INLINE static inline __attribute__((always_inline)) /* into each target build below */
+#else
+#define LSTM_INLINE static inline
+#endif
+
+/* gi, gf, gg, go (n): pre-activations in (x's four parts added when x is not NULL: x (4H)
+ * strided like the gates), activated gates out; cr (n) cells[t]; hr (n) o tanh(c); cst (n)
+ * the running cell state. */
+LSTM_INLINE void fwd_chunk_f_body(float *restrict gi, float *restrict gf, float *restrict gg,
+                                    float *restrict go, const float *restrict x, int64_t H,
+                                    float *restrict cr, float *restrict hr, float *restrict cst, int64_t n) {
+    if (x) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; j++) {
-        float ai = gi[j], af = gf[j], ag = gg[j], ao = go[j], h;
-        const float c = tn_lstm_cell_fwd_f(&ai, &af, &ag, &ao, cst[j], &h);
-        gi[j] = ai; gf[j] = af; gg[j] = ag; go[j] = ao;
-        cr[j] = c;
-        cst[j] = c;
-        hr[j] = h;
+        for (int64_t j = 0; j < n; j++) {
+            float ai = gi[j] + x[j], af = gf[j] + x[H + j], ag = gg[j] + x[2 * H + j], ao = go[j] + x[3 * H + j], h;
+            const float c = tn_lstm_cell_fwd_f(&ai, &af, &ag, &ao, cst[j], &h);
+            gi[j] = ai; gf[j] = af; gg[j] = ag; go[j] = ao;
+            cr[j] = c;
+            cst[j] = c;
+            hr[j] = h;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            float ai = gi[j], af = gf[j], ag = gg[j], ao = go[j], h;
+            const float c = tn_lstm_cell_fwd_f(&ai, &af, &ag, &ao, cst[j], &h);
+            gi[j] = ai; gf[j] = af; gg[j] = ag; go[j] = ao;
+            cr[j] = c;
+            cst[j] = c;
+            hr[j] = h;
+        }
     }
 }
 
 /* gi, gf, gg, go (n) activated gates; cr (n) cells[t]; cp (n) the previous cell state or NULL
  * (zeros); dhr (n) the gradient of o tanh(c); dc (n) the carried cell gradient, replaced by
  * that of c_prev; di, df, dg, dO (n) [OUT] the gradients of the pre-activations. */
-static inline void bwd_chunk_f_body(const float *restrict gi, const float *restrict gf,
+LSTM_INLINE void bwd_chunk_f_body(const float *restrict gi, const float *restrict gf,
                                     const float *restrict gg, const float *restrict gO,
                                     const float *restrict cr, const float *restrict cp,
                                     const float *restrict dhr, float *restrict dc, float *restrict di,
@@ -173,7 +200,8 @@ static inline void bwd_chunk_f_body(const float *restrict gi, const float *restr
 }
 
 #define LSTM_FWD_ARGS float *restrict gi, float *restrict gf, float *restrict gg, float *restrict go, \
-                      float *restrict cr, float *restrict hr, float *restrict cst, int64_t n
+                      const float *restrict x, int64_t H, float *restrict cr, float *restrict hr,    \
+                      float *restrict cst, int64_t n
 #define LSTM_BWD_ARGS const float *restrict gi, const float *restrict gf, const float *restrict gg,   \
                       const float *restrict gO, const float *restrict cr, const float *restrict cp,  \
                       const float *restrict dhr, float *restrict dc, float *restrict di,             \
@@ -181,7 +209,7 @@ static inline void bwd_chunk_f_body(const float *restrict gi, const float *restr
 typedef void (*lstm_fwd_chunk_fn)(LSTM_FWD_ARGS);
 typedef void (*lstm_bwd_chunk_fn)(LSTM_BWD_ARGS);
 
-static void fwd_chunk_f_base(LSTM_FWD_ARGS) { fwd_chunk_f_body(gi, gf, gg, go, cr, hr, cst, n); }
+static void fwd_chunk_f_base(LSTM_FWD_ARGS) { fwd_chunk_f_body(gi, gf, gg, go, x, H, cr, hr, cst, n); }
 static void bwd_chunk_f_base(LSTM_BWD_ARGS) {
     bwd_chunk_f_body(gi, gf, gg, gO, cr, cp, dhr, dc, di, df, dg, dO, n);
 }
@@ -189,7 +217,7 @@ static void bwd_chunk_f_base(LSTM_BWD_ARGS) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LSTM_HAVE_AVX2_BUILD 1
 __attribute__((target("avx2,fma"))) static void fwd_chunk_f_avx2(LSTM_FWD_ARGS) {
-    fwd_chunk_f_body(gi, gf, gg, go, cr, hr, cst, n);
+    fwd_chunk_f_body(gi, gf, gg, go, x, H, cr, hr, cst, n);
 }
 __attribute__((target("avx2,fma"))) static void bwd_chunk_f_avx2(LSTM_BWD_ARGS) {
     bwd_chunk_f_body(gi, gf, gg, gO, cr, cp, dhr, dc, di, df, dg, dO, n);
@@ -224,12 +252,12 @@ static lstm_bwd_chunk_fn lstm_bwd_chunk(void) {
     return bwd_chunk_f_base;
 }
 
-/* Forward pointwise pass of step t. G (B, 4H): pre-activations in, activated gates out;
- * C (B, H) cells[t]; HR (B, H) o tanh(c) (out[t], or hraw[t] with a projection); cs (B, H)
+/* Forward pointwise pass of step t. G (B, 4H): pre-activations in (plus X (B, 4H) when X is
+ * not NULL), activated gates out; C (B, H) cells[t]; HR (B, H) o tanh(c) (out[t], or hraw[t] with a projection); cs (B, H)
  * the running cell state; hs (B, H) the running h without a projection, else NULL. Rows with
  * t >= len[b] are padding. */
-static void fwd_point_f(int64_t B, int64_t H, int64_t t, const int64_t *len, float *G, float *C,
-                        float *HR, float *cs, float *hs) {
+static void fwd_point_f(int64_t B, int64_t H, int64_t t, const int64_t *len, float *G, const float *X,
+                        float *C, float *HR, float *cs, float *hs) {
     const int64_t nblk = (H + LSTM_JB - 1) / LSTM_JB;
     const int nt = lstm_threads(B * H);
     const lstm_fwd_chunk_fn chunk = lstm_fwd_chunk();
@@ -239,7 +267,7 @@ static void fwd_point_f(int64_t B, int64_t H, int64_t t, const int64_t *len, flo
         float *gi = G + b * 4 * H + j0, *gf = gi + H, *gg = gf + H, *go = gg + H;
         float *cr = C + b * H + j0, *hr = HR + b * H + j0, *cst = cs + b * H + j0;
         if (!len || t < len[b]) {
-            chunk(gi, gf, gg, go, cr, hr, cst, j1 - j0);
+            chunk(gi, gf, gg, go, X ? X + b * 4 * H + j0 : NULL, H, cr, hr, cst, j1 - j0);
             if (hs) memcpy(hs + b * H + j0, hr, (size_t)(j1 - j0) * sizeof(float));
         } else {
             for (int64_t j = 0; j < j1 - j0; j++) {
@@ -251,8 +279,8 @@ static void fwd_point_f(int64_t B, int64_t H, int64_t t, const int64_t *len, flo
     });
 }
 
-static void fwd_point_d(int64_t B, int64_t H, int64_t t, const int64_t *len, double *G, double *C,
-                        double *HR, double *cs, double *hs) {
+static void fwd_point_d(int64_t B, int64_t H, int64_t t, const int64_t *len, double *G, const double *X,
+                        double *C, double *HR, double *cs, double *hs) {
     const int64_t nblk = (H + LSTM_JB - 1) / LSTM_JB;
     const int nt = lstm_threads(B * H);
     TN_PARALLEL_FOR(nt, idx, B * nblk, {
@@ -261,6 +289,12 @@ static void fwd_point_d(int64_t B, int64_t H, int64_t t, const int64_t *len, dou
         double *restrict gi = G + b * 4 * H, *restrict gf = gi + H, *restrict gg = gf + H, *restrict go = gg + H;
         double *restrict cr = C + b * H, *restrict hr = HR + b * H, *restrict cst = cs + b * H;
         if (!len || t < len[b]) {
+            if (X) {
+                const double *x = X + b * 4 * H;
+                for (int64_t j = j0; j < j1; j++) {
+                    gi[j] += x[j]; gf[j] += x[H + j]; gg[j] += x[2 * H + j]; go[j] += x[3 * H + j];
+                }
+            }
             for (int64_t j = j0; j < j1; j++) {
                 double h;
                 const double c = tn_lstm_cell_fwd_d(gi + j, gf + j, gg + j, go + j, cst[j], &h);
@@ -503,14 +537,22 @@ tn_status tn_lstm_forward(tn_tensor *out, tn_tensor *h_n, tn_tensor *c_n, tn_ten
         char *ot = out->data + t * B * P * es;               /* (B, P) */
         char *hrt = w_hr ? hraw->data + t * B * H * es : ot; /* (B, H) o tanh(c) */
         const int64_t nact = lstm_active(len, B, t);
-        if (gt != xt) memcpy(gt, xt, (size_t)(B * G * es));
-        /* h is all zeros before the first step without h0 (padding keeps it so) */
-        if (nact > 0 && (s > 0 || h0)) lstm_gemm(dt, 0, 1, B, G, P, hs, P, w_hh->data, P, 1.0, gt, G);
+        /* gates[t] = h W_hh^T, and the pointwise pass adds xproj[t]; when gates is xproj, the
+         * GEMM adds onto it instead. h is all zeros before the first step without h0 (padding
+         * keeps it so): no GEMM then. */
+        const char *xadd = NULL;
+        if (nact > 0 && (s > 0 || h0)) {
+            const int alias = gt == xt;
+            lstm_gemm(dt, 0, 1, B, G, P, hs, P, w_hh->data, P, alias ? 1.0 : 0.0, gt, G);
+            if (!alias) xadd = xt;
+        } else if (gt != xt) {
+            memcpy(gt, xt, (size_t)(B * G * es));
+        }
         if (dt == TN_F64)
-            fwd_point_d(B, H, t, len, (double *)gt, (double *)ct, (double *)hrt, (double *)cs,
+            fwd_point_d(B, H, t, len, (double *)gt, (const double *)xadd, (double *)ct, (double *)hrt, (double *)cs,
                         w_hr ? NULL : (double *)hs);
         else
-            fwd_point_f(B, H, t, len, (float *)gt, (float *)ct, (float *)hrt, (float *)cs,
+            fwd_point_f(B, H, t, len, (float *)gt, (const float *)xadd, (float *)ct, (float *)hrt, (float *)cs,
                         w_hr ? NULL : (float *)hs);
         if (w_hr) {
             if (nact > 0) lstm_gemm(dt, 0, 1, B, P, H, hrt, H, w_hr->data, H, 0.0, ot, P);

@@ -24,6 +24,7 @@ extern void openblas_set_num_threads(int);
 
 enum { TN_ERROR_BUF = 1024 };
 static _Thread_local char tn_error_buf[TN_ERROR_BUF]; /* NUL-terminated, "" = no error */
+static _Thread_local tn_status tn_error_code;            /* status of the last tn_error */
 
 tn_status tn_error(tn_status code, const char *fmt, ...) {
     va_list ap;
@@ -31,8 +32,11 @@ tn_status tn_error(tn_status code, const char *fmt, ...) {
     int n = vsnprintf(tn_error_buf, sizeof tn_error_buf, fmt, ap);
     va_end(ap);
     if (n < 0) snprintf(tn_error_buf, sizeof tn_error_buf, "error %d (unformattable message)", code);
+    tn_error_code = code;
     return code;
 }
+
+tn_status tn_last_status(void) { return tn_error_buf[0] ? tn_error_code : TN_OK; }
 
 const char *tn_last_error(void) { return tn_error_buf; }
 

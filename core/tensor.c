@@ -294,21 +294,23 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
         return tn_error(TN_ERR_ARG, "%s: shape %s (%s) is too large: its byte size overflows",
                         opname, TN_DIMS(ndim, shape), tn_dtype_name(dtype));
     const tn_allocator *a = tn_allocator_get(device);
-    if (a && device == TN_CUDA && !tn_has_cuda())
-        return tn_error(TN_ERR_DEVICE,
-                        "%s: no CUDA device is available (tern was built with CUDA, but the driver "
-                        "reports no GPU) for shape %s (%s)",
-                        opname, TN_DIMS(ndim, shape), tn_dtype_name(dtype));
     if (!a)
         return tn_error(TN_ERR_DEVICE, "%s: tern was built without %s (device %s requested)", opname,
                         device == TN_CUDA ? "CUDA" : tn_device_name(device), tn_device_name(device));
 
     tn_storage *s = malloc(sizeof *s);
     tn_tensor *t = calloc(1, sizeof *t);
+    tn_clear_error();
     void *data = (s && t) ? a->alloc(a->ctx, (size_t)nbytes) : NULL;
     if (!data) {
         free(s);
         free(t);
+        if (tn_last_status() != TN_OK) { /* the allocator said why (no device, a CUDA error) */
+            char why[512];
+            snprintf(why, sizeof why, "%s", tn_last_error());
+            return tn_error(tn_last_status(), "%s: %s (shape %s, %s)", opname, why,
+                            TN_DIMS(ndim, shape), tn_dtype_name(dtype));
+        }
         return tn_error(TN_ERR_OOM, "%s: out of %s memory allocating %lld bytes for shape %s (%s)",
                         opname, tn_device_name(device), (long long)nbytes, TN_DIMS(ndim, shape),
                         tn_dtype_name(dtype));

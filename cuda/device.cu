@@ -29,6 +29,11 @@ extern "C" int tn_cuda_device_count(void) {
 static void *cuda_alloc(void *ctx, size_t nbytes) {
     (void)ctx;
     void *p = NULL;
+    if (tn_cuda_device_count() == 0) {
+        tn_error(TN_ERR_DEVICE, "no CUDA device is available (tern was built with CUDA, but the "
+                                "driver reports no GPU)");
+        return NULL;
+    }
     if (TN_CUDA_CHECK(cudaMalloc(&p, nbytes == 0 ? 256 : nbytes)) != TN_OK) return NULL;
     tn_memory_note_alloc(TN_CUDA, nbytes);
     return p;
