@@ -17,7 +17,10 @@ Prints one JSON line per case:
    "layers":..,"threads":..,"median_ms":.., "min_ms":.., "repeats":.., "dtype":"f32",
    "device":"cpu","case":"<op>_<mode>_L<L>_d<d>_l<layers>","load1":..[, "note":..]}
 (load1 = the 1-minute load average after the case: a value above the core count means the
-machine was shared and the timing is not to be trusted.)
+machine was shared and the timing is not to be trusted; omp_wait_policy = the inherited
+OMP_WAIT_POLICY.) On a shared machine, threads > 1 with libgomp's default (spinning) wait
+policy can run 10-20x slower than 1 thread; export OMP_WAIT_POLICY=PASSIVE for both tern and
+this peer there (the script inherits it and does not set it itself).
 
 What the `sru` package runs on the CPU (sru 2.6.0): with grad disabled, SRUCell goes through
 `elementwise_recurrence_inference`, i.e. the package's C++ kernel (sru/csrc/sru_cpu_impl.cpp,
@@ -104,7 +107,8 @@ def emit(op, impl, mode, L, d, layers, med, mn, n, note=None):
          "threads": torch.get_num_threads(), "median_ms": round(med, 4), "min_ms": round(mn, 4),
          "repeats": n, "dtype": "f32", "device": "cpu",
          "case": "%s_%s_L%d_d%d_l%d" % (op, mode, L, d, layers),
-         "load1": round(os.getloadavg()[0], 2)}
+         "load1": round(os.getloadavg()[0], 2),
+         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     if note:
         r["note"] = note
     print(json.dumps(r, separators=(",", ":")), flush=True)

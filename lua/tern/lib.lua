@@ -31,6 +31,13 @@ if not ok_cdef then
 end
 ffi.cdef(cdef)
 
+-- OpenMP threads wait passively (sleep) between parallel regions unless the user chose
+-- otherwise: libgomp's default spinning makes every op 10-40x slower as soon as another
+-- process (an OpenBLAS pool, a second rank, a data loader) shares the cores. libgomp reads
+-- the variable when it is loaded, i.e. with libtern just below.
+ffi.cdef("int setenv(const char *name, const char *value, int overwrite);")
+ffi.C.setenv("OMP_WAIT_POLICY", "PASSIVE", 0)
+
 local libpath = os.getenv("TERN_LIB") or (M.dir .. "/libtern.so")
 local ok_load, C = pcall(ffi.load, libpath)
 if not ok_load then
