@@ -281,7 +281,10 @@ static tn_status mm_run(const char *opname, const mm_plan *p) {
                         opname, (long long)p->n, (long long)p->k, (long long)p->k, (long long)p->m);
 
     const int64_t es = p->dtype == TN_F64 ? 8 : 4;
-    const int parallel = nbatch > 1 && (double)p->n * (double)p->m * (double)p->k < TN_MM_SMALL_WORK;
+    /* threads over the batch only when each product is small (BLAS would not thread it) and
+     * the whole batch is worth a parallel region (~64K multiply-adds at least) */
+    const double work = (double)p->n * (double)p->m * (double)p->k;
+    const int parallel = nbatch > 1 && work < TN_MM_SMALL_WORK && work * (double)nbatch >= 65536.0;
     (void)parallel; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (parallel)

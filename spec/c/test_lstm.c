@@ -418,8 +418,10 @@ static void test_aliases(void) {
     tn_tensor *x = from(p.xproj, 3, SH(4, 3, 16), TN_F32);
     tn_tensor *h = from(p.h0, 2, SH(3, 4), TN_F32), *c = from(p.c0, 2, SH(3, 4), TN_F32);
     CHECK_OK(tn_lstm_forward(r.out, h, c, x, r.cells, NULL, x, r.w_hh, NULL, h, c, r.lengths, 1));
-    CHECK(max_diff(r.out, out) == 0.0 && max_diff(h, hn) == 0.0 && max_diff(c, cn) == 0.0 &&
-          max_diff(x, gates) == 0.0);
+    /* in place the GEMM adds h W_hh^T onto xproj; otherwise the pointwise pass adds xproj to
+     * h W_hh^T: the same sums in another order */
+    CHECK(max_diff(r.out, out) < 1e-6 && max_diff(h, hn) < 1e-6 && max_diff(c, cn) < 1e-6 &&
+          max_diff(x, gates) < 1e-6);
     tn_tensor_free(x); tn_tensor_free(h); tn_tensor_free(c);
     free(out); free(hn); free(cn); free(gates);
     run_free(&r);

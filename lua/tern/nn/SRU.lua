@@ -108,6 +108,13 @@ end
 
 -- x (L, B, input_size), c0 (B, output_size) or nil, mask_pad (L, B) u8 or nil
 function SRUCell:forward(x, c0, mask_pad)
+  if not Tensor.is_tensor(x) or x:dim() ~= 3 or x:size(3) ~= self.input_size then
+    error(fmt("SRUCell: input must have shape (L, B, input_size = %d), got %s", self.input_size,
+      Tensor.is_tensor(x) and shape_str(x) or type(x)), 2)
+  end
+  if x:dtype() ~= self.weight:dtype() then
+    error(fmt("SRUCell: input is %s but the parameters are %s", x:dtype(), self.weight:dtype()), 2)
+  end
   local L, B = x:size(1), x:size(2)
   local residual = x
   local input = x
@@ -121,7 +128,7 @@ function SRUCell:forward(x, c0, mask_pad)
   end
   local x2 = input:reshape(L * B, self.input_size)
   if self.weight_proj then x2 = x2:matmul(self.weight_proj) end
-  local U = x2:matmul(self.weight):view(L, B, -1)
+  local U = x2:matmul(self.weight):view(L, B, self.weight:size(2))
   local skip_x = (self.has_skip_term and self.num_matrices == 3) and residual or nil
   local h, c = R.sru(U, skip_x, (not self.v1) and self.weight_c or nil, self.bias, c0, mask_c,
     mask_pad, {

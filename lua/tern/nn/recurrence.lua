@@ -115,7 +115,8 @@ end
 function M.check_lengths(name, lengths, L, B, level)
   if lengths == nil then return nil end
   if type(lengths) == "table" and not Tensor.is_tensor(lengths) then
-    lengths = Tensor.tensor(lengths, { dtype = "i64" })
+    -- as f64 first: a fractional length must not be truncated silently
+    lengths = Tensor.tensor(lengths, { dtype = "f64" })
   end
   if not Tensor.is_tensor(lengths) then
     error(fmt("%s: lengths must be a tensor or a table of numbers, got %s", name, type(lengths)), level + 1)
@@ -124,11 +125,18 @@ function M.check_lengths(name, lengths, L, B, level)
     error(fmt("%s: lengths must have shape {%d} (one per sequence), got %s", name, B,
       shape_str(lengths)), level + 1)
   end
+  if lengths:is_floating_point() then
+    for i, v in ipairs(lengths:totable()) do
+      if v ~= math.floor(v) then
+        error(fmt("%s: lengths must be whole numbers, got %s at index %d", name, tostring(v), i), level + 1)
+      end
+    end
+  end
   lengths = lengths:to("i64"):contiguous()
   local mn, mx = lengths:min():item(), lengths:max():item()
   if mn <= 0 then error(fmt("%s: lengths must be >= 1, got %d", name, mn), level + 1) end
   if mx > L then
-    error(fmt("%s: a length of %d is longer than the sequence (%d steps)", name, mx, L), level + 1)
+    error(fmt("%s: lengths must be <= the sequence length %d, got %d", name, L, mx), level + 1)
   end
   return lengths
 end
