@@ -624,8 +624,8 @@ describe("nn.SRU", function()
     it("raises from a bare SRUCell for a wrong shape or dtype, and from the kernel for c0 and mask_pad", function()
       local cell = nn.SRUCell(3, 2, { dtype = "f64" })
       contains(h.error_of(cell, tn.zeros(5, 2, 4, { dtype = "f64" })),
-        "SRUCell: input must have shape (L, B, input_size = 3), got {5, 2, 4}")
-      contains(h.error_of(cell, tn.zeros(5, 2, { dtype = "f64" })), "got {5, 2}")
+        "SRUCell: input has 4 features in shape {5, 2, 4}, expected input_size = 3")
+      contains(h.error_of(cell, tn.zeros(5, 2, { dtype = "f64" })), "SRUCell: input must be 3-d (L, B, input_size), got shape {5, 2}")
       contains(h.error_of(cell, x:float()), "SRUCell: input is f32 but the parameters are f64")
       contains(h.error_of(cell, x, tn.zeros(3, 2, { dtype = "f64" })),
         "'c0' has shape [3, 2], expected (B, D*d) = [2, 2]")

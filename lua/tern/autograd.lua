@@ -11,6 +11,8 @@
 -- closure (and with it the saved tensors) it has run unless retain_graph is set.
 --
 -- Gradients are computed with recording off: no higher-order gradients.
+local lib = require "tern.lib"
+
 local M = {}
 
 local enabled = true
@@ -116,13 +118,7 @@ local function accumulate_leaf(leaf, g)
   end
 end
 
-local function shape_equal(a, b)
-  if a.ndim ~= b.ndim then return false end
-  for i = 0, a.ndim - 1 do
-    if a.shape[i] ~= b.shape[i] then return false end
-  end
-  return true
-end
+local shape_equal = lib.same_shape
 
 -- Backward from root with seed gradient grad (defaults to 1 for a one-element root).
 function M.backward(root, grad, opts)

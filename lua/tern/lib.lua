@@ -96,6 +96,15 @@ function M.device_of(d, argname, level)
   return v
 end
 
+-- Do two tn_tensor cdata have the same shape?
+function M.same_shape(a, b)
+  if a.ndim ~= b.ndim then return false end
+  for i = 0, a.ndim - 1 do
+    if a.shape[i] ~= b.shape[i] then return false end
+  end
+  return true
+end
+
 -- status checks ------------------------------------------------------------------------------
 
 function M.last_error()

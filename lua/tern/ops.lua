@@ -39,13 +39,7 @@ local function promote(da, db)
 end
 M.promote = promote
 
-local function same_shape(a, b)
-  if a.ndim ~= b.ndim then return false end
-  for i = 0, a.ndim - 1 do
-    if a.shape[i] ~= b.shape[i] then return false end
-  end
-  return true
-end
+local same_shape = lib.same_shape
 
 -- Sum gradient g down to shape s (a Lua table) when broadcasting widened it.
 local function reduce_to(g, s)
@@ -53,9 +47,9 @@ local function reduce_to(g, s)
   return g:sum_to(s)
 end
 
-local function as_tensor_arg(x, opname, argname)
+local function as_tensor_arg(x, opname, argname, level)
   if not is_tensor(x) then
-    error(fmt("%s: %s must be a tensor, got %s", opname, argname, type(x)), 3)
+    error(fmt("%s: %s must be a tensor, got %s", opname, argname, type(x)), level or 3)
   end
   return x
 end
@@ -711,92 +705,86 @@ function Tensor.stack(list, dim)
   return Tensor.cat(us, d)
 end
 
-local function check_index(index, opname)
-  as_tensor_arg(index, opname, "index")
+local function check_index(index, opname, level)
+  level = level or 3
+  if not is_tensor(index) then
+    error(fmt("%s: index must be a tensor, got %s", opname, type(index)), level + 1)
+  end
   local dt = index._c.dtype
   if dt ~= I64 and dt ~= I32 then
-    error(fmt("%s: index must be an i64 or i32 tensor, got %s", opname, lib.dtype_names[dt]), 3)
+    error(fmt("%s: index must be an i64 or i32 tensor, got %s", opname, lib.dtype_names[dt]), level + 1)
   end
 end
 
-local function back_gather(g, ctx)
+-- gather and index_select take slices of a at index along dim; their gradient adds g back
+-- at the same places (scatter_add, index_add) into zeros of a's shape.
+local function back_take(g, ctx)
   local z = g:new_zeros(ctx.src)
-  check(C.tn_scatter_add(z._c, ctx.d, ctx.index._c, g:contiguous()._c))
+  check(ctx.cadd(z._c, ctx.d, ctx.index._c, g:contiguous()._c))
   return z
+end
+
+local function take(name, cfwd, cadd, a, dim, index)
+  check_index(index, name)
+  as_tensor_arg(a, name, "input", 4)
+  local d = cdim(a._c.ndim, dim, name, "dim", 3)
+  OUT[0] = nil
+  check(cfwd(OUT, a._c, d, index._c), 3)
+  local out = wrap(OUT[0])
+  if grad_enabled() and needs(a) then
+    record(out, name, back_take, { src = shape_table(a._c), d = d, index = index, cadd = cadd }, a)
+  end
+  return out
 end
 
 -- gather(dim, index): out[i][j] = a[index[i][j]][j] for dim 1 (index values 0-based)
 function Tensor.gather(a, dim, index)
-  check_index(index, "gather")
-  local d = cdim(a._c.ndim, dim, "gather", "dim", 2)
-  OUT[0] = nil
-  check(C.tn_gather(OUT, a._c, d, index._c), 2)
-  local out = wrap(OUT[0])
-  if grad_enabled() and needs(a) then
-    record(out, "gather", back_gather, { src = shape_table(a._c), d = d, index = index }, a)
-  end
-  return out
-end
-
-local function back_scatter_add(g, ctx)
-  return needs(ctx.a) and g or nil, needs(ctx.src) and g:gather(ctx.d + 1, ctx.index) or nil
-end
-
--- scatter_add(dim, index, src): a copy of a with src added at index along dim
-function Tensor.scatter_add(a, dim, index, src)
-  check_index(index, "scatter_add")
-  as_tensor_arg(src, "scatter_add", "src")
-  local d = cdim(a._c.ndim, dim, "scatter_add", "dim", 2)
-  if src._c.dtype ~= a._c.dtype then src = src:to(a._c.dtype) end
-  local out = autograd.no_grad(function() return a:clone() end)
-  check(C.tn_scatter_add(out._c, d, index._c, src._c), 2)
-  if grad_enabled() and (needs(a) or needs(src)) then
-    record(out, "scatter_add", back_scatter_add, { a = a, src = src, d = d, index = index }, a, src)
-  end
-  return out
-end
-
-local function back_index_select(g, ctx)
-  local z = g:new_zeros(ctx.src)
-  check(C.tn_index_add(z._c, ctx.d, ctx.index._c, g:contiguous()._c))
-  return z
+  local r = take("gather", C.tn_gather, C.tn_scatter_add, a, dim, index)
+  return r
 end
 
 -- index_select(dim, index): index 1-d, values 0-based
 function Tensor.index_select(a, dim, index)
-  check_index(index, "index_select")
-  local d = cdim(a._c.ndim, dim, "index_select", "dim", 2)
-  OUT[0] = nil
-  check(C.tn_index_select(OUT, a._c, d, index._c), 2)
-  local out = wrap(OUT[0])
-  if grad_enabled() and needs(a) then
-    record(out, "index_select", back_index_select, { src = shape_table(a._c), d = d, index = index }, a)
-  end
-  return out
+  local r = take("index_select", C.tn_index_select, C.tn_index_add, a, dim, index)
+  return r
 end
 
-local function back_index_add(g, ctx)
-  return needs(ctx.a) and g or nil, needs(ctx.src) and g:index_select(ctx.d + 1, ctx.index) or nil
+-- scatter_add and index_add return a copy of a with src added at index along dim; the
+-- gradient of src takes g back at those places (gather, index_select).
+local function back_put(g, ctx)
+  return needs(ctx.a) and g or nil, needs(ctx.src) and g[ctx.take](g, ctx.d + 1, ctx.index) or nil
 end
 
--- index_add(dim, index, src): a copy of a with src slices added at index along dim
-function Tensor.index_add(a, dim, index, src)
-  check_index(index, "index_add")
-  as_tensor_arg(src, "index_add", "src")
-  local d = cdim(a._c.ndim, dim, "index_add", "dim", 2)
+local function put(name, cadd, take_name, a, dim, index, src)
+  check_index(index, name)
+  as_tensor_arg(a, name, "input", 4)
+  as_tensor_arg(src, name, "src", 4)
+  local d = cdim(a._c.ndim, dim, name, "dim", 3)
   if src._c.dtype ~= a._c.dtype then src = src:to(a._c.dtype) end
-  local out = autograd.no_grad(function() return a:clone() end)
-  check(C.tn_index_add(out._c, d, index._c, src._c), 2)
+  local out = autograd.no_grad(Tensor.clone, a)
+  check(cadd(out._c, d, index._c, src._c), 3)
   if grad_enabled() and (needs(a) or needs(src)) then
-    record(out, "index_add", back_index_add, { a = a, src = src, d = d, index = index }, a, src)
+    record(out, name, back_put, { a = a, src = src, d = d, index = index, take = take_name }, a, src)
   end
   return out
+end
+
+-- scatter_add(dim, index, src): out[index[i][j]][j] += src[i][j] for dim 1, on a copy of a
+function Tensor.scatter_add(a, dim, index, src)
+  local r = put("scatter_add", C.tn_scatter_add, "gather", a, dim, index, src)
+  return r
+end
+
+-- index_add(dim, index, src): slices of src added at index (1-d) along dim, on a copy of a
+function Tensor.index_add(a, dim, index, src)
+  local r = put("index_add", C.tn_index_add, "index_select", a, dim, index, src)
+  return r
 end
 
 -- embedding(weight, indices): rows of weight (V, D) at indices of any shape -> (..., D)
 function M.embedding(weight, indices)
   as_tensor_arg(weight, "embedding", "weight")
-  check_index(indices, "embedding")
+  check_index(indices, "embedding", 2)
   if weight._c.ndim ~= 2 then
     error(fmt("embedding: weight must be 2-d (num_embeddings, dim), got shape %s",
       weight:shape_string()), 2)

@@ -71,20 +71,8 @@ function LSTM:init(input_size, hidden_size, opts)
 end
 
 function LSTM:forward(input, hx, opts)
-  if not Tensor.is_tensor(input) then error("LSTM: input must be a tensor, got " .. type(input), 2) end
-  if input:dim() ~= 3 then
-    error(fmt("LSTM: input must be 3-d (%s), got shape %s",
-      self.batch_first and "B, L, input_size" or "L, B, input_size", shape_str(input)), 2)
-  end
-  local x = self.batch_first and input:transpose(1, 2) or input
-  local L, B = x:size(1), x:size(2)
-  if x:size(3) ~= self.input_size then
-    error(fmt("LSTM: input has %d features in shape %s, expected input_size = %d", x:size(3),
-      shape_str(input), self.input_size), 2)
-  end
-  if input:dtype() ~= self.weight_ih_l0:dtype() then
-    error(fmt("LSTM: input is %s but the parameters are %s", input:dtype(), self.weight_ih_l0:dtype()), 2)
-  end
+  local x, L, B = R.check_input("LSTM", input, self.batch_first, self.input_size,
+    self.weight_ih_l0:dtype(), 2)
   local D = self.bidirectional and 2 or 1
   local H = self.hidden_size
   local P = self.proj_size > 0 and self.proj_size or H

@@ -63,43 +63,39 @@ end
 local function check_name(self, name, what)
   if type(name) ~= "string" or name == "" or name:find("%.") then
     error(fmt("%s: %s name must be a non-empty string without '.', got %s", self.__name, what,
-      tostring(name)), 3)
+      tostring(name)), 4)
   end
+end
+
+-- Store value under name in the registry of one kind (ordered names + map), and as a field.
+local function register(self, kind, name, value, valid, what)
+  check_name(self, name, what)
+  if value ~= nil and not valid(value) then
+    error(fmt("%s: %s '%s' must be a %s, got %s", self.__name, what, name,
+      what == "child" and "module" or "tensor", type(value)), 3)
+  end
+  local map, names = self["_" .. kind], self["_" .. kind:gsub("s$", "") .. "_names"]
+  if map[name] == nil then table.insert(names, name) end
+  map[name] = value or false
+  rawset(self, name, value)
+  return value
 end
 
 -- Register tensor t as parameter name (it becomes a leaf requiring grad); nil removes it.
 function Module:register_parameter(name, t)
-  check_name(self, name, "parameter")
-  if t ~= nil and not Tensor.is_tensor(t) then
-    error(fmt("%s: parameter '%s' must be a tensor, got %s", self.__name, name, type(t)), 2)
+  if Tensor.is_tensor(t) and not t:requires_grad() and t:is_floating_point() then
+    t:requires_grad(true)
   end
-  if self._params[name] == nil then table.insert(self._param_names, name) end
-  if t ~= nil and not t:requires_grad() and t:is_floating_point() then t:requires_grad(true) end
-  self._params[name] = t or false
-  rawset(self, name, t)
-  return t
+  return register(self, "params", name, t, Tensor.is_tensor, "parameter")
 end
 
+-- Register tensor t as buffer name: saved in state_dict, moved by to(), not trained.
 function Module:register_buffer(name, t)
-  check_name(self, name, "buffer")
-  if t ~= nil and not Tensor.is_tensor(t) then
-    error(fmt("%s: buffer '%s' must be a tensor, got %s", self.__name, name, type(t)), 2)
-  end
-  if self._buffers[name] == nil then table.insert(self._buffer_names, name) end
-  self._buffers[name] = t or false
-  rawset(self, name, t)
-  return t
+  return register(self, "buffers", name, t, Tensor.is_tensor, "buffer")
 end
 
 function Module:add_module(name, m)
-  check_name(self, name, "module")
-  if m ~= nil and not Module.is_module(m) then
-    error(fmt("%s: child '%s' must be a module, got %s", self.__name, name, type(m)), 2)
-  end
-  if self._modules[name] == nil then table.insert(self._module_names, name) end
-  self._modules[name] = m or false
-  rawset(self, name, m)
-  return m
+  return register(self, "modules", name, m, Module.is_module, "child")
 end
 
 -- traversal ------------------------------------------------------------------------------------

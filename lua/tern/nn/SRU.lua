@@ -108,14 +108,7 @@ end
 
 -- x (L, B, input_size), c0 (B, output_size) or nil, mask_pad (L, B) u8 or nil
 function SRUCell:forward(x, c0, mask_pad)
-  if not Tensor.is_tensor(x) or x:dim() ~= 3 or x:size(3) ~= self.input_size then
-    error(fmt("SRUCell: input must have shape (L, B, input_size = %d), got %s", self.input_size,
-      Tensor.is_tensor(x) and shape_str(x) or type(x)), 2)
-  end
-  if x:dtype() ~= self.weight:dtype() then
-    error(fmt("SRUCell: input is %s but the parameters are %s", x:dtype(), self.weight:dtype()), 2)
-  end
-  local L, B = x:size(1), x:size(2)
+  local _, L, B = R.check_input("SRUCell", x, false, self.input_size, self.weight:dtype(), 2)
   local residual = x
   local input = x
   if self.layer_norm and not self.normalize_after then input = self.layer_norm(input) end
@@ -191,21 +184,8 @@ function SRU:init(input_size, hidden_size, opts)
 end
 
 function SRU:forward(input, c0, opts)
-  if not Tensor.is_tensor(input) then error("SRU: input must be a tensor, got " .. type(input), 2) end
-  if input:dim() ~= 3 then
-    error(fmt("SRU: input must be 3-d (%s), got shape %s",
-      self.batch_first and "B, L, input_size" or "L, B, input_size", shape_str(input)), 2)
-  end
-  local x = self.batch_first and input:transpose(1, 2) or input
-  local L, B = x:size(1), x:size(2)
-  if x:size(3) ~= self.input_size then
-    error(fmt("SRU: input has %d features in shape %s, expected input_size = %d", x:size(3),
-      shape_str(input), self.input_size), 2)
-  end
-  local w = self.rnn_lst[1].weight
-  if input:dtype() ~= w:dtype() then
-    error(fmt("SRU: input is %s but the parameters are %s", input:dtype(), w:dtype()), 2)
-  end
+  local x, L, B = R.check_input("SRU", input, self.batch_first, self.input_size,
+    self.rnn_lst[1].weight:dtype(), 2)
   if c0 ~= nil then
     local want = { self.num_layers, B, self.output_size }
     if not Tensor.is_tensor(c0) or table.concat(c0:shape(), ",") ~= table.concat(want, ",") then

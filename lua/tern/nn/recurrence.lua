@@ -141,5 +141,27 @@ function M.check_lengths(name, lengths, L, B, level)
   return lengths
 end
 
+-- The sequence input of a recurrent module: a 3-d tensor with input_size features, of the
+-- parameters' dtype. Returns the time-major view x (L, B, in), L and B.
+function M.check_input(name, input, batch_first, input_size, dtype, level)
+  level = (level or 2) + 1
+  if not Tensor.is_tensor(input) then
+    error(fmt("%s: input must be a tensor, got %s", name, type(input)), level)
+  end
+  if input:dim() ~= 3 then
+    error(fmt("%s: input must be 3-d (%s), got shape %s", name,
+      batch_first and "B, L, input_size" or "L, B, input_size", shape_str(input)), level)
+  end
+  local x = batch_first and input:transpose(1, 2) or input
+  if x:size(3) ~= input_size then
+    error(fmt("%s: input has %d features in shape %s, expected input_size = %d", name, x:size(3),
+      shape_str(input), input_size), level)
+  end
+  if input:dtype() ~= dtype then
+    error(fmt("%s: input is %s but the parameters are %s", name, input:dtype(), dtype), level)
+  end
+  return x, x:size(1), x:size(2)
+end
+
 M.shape_str = shape_str
 return M
