@@ -10,7 +10,7 @@
  *
  * Forward, for each step t (t = 0..L-1, or L-1..0 when reverse):
  *   gates[t] = h W_hh^T                   one GEMM (B, P) x (P, G) (beta 1 onto xproj when gates is xproj)
- *   pointwise (kernels/lstm.h)            + xproj[t], activations in place, c, o tanh(c); OpenMP over B x H
+ *   pointwise (kernels/lstm.h)            + xproj[t], activations in place, c, o tanh(c)
  *   out[t] = hraw[t] W_hr^T               one GEMM (B, H) x (H, P), only with a projection
  * h_n and c_n are the running state (initialised from h0, c0), so no other scratch is needed.
  * With lengths, a row b at a step t >= lengths[b] is padding: its state is carried (h_n, c_n
@@ -39,10 +39,13 @@
  * may share memory with inputs or with each other.
  *
  * BLAS: CBLAS (OpenBLAS, which threads each GEMM itself) when TERN_HAVE_OPENBLAS, else a plain
- * C stand-in. The pointwise passes run on OpenMP threads only above LSTM_PAR_MIN elements.
+ * C stand-in. The pointwise passes split B x H in chunks over OpenMP threads above
+ * LSTM_PAR_MIN units, except with a pthreads OpenBLAS (see lstm_threads); their f32 kernels
+ * have an AVX2+FMA build picked at run time.
  */
 #include <limits.h>
 #include <stdlib.h>
+#include <strings.h> /* strcasecmp */
 
 #include "internal.h"
 #include "iter.h"
@@ -125,16 +128,30 @@ static void lstm_gemm(int32_t dtype, int ta, int tb, int64_t M, int64_t N, int64
 
 #ifdef TERN_HAVE_OPENBLAS
 int openblas_get_parallel(void); /* OpenBLAS: 0 sequential, 1 pthreads, 2 OpenMP build */
+
+/* 1 when libgomp's idle workers sleep instead of spinning: OMP_WAIT_POLICY=passive (which
+ * lua/tern/lib.lua sets before libgomp loads) or GOMP_SPINCOUNT=0. Read once. */
+static int lstm_omp_passive(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *w = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
+        v = (w && strcasecmp(w, "passive") == 0) || (sc && strcmp(sc, "0") == 0);
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
 #endif
 
-/* Threads for a pointwise pass of `work` units. With a pthreads OpenBLAS the pass stays on the
- * calling thread: OpenBLAS's workers wait for the next GEMM spinning and yielding, libgomp's
- * workers spin after each region, and alternating the two every step oversubscribes the
- * cores (measured 10-30x slower at 2 threads on 2 cores). An OpenMP OpenBLAS shares libgomp's
- * pool, and the plain C GEMM is OpenMP itself: then the pass runs on OpenMP threads. */
+/* Threads for a pointwise pass of `work` units. With a pthreads OpenBLAS and spinning OpenMP
+ * workers the pass stays on the calling thread: OpenBLAS's workers wait for the next GEMM
+ * spinning and yielding, libgomp's spin after each region, and alternating the two every step
+ * oversubscribes the cores (measured 10-30x slower at 2 threads on 2 cores). With passive
+ * OpenMP workers, an OpenMP OpenBLAS (one libgomp pool) or the plain C GEMM (OpenMP itself)
+ * the pass runs on OpenMP threads. */
 static int lstm_threads(int64_t work) {
 #ifdef TERN_HAVE_OPENBLAS
-    if (openblas_get_parallel() == 1) return 1;
+    if (openblas_get_parallel() == 1 && !lstm_omp_passive()) return 1;
 #endif
     return tn_par_threads(work, LSTM_PAR_MIN);
 }
