@@ -568,7 +568,17 @@ local function swap_last(t) return t:transpose(-1, -2) end
 local function back_matmul(g, ctx)
   local a, b = ctx.a, ctx.b
   local ga = needs(a) and g:matmul(swap_last(b)) or nil
-  local gb = needs(b) and swap_last(a):matmul(g) or nil
+  local gb
+  if needs(b) then
+    if b._c.ndim == 2 and a._c.ndim > 2 then
+      -- a (..., n, k) x b (k, m): the weight gradient is one GEMM over all rows,
+      -- (k, rows) x (rows, m), not a batch of small products summed afterwards
+      local k, m = tonumber(a._c.shape[a._c.ndim - 1]), tonumber(b._c.shape[1])
+      gb = a:reshape(-1, k):t():matmul(g:reshape(-1, m))
+    else
+      gb = swap_last(a):matmul(g)
+    end
+  end
   if ga and not same_shape(ga._c, a._c) then ga = ga:sum_to(shape_table(a._c)) end
   if gb and not same_shape(gb._c, b._c) then gb = gb:sum_to(shape_table(b._c)) end
   return ga, gb
