@@ -349,6 +349,174 @@ tn_status tn_lstm_backward(tn_tensor *grad_xproj,      /* [OUT] (L, B, 4H) = */
                            const tn_tensor *h0, const tn_tensor *c0, const tn_tensor *lengths,
                            int32_t reverse);
 
+/* ---- RNN-T loss family (rnnt.c, rnnt_prune.c) --------------------------------------------
+ * The kernels behind k2 / fast_rnnt's rnnt_loss.py and mutual_information.py, same shapes and
+ * semantics. B batch, S symbols (padded max), T frames (padded max), C classes (including the
+ * termination symbol), R = s_range, D = a feature dim. dtypes: f32 or f64, every float tensor
+ * of one call alike (f16/bf16 give TN_ERR_DTYPE: the Lua layer converts, losses run in f32);
+ * every tensor contiguous; CPU.
+ *  - boundary (B, 4) i64, [OPTIONAL] everywhere: per utterance [begin_symbol, begin_frame,
+ *    end_symbol, end_frame] (0-based values), NULL = [0, 0, S, T]. Needs 0 <= begin <= end,
+ *    end_symbol <= S, end_frame <= T. S_b = end_symbol - begin_symbol may be 0.
+ *  - symbols (B, S) i64 in [0, C); termination_symbol in [0, C).
+ *  - rnnt_type (tn_rnnt_type): REGULAR: px (B, S, T+1) with px[:, :, T] = -inf and, with a
+ *    boundary, px[b, :, end_frame] = -inf (fast_rnnt's fix_for_boundary); MODIFIED: px
+ *    (B, S, T), a symbol also consumes a frame; CONSTRAINED: as MODIFIED with px[b, s, t] +=
+ *    py[b, s+1, t]. MODIFIED and CONSTRAINED need T_b >= S_b (T_b = end_frame - begin_frame).
+ *  - delay_penalty λ (k2): px[b, s, t] += λ ((T_b' - 1) / 2 - t) with T_b' = end_frame (T
+ *    without boundary), applied only when λ > 0 as k2 does. The logprobs functions below
+ *    apply it, so their px, py are exactly what fast_rnnt's rnnt_loss_simple / rnnt_loss /
+ *    rnnt_loss_pruned hand to mutual_information_recursion (get_rnnt_logprobs*: pass 0).
+ *  - Scores are per-utterance log-likelihoods (loss = -score); nothing here reduces over the
+ *    batch: the Lua layer negates and applies reduction none / mean / sum.
+ *  - Bad input (symbols or boundary out of range, T_b < S_b where not allowed, ranges that are
+ *    not a band inside [0, S]) gives an error naming the argument, the position and the shapes.
+ *    Non-finite values: lm, am must be finite; a logits row must have a finite log-sum-exp (no
+ *    NaN or +inf, not all -inf; single -inf entries are masks and fine); px, py may hold -inf (a
+ *    forbidden move), never NaN or +inf. Entries of px that fast_rnnt forces to -inf (column T
+ *    and, with a boundary, column end_frame in the regular case; moves outside a pruned band)
+ *    get no gradient; with rnnt_type CONSTRAINED grad_px[s, t] also flows to py[s+1, t].
+ * Gradient policy: every gradient here is an activation gradient and is written (=). */
+typedef enum tn_rnnt_type {
+    TN_RNNT_REGULAR = 0, TN_RNNT_MODIFIED = 1, TN_RNNT_CONSTRAINED = 2
+} tn_rnnt_type;
+
+/* Mutual-information recursion (fast_rnnt mutual_information_recursion):
+ *   p[b, s_begin, t_begin] = 0
+ *   p[b, s, t] = log_add(p[b, s-1, t-o] + px[b, s-1, t-o], p[b, s, t-1] + py[b, s, t-1])
+ * inside the boundary, o = 0 when px is (B, S, T+1) (regular), o = 1 when px is (B, S, T)
+ * (modified / constrained; needs T_b >= S_b); scores[b] = p[b, end_symbol, end_frame].
+ * return_grad: with px_grad and py_grad (both or neither) the same call runs the backward pass
+ * too and writes the occupation probabilities px_grad = d scores[b] / d px[b], py_grad =
+ * d scores[b] / d py[b] (fast_rnnt's return_grad; zero outside each boundary, all zero for an
+ * utterance whose score is -inf). The forward keeps its normalised transition weights in
+ * px_grad / py_grad and the backward turns them into occupations in place: no exp or log in
+ * the backward. An autograd backward is then grad_px = grad_scores[b] * px_grad[b].
+ * p (B, S+1, T+1) [OPTIONAL]: the whole table, for tn_rnnt_mutual_information_backward;
+ * entries outside the boundary are -inf. */
+tn_status tn_rnnt_mutual_information(tn_tensor *scores,          /* [OUT] (B) */
+                                     tn_tensor *px_grad,         /* [OPTIONAL][OUT] px's shape = */
+                                     tn_tensor *py_grad,         /* [OPTIONAL][OUT] (B, S+1, T) = */
+                                     tn_tensor *p,               /* [OPTIONAL][OUT][BUFFER] (B, S+1, T+1) */
+                                     const tn_tensor *px,        /* (B, S, T+1) or (B, S, T) */
+                                     const tn_tensor *py,        /* (B, S+1, T) */
+                                     const tn_tensor *boundary); /* [OPTIONAL] (B, 4) i64 */
+/* Backward from a saved table p (from the call above): px_grad[b] = grad_scores[b] *
+ * d scores[b] / d px[b], likewise py_grad. One pass, two exp per cell (the one-pass
+ * return_grad of tn_rnnt_mutual_information needs none). */
+tn_status tn_rnnt_mutual_information_backward(tn_tensor *px_grad,          /* [OUT] px's shape = */
+                                              tn_tensor *py_grad,          /* [OUT] (B, S+1, T) = */
+                                              const tn_tensor *grad_scores, /* [OPTIONAL] (B); NULL = ones */
+                                              const tn_tensor *px,         /* (B, S, T+1) or (B, S, T) */
+                                              const tn_tensor *py,         /* (B, S+1, T) */
+                                              const tn_tensor *boundary,   /* [OPTIONAL] (B, 4) i64 */
+                                              const tn_tensor *p);         /* (B, S+1, T+1) */
+
+/* px, py of the "simple" joiner lm + am (fast_rnnt get_rnnt_logprobs, and with lm_only_scale
+ * or am_only_scale nonzero get_rnnt_logprobs_smoothed, where a zero scale among the two becomes
+ * 1e-20 as there), plus the delay penalty. The normaliser log sum_c exp(lm[b,s,c] + am[b,t,c])
+ * is one GEMM per utterance of exp(lm - max) (S+1, C) and exp(am - max)^T (C, T); nothing of
+ * size B x T x (S+1) x C exists. The smoothed unigram is the mean of softmax(lm) over the
+ * whole batch and all S+1 positions, as in fast_rnnt. */
+tn_status tn_rnnt_logprobs_simple(tn_tensor *px,               /* [OUT] (B, S, T+1) regular, else (B, S, T) */
+                                  tn_tensor *py,               /* [OUT] (B, S+1, T) */
+                                  const tn_tensor *lm,         /* (B, S+1, C) */
+                                  const tn_tensor *am,         /* (B, T, C) */
+                                  const tn_tensor *symbols,    /* (B, S) i64 */
+                                  const tn_tensor *boundary,   /* [OPTIONAL] (B, 4) i64 */
+                                  int64_t termination_symbol, int32_t rnnt_type,
+                                  double lm_only_scale, double am_only_scale, double delay_penalty);
+/* grad_lm, grad_am (each [OPTIONAL]: NULL skips it) from grad_px, grad_py, same options as the
+ * forward (recomputes the normaliser: three GEMMs per utterance). */
+tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm,         /* [OPTIONAL][OUT] (B, S+1, C) = */
+                                           tn_tensor *grad_am,         /* [OPTIONAL][OUT] (B, T, C) = */
+                                           const tn_tensor *grad_px,   /* px's shape */
+                                           const tn_tensor *grad_py,   /* (B, S+1, T) */
+                                           const tn_tensor *lm,        /* (B, S+1, C) */
+                                           const tn_tensor *am,        /* (B, T, C) */
+                                           const tn_tensor *symbols,   /* (B, S) i64 */
+                                           const tn_tensor *boundary,  /* [OPTIONAL] (B, 4) i64 */
+                                           int64_t termination_symbol, int32_t rnnt_type,
+                                           double lm_only_scale, double am_only_scale);
+
+/* px, py of the full joiner output (fast_rnnt get_rnnt_logprobs_joint, plus the delay penalty):
+ * a fused log-softmax over C, reading each logits row once. lse (B, T, S+1) [OPTIONAL] keeps the
+ * log-normalisers for the backward. */
+tn_status tn_rnnt_logprobs_joint(tn_tensor *px,               /* [OUT] (B, S, T+1) regular, else (B, S, T) */
+                                 tn_tensor *py,               /* [OUT] (B, S+1, T) */
+                                 tn_tensor *lse,              /* [OPTIONAL][OUT][BUFFER] (B, T, S+1) */
+                                 const tn_tensor *logits,     /* (B, T, S+1, C) */
+                                 const tn_tensor *symbols,    /* (B, S) i64 */
+                                 const tn_tensor *boundary,   /* [OPTIONAL] (B, 4) i64 */
+                                 int64_t termination_symbol, int32_t rnnt_type, double delay_penalty);
+/* grad_logits from grad_px, grad_py through the fused log-softmax. grad_logits may be logits
+ * itself: the gradient then overwrites the logits in place (no second B x T x (S+1) x C
+ * tensor). lse NULL = recomputed. */
+tn_status tn_rnnt_logprobs_joint_backward(tn_tensor *grad_logits,     /* [OUT] (B, T, S+1, C) =, may be logits */
+                                          const tn_tensor *grad_px,   /* px's shape */
+                                          const tn_tensor *grad_py,   /* (B, S+1, T) */
+                                          const tn_tensor *logits,    /* (B, T, S+1, C) */
+                                          const tn_tensor *lse,       /* [OPTIONAL] (B, T, S+1) from the forward */
+                                          const tn_tensor *symbols,   /* (B, S) i64 */
+                                          const tn_tensor *boundary,  /* [OPTIONAL] (B, 4) i64 */
+                                          int64_t termination_symbol, int32_t rnnt_type);
+
+/* Pruning. ranges (B, T, R) i64: ranges[b, t, k] = s_begin[b, t] + k, 0 <= s_begin and
+ * s_begin + R <= S+1 (what tn_rnnt_prune_ranges writes; checked).
+ * tn_rnnt_prune_s_range: the s_range to use for a requested one: raised to the minimum that
+ * lets the band climb every utterance (regular: max(2, max_b trunc((end_symbol - 1) /
+ * end_frame) + 2) over rows with end_frame > 0, i.e. (s_range - 1) T_b + 1 >= S_b + 1;
+ * modified / constrained: 1), then clamped to S+1 when > S; S = 0 gives 1. The Lua layer
+ * allocates ranges with it and warns once when it is above the request (a clamp to S+1 is
+ * silent, as in fast_rnnt). */
+tn_status tn_rnnt_prune_s_range(int64_t *s_range_out,         /* [OUT] */
+                                const tn_tensor *px_grad,     /* (B, S, T+1) or (B, S, T) */
+                                const tn_tensor *py_grad,     /* (B, S+1, T) */
+                                const tn_tensor *boundary,    /* [OPTIONAL] (B, 4) i64 */
+                                int64_t s_range);
+/* fast_rnnt get_rnnt_prune_ranges with R = ranges->shape[2] (R must be a value
+ * tn_rnnt_prune_s_range returns unchanged, else TN_ERR_SHAPE): per frame the start of the
+ * R-symbol band of largest occupation (sum of py_grad over the band minus the px_grad entering
+ * it; first maximum), frames t >= end_frame - 1 set to max(end_symbol - R + 1, 0), then the
+ * monotonic fix-up (non-decreasing, starts at 0, steps < R regular, < 2 modified /
+ * constrained). px_grad, py_grad: tn_rnnt_mutual_information's occupations of the simple loss.
+ * boundary NULL = [0, 0, S, T]. */
+tn_status tn_rnnt_prune_ranges(tn_tensor *ranges,             /* [OUT] (B, T, R) i64 */
+                               const tn_tensor *px_grad,      /* (B, S, T+1) or (B, S, T) */
+                               const tn_tensor *py_grad,      /* (B, S+1, T) */
+                               const tn_tensor *boundary);    /* [OPTIONAL] (B, 4) i64 */
+/* fast_rnnt do_rnnt_pruning, the lm half: lm_pruned[b, t, k] = lm[b, ranges[b, t, k]]. The am
+ * half is a view: am (B, T, D) unsqueezed and expanded to (B, T, R, D) (tn_expand, no copy).
+ * The backward scatter-adds rows: grad_lm[b, s] = sum over (t, k) with ranges[b, t, k] = s. */
+tn_status tn_rnnt_do_pruning(tn_tensor *lm_pruned,            /* [OUT] (B, T, R, D) */
+                             const tn_tensor *lm,             /* (B, S+1, D) */
+                             const tn_tensor *ranges);        /* (B, T, R) i64 */
+tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm,             /* [OUT] (B, S+1, D) = */
+                                      const tn_tensor *grad_lm_pruned, /* (B, T, R, D) */
+                                      const tn_tensor *ranges);        /* (B, T, R) i64 */
+
+/* px, py of the pruned joiner output (fast_rnnt get_rnnt_logprobs_pruned, plus the delay
+ * penalty): logits[b, t, k] scores symbol position ranges[b, t, k]; every (s, t) outside the
+ * band gets -inf. Fused log-softmax as tn_rnnt_logprobs_joint; with R = S+1 and ranges[b, t, k]
+ * = k it equals the joint version. */
+tn_status tn_rnnt_logprobs_pruned(tn_tensor *px,              /* [OUT] (B, S, T+1) regular, else (B, S, T) */
+                                  tn_tensor *py,              /* [OUT] (B, S+1, T) */
+                                  tn_tensor *lse,             /* [OPTIONAL][OUT][BUFFER] (B, T, R) */
+                                  const tn_tensor *logits,    /* (B, T, R, C) */
+                                  const tn_tensor *symbols,   /* (B, S) i64 */
+                                  const tn_tensor *ranges,    /* (B, T, R) i64 */
+                                  const tn_tensor *boundary,  /* [OPTIONAL] (B, 4) i64 */
+                                  int64_t termination_symbol, int32_t rnnt_type, double delay_penalty);
+tn_status tn_rnnt_logprobs_pruned_backward(tn_tensor *grad_logits,    /* [OUT] (B, T, R, C) =, may be logits */
+                                           const tn_tensor *grad_px,  /* px's shape */
+                                           const tn_tensor *grad_py,  /* (B, S+1, T) */
+                                           const tn_tensor *logits,   /* (B, T, R, C) */
+                                           const tn_tensor *lse,      /* [OPTIONAL] (B, T, R) from the forward */
+                                           const tn_tensor *symbols,  /* (B, S) i64 */
+                                           const tn_tensor *ranges,   /* (B, T, R) i64 */
+                                           const tn_tensor *boundary, /* [OPTIONAL] (B, 4) i64 */
+                                           int64_t termination_symbol, int32_t rnnt_type);
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 /* Atomically write path: header (header_len bytes) preceded by its length as u64 little
