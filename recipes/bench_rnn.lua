@@ -73,6 +73,26 @@ if opts.peer ~= "torch" and opts.peer ~= "none" then
   os.exit(2)
 end
 
+-- case selection -----------------------------------------------------------------------------
+
+local SHAPES = { { L = 32, d = 256 }, { L = 128, d = 512 } }
+local OPS = { "lstm", "sru" }
+local MODES = { "fwd", "fwdbwd" }
+local B = 32
+local filt = { op = {}, mode = {}, shape = {} }
+if opts.cases ~= "all" then
+  for c in opts.cases:gmatch("[^,]+") do
+    if c == "lstm" or c == "sru" then filt.op[c] = true
+    elseif c == "fwd" or c == "fwdbwd" then filt.mode[c] = true
+    elseif c:match("^%d+x%d+$") then filt.shape[c] = true
+    else
+      io.stderr:write("bench_rnn: unknown case token " .. c .. " (lstm, sru, fwd, fwdbwd, LxD)\n")
+      os.exit(2)
+    end
+  end
+end
+local function sel(cat, v) return next(filt[cat]) == nil or filt[cat][v] end
+
 -- driver: one child process per thread count, with the thread environment set before any
 -- OpenMP / OpenBLAS library is loaded
 if opts.child ~= "1" then
@@ -84,13 +104,21 @@ if opts.child ~= "1" then
   end
   local rc = 0
   for _, th in ipairs(THREADS) do
+    -- the child's exit status comes back as a last line (LuaJIT's popen close does not report it)
     local cmd = string.format(
-      "OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=%d OMP_NUM_THREADS=%d %s %s --child=1 --threads=%d %s 2>&1",
+      "OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=%d OMP_NUM_THREADS=%d %s %s --child=1 --threads=%d %s 2>&1;"
+      .. " echo __bench_rnn_rc=$?",
       th, th, interp, script, th, table.concat(passthrough, " "))
     local p = assert(io.popen(cmd))
-    for line in p:lines() do io.write(line, "\n"); io.flush() end
-    local ok = p:close()
-    if not ok then rc = 1 end
+    for line in p:lines() do
+      local crc = line:match("^__bench_rnn_rc=(%d+)$")
+      if crc then
+        if tonumber(crc) ~= 0 then rc = 1 end
+      else
+        io.write(line, "\n"); io.flush()
+      end
+    end
+    p:close()
   end
   os.exit(rc)
 end
@@ -121,26 +149,6 @@ local function load1()
   return tonumber(s:match("^(%S+)"))
 end
 local LOAD_NOISY = 1.5
-
--- case selection -----------------------------------------------------------------------------
-
-local SHAPES = { { L = 32, d = 256 }, { L = 128, d = 512 } }
-local OPS = { "lstm", "sru" }
-local MODES = { "fwd", "fwdbwd" }
-local B = 32
-local filt = { op = {}, mode = {}, shape = {} }
-if opts.cases ~= "all" then
-  for c in opts.cases:gmatch("[^,]+") do
-    if c == "lstm" or c == "sru" then filt.op[c] = true
-    elseif c == "fwd" or c == "fwdbwd" then filt.mode[c] = true
-    elseif c:match("^%d+x%d+$") then filt.shape[c] = true
-    else
-      io.stderr:write("bench_rnn: unknown case token " .. c .. " (lstm, sru, fwd, fwdbwd, LxD)\n")
-      os.exit(2)
-    end
-  end
-end
-local function sel(cat, v) return next(filt[cat]) == nil or filt[cat][v] end
 
 -- output ---------------------------------------------------------------------------------------
 
