@@ -60,6 +60,7 @@ tn.set_grad_enabled = autograd.set_enabled
 
 -- files
 tn.nn = require "tern.nn"
+tn.rnnt = require "tern.rnnt"
 
 tn.save = serialize.save
 tn.load = serialize.load

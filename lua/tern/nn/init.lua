@@ -12,6 +12,7 @@ local nn = {
   ModuleList = require "tern.nn.ModuleList",
   LSTM = require "tern.nn.LSTM",
   SRU = require "tern.nn.SRU",
+  Joiner = require "tern.nn.Joiner",
 }
 nn.SRUCell = nn.SRU.Cell
 for name, cls in pairs(acts) do nn[name] = cls end
