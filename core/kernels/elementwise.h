@@ -42,7 +42,9 @@ static TN_HD float tn_exp_f(float x) {
     uint32_t ab = xb & 0x7fffffffu;
     ab = ab > lim ? lim : ab;
     const float xc = tn_bits_f32(sg | ab);
-    float n = rintf(xc * 1.44269504088896341f);
+    /* round to nearest even by adding and subtracting 1.5 * 2^23 (|xc log2 e| < 2^22): unlike
+     * rintf this vectorises on plain SSE2 */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
