@@ -62,7 +62,24 @@ static TN_HD float tn_exp_f(float x) {
 static TN_HD float tn_log_f(float x) { return logf(x); }
 static TN_HD float tn_sqrt_f(float x) { return sqrtf(x); }
 static TN_HD float tn_rsqrt_f(float x) { return 1.0f / sqrtf(x); }
-static TN_HD float tn_tanh_f(float x) { return tanhf(x); }
+/* Cephes tanhf (~2 ulp) without libm: |x| < 0.625 an odd polynomial in x, else
+ * (1 - e) / (1 + e) with e = exp(-2|x|) <= 0.29 (no cancellation); both are computed and one
+ * picked with an integer select so loops stay branch-free and vectorise. Saturates to +-1;
+ * NaN stays NaN. */
+static TN_HD float tn_tanh_f(float x) {
+    const uint32_t xb = tn_f32_bits(x), ab = xb & 0x7fffffffu, sg = xb & 0x80000000u;
+    const float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const float small = p * z * x + x;
+    const float e = tn_exp_f(-2.0f * tn_bits_f32(ab));
+    const float large = tn_bits_f32(tn_f32_bits((1.0f - e) / (1.0f + e)) | sg);
+    const uint32_t m = 0u - (uint32_t)(ab >= 0x3f200000u); /* |x| >= 0.625 */
+    return tn_bits_f32((tn_f32_bits(large) & m) | (tn_f32_bits(small) & ~m));
+}
 static TN_HD float tn_sigmoid_f(float x) {
     /* exp of a non-positive number only: never overflows; the sign picks 1/(1+z) or z/(1+z)
      * with an integer select so the loop vectorises */

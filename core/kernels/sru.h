@@ -21,63 +21,23 @@
 #include <math.h>
 
 #include "common.h"
+#include "elementwise.h" /* tn_sigmoid_f, tn_tanh_f */
 #include "half.h" /* tn_f32_bits, tn_bits_f32 */
 
 /* ---- float ---------------------------------------------------------------------------- */
 
-/* e^x for x in [-87, 87] (callers clamp; NaN stays NaN); Cephes expf polynomial, ~1 ulp. */
-static TN_HD float tn_sru_exp_f(float x) {
-    const float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
-    const float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    /* the low mantissa bits of t hold n (|n| <= 126): 2^n = bits((n + 127) << 23) */
-    const uint32_t e = tn_f32_bits(t) - 0x4b400000u + 127u;
-    return p * tn_bits_f32(e << 23);
-}
+/* The float activations are tn_sigmoid_f and tn_tanh_f of kernels/elementwise.h: no libm
+ * call, so the column loops vectorise on plain SSE2. */
 
-/* x clamped to [-87, 87] (NaN stays NaN). Integer selects on the bits: a float compare
- * would let gcc thread the clamp's constants into the arithmetic that follows, turning the
- * select into branches that stop vectorisation. */
-static TN_HD float tn_sru_clamp87_f(float x) {
-    const uint32_t b = tn_f32_bits(x), ab = b & 0x7fffffffu;
-    const uint32_t over = (uint32_t)(ab > 0x42ae0000u) & (uint32_t)(ab <= 0x7f800000u);
-    return tn_bits_f32((b & 0x80000000u) | (over ? 0x42ae0000u : ab));
-}
-
-/* 1 / (1 + e^-x): no cancellation on either side. */
-static TN_HD float tn_sru_sigmoid_f(float x) { return 1.0f / (1.0f + tn_sru_exp_f(tn_sru_clamp87_f(-x))); }
-
-/* Cephes tanhf: odd polynomial below |x| = 0.625, 1 - 2 / (e^{2|x|} + 1) above; both are
- * computed and one picked with a bit mask (|x| compared on its bits; a ?: select here
- * comes back as a branch). */
-static TN_HD float tn_sru_tanh_f(float x) {
-    const uint32_t xb = tn_f32_bits(x), ab = xb & 0x7fffffffu;
-    const float s = x * x;
-    const float small =
-        ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s + 1.33314422036e-1f) * s -
-         3.33332819422e-1f) * s * x + x;
-    const float big = 1.0f - 2.0f / (tn_sru_exp_f(tn_sru_clamp87_f(2.0f * tn_bits_f32(ab))) + 1.0f);
-    const uint32_t sbig = tn_f32_bits(big) | (xb & 0x80000000u);
-    const uint32_t m = 0u - (uint32_t)(ab < 0x3f200000u); /* 0x3f200000 = 0.625f */
-    return tn_bits_f32((tn_f32_bits(small) & m) | (sbig & ~m));
-}
 
 /* Forward step: returns the new c; *h gets h. u0, u1, u2: U's first three values; xp = x'
  * (ignored without skip); vf, vr = weight_c (0 for v1); bf, br = bias; mc = mask (1 without). */
 static TN_HD float tn_sru_fwd_f(float u0, float u1, float u2, float xp, float vf, float vr, float bf,
                                 float br, float mc, float cp, int act, int skip, float *h) {
-    const float f = tn_sru_sigmoid_f((u1 + bf) + cp * vf);
-    const float r = tn_sru_sigmoid_f((u2 + br) + cp * vr);
+    const float f = tn_sigmoid_f((u1 + bf) + cp * vf);
+    const float r = tn_sigmoid_f((u2 + br) + cp * vr);
     const float c = u0 + (cp - u0) * f;
-    const float g = act ? tn_sru_tanh_f(c) : c;
+    const float g = act ? tn_tanh_f(c) : c;
     *h = skip ? xp + (g - xp) * mc * r : g * mc * r;
     return c;
 }
@@ -88,10 +48,10 @@ static TN_HD float tn_sru_fwd_f(float u0, float u1, float u2, float xp, float vf
 static TN_HD float tn_sru_bwd_f(float u0, float u1, float u2, float xp, float vf, float vr, float bf,
                                 float br, float mc, float cp, float gh, float gc, int act, int skip,
                                 float *du0, float *du1, float *du2, float *dxp) {
-    const float f = tn_sru_sigmoid_f((u1 + bf) + cp * vf);
-    const float r = tn_sru_sigmoid_f((u2 + br) + cp * vr);
+    const float f = tn_sigmoid_f((u1 + bf) + cp * vf);
+    const float r = tn_sigmoid_f((u2 + br) + cp * vr);
     const float c = u0 + (cp - u0) * f;
-    const float g = act ? tn_sru_tanh_f(c) : c;
+    const float g = act ? tn_tanh_f(c) : c;
     const float ghm = gh * mc;
     const float dg = ghm * r;
     const float dr = skip ? ghm * (g - xp) : ghm * g;
