@@ -444,6 +444,19 @@ describe("tern.nn.Linear", function()
     assert.gradcheck(function(x_) return m(x_) end, { x, m.weight, m.bias })
   end)
 
+  it("passes a gradient check on 3-d and 1-d input (the fused bias GEMM and the plain path)", function()
+    local m = nn.Linear(3, 2, { dtype = "f64" })
+    assert.gradcheck(function(x_) return m(x_) end, { leaf({ 2, 4, 3 }, 7), m.weight, m.bias })
+    assert.gradcheck(function(x_) return m(x_) end, { leaf({ 3 }, 8), m.weight, m.bias })
+  end)
+
+  it("gives x W^T + b on 3-d input, as the composed ops do", function()
+    local m = nn.Linear(3, 2, { dtype = "f64" })
+    local x = leaf({ 2, 4, 3 }, 9)
+    local want = tn.no_grad(function() return x:matmul(m.weight:t()) + m.bias end)
+    assert.tensor_near(want, m(x), { atol = 1e-12 })
+  end)
+
   it("raises naming the shapes for a wrong feature size and the dtypes for a mismatch", function()
     local m = nn.Linear(3, 2)
     contains(h.error_of(m, tn.zeros(4, 5)),

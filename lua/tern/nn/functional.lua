@@ -1,6 +1,6 @@
 -- tern.nn.functional: stateless forms of the layers (tn.nn.F): linear, dropout, layer_norm,
--- embedding. All are compositions of differentiable tensor ops, so their gradients are
--- the ops' gradients.
+-- embedding. Compositions of differentiable tensor ops, except linear with a bias (one GEMM
+-- with the bias folded in, its own gradient) and embedding with padding_idx.
 local Tensor = require "tern.tensor"
 local ops = require "tern.ops"
 local autograd = require "tern.autograd"
@@ -10,6 +10,16 @@ local fmt = string.format
 local F = {}
 
 local function shape_str(t) return "{" .. table.concat(t:shape(), ", ") .. "}" end
+
+-- gradients of y = x W^T + b over the rows of x flattened to (rows, in)
+local function back_linear(g, ctx)
+  local x, w, b = ctx.x, ctx.weight, ctx.bias
+  local g2 = g:reshape(-1, w:size(1))
+  local gx = autograd.needs(x) and g2:matmul(w):reshape(x:shape()) or nil
+  local gw = autograd.needs(w) and g2:t():matmul(x:reshape(-1, w:size(2))) or nil
+  local gb = autograd.needs(b) and g2:sum(1) or nil
+  return gx, gw, gb
+end
 
 -- y = x W^T + b; x (..., in), weight (out, in), bias (out) or nil
 function F.linear(x, weight, bias)
@@ -23,9 +33,27 @@ function F.linear(x, weight, bias)
     error(fmt("linear: input is %s but the weight is %s; convert one of them (x:to(\"%s\"))",
       x:dtype(), weight:dtype(), weight:dtype()), 2)
   end
-  local y = x:matmul(weight:t())
-  if bias then y = y + bias end
-  return y
+  if not bias or x:dim() < 2 then
+    local y = x:matmul(weight:t())
+    if bias then y = y + bias end
+    return y
+  end
+  -- one GEMM with the bias folded in (out = bias, then out += x2 W^T with beta = 1): no
+  -- separate output-sized sum tensor and pass; recorded as one node
+  local nout = weight:size(1)
+  local shape = x:shape()
+  shape[#shape] = nout
+  local out = autograd.no_grad(function()
+    local x2 = x:reshape(-1, nin):contiguous()
+    local o = Tensor.empty({ x2:size(1), nout }, { dtype = x:dtype(), device = x:device() })
+    o:copy_(bias)
+    lib.check(lib.C.tn_gemm(o._c, x2._c, weight._c, 0, 1, 1.0, 1.0), 3)
+    return o:view(shape)
+  end)
+  if autograd.is_enabled() and (autograd.needs(x) or autograd.needs(weight) or autograd.needs(bias)) then
+    autograd.record(out, "linear", back_linear, { x = x, weight = weight, bias = bias }, x, weight, bias)
+  end
+  return out
 end
 
 -- Zero each element with probability p and scale the rest by 1/(1-p) when training.
