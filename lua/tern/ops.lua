@@ -83,6 +83,14 @@ local binary_grad = {
   end,
 }
 
+-- What each gradient reads ("a", "b", "out"): the node saves only those, so dead inputs and
+-- outputs are freed as soon as nothing else holds them (a saved tensor lives until backward).
+local binary_saves = {
+  [ADD] = {}, [SUB] = {}, [MUL] = { a = true, b = true }, [DIV] = { b = true, out = true },
+  [POW] = { a = true, b = true, out = true }, [MAXIMUM] = { a = true, b = true },
+  [MINIMUM] = { a = true, b = true }, [ATAN2] = { a = true, b = true },
+}
+
 -- int dtypes are promoted to f32 for true division, pow and atan2
 local needs_float = { [DIV] = true, [ATAN2] = true, [POW] = true }
 
@@ -108,8 +116,9 @@ local function binary_tt(a, b, op)
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and (needs(a) or needs(b)) then
     local oc = out._c
+    local sv = binary_saves[op]
     record(out, binop_names[op], back_binary, {
-      gf = binary_grad[op], a = a, b = b, out = out,
+      gf = binary_grad[op], a = sv.a and a or nil, b = sv.b and b or nil, out = sv.out and out or nil,
       sa = not same_shape(ca, oc) and shape_table(ca) or nil,
       sb = not same_shape(cb, oc) and shape_table(cb) or nil,
     }, a, b)
@@ -160,8 +169,12 @@ local function binary_ts(a, s, op, reverse)
   check(C.tn_binary_scalar(OUT, ca, s, op, reverse and 1 or 0), 2) -- tail-called
   local out = wrap(OUT[0])
   if op < EQ and grad_enabled() and needs(a) then
-    record(out, binop_names[op], back_scalar,
-      { gf = scalar_grad[op], a = a, s = s, out = out, reverse = reverse }, a)
+    -- the scalar gradients read a (pow, maximum, minimum, atan2, reversed div) or out
+    -- (reversed div and pow); add, sub, mul and div by a number read neither
+    local keep_a = op == POW or op == MAXIMUM or op == MINIMUM or op == ATAN2 or (op == DIV and reverse)
+    local keep_out = (op == DIV or op == POW) and reverse
+    record(out, binop_names[op], back_scalar, { gf = scalar_grad[op], a = keep_a and a or nil,
+      s = s, out = keep_out and out or nil, reverse = reverse }, a)
   end
   return out
 end
@@ -238,23 +251,23 @@ function Tensor.div_(a, b) return inplace(a, b, DIV, "div_") end
 
 local function zeros_grad(g) return g:zeros_like() end
 local unary_defs = {
-  -- name = {op, grad(g, a, out), float_only}
+  -- name = {op, grad(g, a, out), float_only, saves}: saves "a", "out" or nil (what grad reads)
   neg = { NEG, function(g) return -g end },
-  abs = { ABS, function(g, a) return g * a:sign() end },
-  exp = { EXP, function(g, a, out) return g * out end, true },
-  log = { LOG, function(g, a) return g / a end, true },
-  sqrt = { SQRT, function(g, a, out) return g * 0.5 / out end, true },
-  rsqrt = { RSQRT, function(g, a, out) return g * -0.5 * out * out * out end, true },
-  tanh = { TANH, function(g, a, out) return g * (1 - out * out) end, true },
-  sigmoid = { SIGMOID, function(g, a, out) return g * out * (1 - out) end, true },
-  relu = { RELU, function(g, a, out) return g:masked_fill(out:le(0), 0) end },
+  abs = { ABS, function(g, a) return g * a:sign() end, false, "a" },
+  exp = { EXP, function(g, a, out) return g * out end, true, "out" },
+  log = { LOG, function(g, a) return g / a end, true, "a" },
+  sqrt = { SQRT, function(g, a, out) return g * 0.5 / out end, true, "out" },
+  rsqrt = { RSQRT, function(g, a, out) return g * -0.5 * out * out * out end, true, "out" },
+  tanh = { TANH, function(g, a, out) return g * (1 - out * out) end, true, "out" },
+  sigmoid = { SIGMOID, function(g, a, out) return g * out * (1 - out) end, true, "out" },
+  relu = { RELU, function(g, a, out) return g:masked_fill(out:le(0), 0) end, false, "out" },
   sign = { SIGN, zeros_grad },
-  log1p = { LOG1P, function(g, a) return g / (a + 1) end, true },
-  expm1 = { EXPM1, function(g, a, out) return g * (out + 1) end, true },
-  sin = { SIN, function(g, a) return g * a:cos() end, true },
-  cos = { COS, function(g, a) return -(g * a:sin()) end, true },
-  reciprocal = { RECIPROCAL, function(g, a, out) return -(g * out * out) end, true },
-  square = { SQUARE, function(g, a) return g * a * 2 end },
+  log1p = { LOG1P, function(g, a) return g / (a + 1) end, true, "a" },
+  expm1 = { EXPM1, function(g, a, out) return g * (out + 1) end, true, "out" },
+  sin = { SIN, function(g, a) return g * a:cos() end, true, "a" },
+  cos = { COS, function(g, a) return -(g * a:sin()) end, true, "a" },
+  reciprocal = { RECIPROCAL, function(g, a, out) return -(g * out * out) end, true, "out" },
+  square = { SQUARE, function(g, a) return g * a * 2 end, false, "a" },
   floor = { FLOOR, zeros_grad },
   ceil = { CEIL, zeros_grad },
   round = { ROUND, zeros_grad },
@@ -263,7 +276,7 @@ local unary_defs = {
 local function back_unary(g, ctx) return ctx.gf(g, ctx.a, ctx.out) end
 
 for name, def in pairs(unary_defs) do
-  local op, gf, float_only = def[1], def[2], def[3]
+  local op, gf, float_only, saves = def[1], def[2], def[3], def[4]
   local function fn(a)
     if not is_tensor(a) then error(fmt("%s: expected a tensor, got %s", name, type(a)), 2) end
     if float_only and not is_float[a._c.dtype] then a = a:to(F32) end
@@ -271,7 +284,8 @@ for name, def in pairs(unary_defs) do
     check(C.tn_unary(OUT, a._c, op), 2)
     local out = wrap(OUT[0])
     if grad_enabled() and needs(a) then
-      record(out, name, back_unary, { gf = gf, a = a, out = out }, a)
+      record(out, name, back_unary, { gf = gf, a = saves == "a" and a or nil,
+        out = saves == "out" and out or nil }, a)
     end
     return out
   end
