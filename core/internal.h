@@ -123,4 +123,16 @@ static inline int64_t tn_dims_numel(int32_t ndim, const int64_t *shape) {
     return n;
 }
 
+/* ---- CPU features (state.c) --------------------------------------------------------------- */
+
+/* TN_AVX2_BUILD is 1 where a kernel may be compiled a second time with
+ * __attribute__((target("avx2,fma"))) (GCC/Clang on x86-64; the library itself targets
+ * baseline x86-64). tn_cpu_has_avx2_fma() says whether such a build may run here: 1 when the
+ * CPU has AVX2 and FMA, else 0 (always 0 where TN_AVX2_BUILD is not defined). Checked once and
+ * cached; concurrent first calls store the same value. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TN_AVX2_BUILD 1
+#endif
+int tn_cpu_has_avx2_fma(void);
+
 #endif /* TERN_INTERNAL_H */

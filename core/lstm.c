@@ -231,8 +231,7 @@ static void bwd_chunk_f_base(LSTM_BWD_ARGS) {
     bwd_chunk_f_body(gi, gf, gg, gO, cr, cp, dhr, dc, di, df, dg, dO, n);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LSTM_HAVE_AVX2_BUILD 1
+#ifdef TN_AVX2_BUILD
 __attribute__((target("avx2,fma"))) static void fwd_chunk_f_avx2(LSTM_FWD_ARGS) {
     fwd_chunk_f_body(gi, gf, gg, go, x, H, cr, hr, cst, n);
 }
@@ -241,30 +240,15 @@ __attribute__((target("avx2,fma"))) static void bwd_chunk_f_avx2(LSTM_BWD_ARGS) 
 }
 #endif
 
-/* 1 when the AVX2+FMA kernels may run here (checked once; the race is benign). */
-static int lstm_use_avx2(void) {
-#ifdef LSTM_HAVE_AVX2_BUILD
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-#else
-    return 0;
-#endif
-}
 static lstm_fwd_chunk_fn lstm_fwd_chunk(void) {
-#ifdef LSTM_HAVE_AVX2_BUILD
-    if (lstm_use_avx2()) return fwd_chunk_f_avx2;
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) return fwd_chunk_f_avx2;
 #endif
     return fwd_chunk_f_base;
 }
 static lstm_bwd_chunk_fn lstm_bwd_chunk(void) {
-#ifdef LSTM_HAVE_AVX2_BUILD
-    if (lstm_use_avx2()) return bwd_chunk_f_avx2;
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) return bwd_chunk_f_avx2;
 #endif
     return bwd_chunk_f_base;
 }

@@ -5,7 +5,7 @@
  * rnnt_loss.py (get_rnnt_logprobs, get_rnnt_logprobs_smoothed, the delay penalty of
  * rnnt_loss_simple). The joint and pruned logprobs and the pruning helpers are in rnnt_prune.c;
  * the shared argument checks and the px post-processing (fix_for_boundary, constrained,
- * delay penalty) are defined here as tn_rnnt_internal_* and used there too.
+ * delay penalty) are defined here as tn_rnnt_internal_* and declared in rnnt_common.h.
  *
  * Gradient policy: every gradient here is an activation gradient and is written (=).
  *
@@ -37,31 +37,12 @@
 #include "internal.h"
 #include "iter.h"
 #include "kernels/rnnt.h"
+#include "rnnt_common.h"
 
 #ifdef TERN_HAVE_OPENBLAS /* defined by CMakeLists.txt when TERN_BLAS=ON */
 #include <cblas.h>
 #endif
 
-/* ---- shared helpers (declared again in rnnt_prune.c) ------------------------------------------ */
-
-tn_status tn_rnnt_internal_float(const char *op, const char *name, const tn_tensor *t, int32_t ndim,
-                                 const int64_t *shape, int32_t dtype);
-tn_status tn_rnnt_internal_boundary(const char *op, const tn_tensor *boundary, int64_t B, int64_t S,
-                                    int64_t T, int need_t_ge_s, tn_rnnt_bnd **out);
-tn_status tn_rnnt_internal_symbols(const char *op, const tn_tensor *symbols, int64_t B, int64_t S,
-                                   int64_t C);
-tn_status tn_rnnt_internal_options(const char *op, int64_t termination_symbol, int64_t C,
-                                   int32_t rnnt_type, double delay_penalty);
-void tn_rnnt_internal_post(void *px, void *py, const tn_rnnt_bnd *bnd, int boundary_given, int64_t B,
-                           int64_t S, int64_t T, int32_t rnnt_type, double delay_penalty, int f64);
-
-static inline double ld(const void *p, int64_t i, int f64) {
-    return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
-}
-static inline void st(void *p, int64_t i, int f64, double v) {
-    if (f64) ((double *)p)[i] = v;
-    else ((float *)p)[i] = (float)v;
-}
 static inline int64_t ldi(const tn_tensor *t, int64_t i, int64_t j) { /* 2-D index tensor */
     const char *p = t->data + (i * t->strides[0] + j * t->strides[1]) * (int64_t)tn_dtype_size(t->dtype);
     return tn_load_i64(p, t->dtype);

@@ -28,26 +28,8 @@
 #include "internal.h"
 #include "iter.h"
 #include "kernels/rnnt.h"
+#include "rnnt_common.h"
 
-/* defined in rnnt.c */
-tn_status tn_rnnt_internal_float(const char *op, const char *name, const tn_tensor *t, int32_t ndim,
-                                 const int64_t *shape, int32_t dtype);
-tn_status tn_rnnt_internal_boundary(const char *op, const tn_tensor *boundary, int64_t B, int64_t S,
-                                    int64_t T, int need_t_ge_s, tn_rnnt_bnd **out);
-tn_status tn_rnnt_internal_symbols(const char *op, const tn_tensor *symbols, int64_t B, int64_t S,
-                                   int64_t C);
-tn_status tn_rnnt_internal_options(const char *op, int64_t termination_symbol, int64_t C,
-                                   int32_t rnnt_type, double delay_penalty);
-void tn_rnnt_internal_post(void *px, void *py, const tn_rnnt_bnd *bnd, int boundary_given, int64_t B,
-                           int64_t S, int64_t T, int32_t rnnt_type, double delay_penalty, int f64);
-
-static inline double ld(const void *p, int64_t i, int f64) {
-    return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
-}
-static inline void st(void *p, int64_t i, int f64, double v) {
-    if (f64) ((double *)p)[i] = v;
-    else ((float *)p)[i] = (float)v;
-}
 static inline int64_t ldi3(const tn_tensor *t, int64_t i, int64_t j, int64_t k) {
     const char *p = t->data + (i * t->strides[0] + j * t->strides[1] + k * t->strides[2]) *
                                   (int64_t)tn_dtype_size(t->dtype);
@@ -106,8 +88,7 @@ static void row_grad_f_base(const float *x, float *g, int64_t C, float lse, floa
 }
 /* The library is built for baseline x86-64 (SSE2), where tn_exp_f's rintf is a call and the
  * row loops do not vectorise; an AVX2+FMA build of them is picked at run time. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define RNNT_HAVE_AVX2_BUILD 1
+#ifdef TN_AVX2_BUILD
 __attribute__((target("avx2,fma"))) static float row_lse_f_avx2(const float *x, int64_t C) {
     return row_lse_f_body(x, C);
 }
@@ -116,29 +97,15 @@ __attribute__((target("avx2,fma"))) static void row_grad_f_avx2(const float *x, 
     row_grad_f_body(x, g, C, lse, gs);
 }
 #endif
-static int rnnt_use_avx2(void) {
-#ifdef RNNT_HAVE_AVX2_BUILD
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-#else
-    return 0;
-#endif
-}
 static row_lse_fn row_lse_pick(void) {
-#ifdef RNNT_HAVE_AVX2_BUILD
-    if (rnnt_use_avx2()) return row_lse_f_avx2;
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) return row_lse_f_avx2;
 #endif
     return row_lse_f_base;
 }
 static row_grad_fn row_grad_pick(void) {
-#ifdef RNNT_HAVE_AVX2_BUILD
-    if (rnnt_use_avx2()) return row_grad_f_avx2;
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) return row_grad_f_avx2;
 #endif
     return row_grad_f_base;
 }

@@ -229,7 +229,7 @@ static void sru_bwd_tile_f64(const sru_args *a, int64_t tile) { SRU_DISPATCH(sru
  * fused multiply-adds make the recurrence about 2.5x faster. The same variant runs every tile
  * of a call, so results stay independent of the thread count (they may differ in the last bits
  * between a CPU with and one without AVX2). f64 calls libm's exp and gains nothing here. */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(TN_SRU_NO_AVX2)
+#if defined(TN_AVX2_BUILD) && !defined(TN_SRU_NO_AVX2)
 #define TN_SRU_AVX2 1
 __attribute__((target("avx2,fma"))) static void sru_fwd_tile_f32_avx2(const sru_args *a, int64_t tile) {
     SRU_DISPATCH(sru_fwd_tile_f, a, tile);
@@ -237,21 +237,11 @@ __attribute__((target("avx2,fma"))) static void sru_fwd_tile_f32_avx2(const sru_
 __attribute__((target("avx2,fma"))) static void sru_bwd_tile_f32_avx2(const sru_args *a, int64_t tile) {
     SRU_DISPATCH(sru_bwd_tile_f, a, tile);
 }
-static int sru_have_avx2(void) {
-    static int have = -1; /* computed once; concurrent first calls store the same value */
-    int v = __atomic_load_n(&have, __ATOMIC_RELAXED);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        __atomic_store_n(&have, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
 #endif
 
 static sru_tile_fn sru_pick(int32_t dtype, int backward) {
 #ifdef TN_SRU_AVX2
-    if (dtype == TN_F32 && sru_have_avx2()) return backward ? sru_bwd_tile_f32_avx2 : sru_fwd_tile_f32_avx2;
+    if (dtype == TN_F32 && tn_cpu_has_avx2_fma()) return backward ? sru_bwd_tile_f32_avx2 : sru_fwd_tile_f32_avx2;
 #endif
     if (dtype == TN_F32) return backward ? sru_bwd_tile_f32 : sru_fwd_tile_f32;
     return backward ? sru_bwd_tile_f64 : sru_fwd_tile_f64;

@@ -71,6 +71,21 @@ int tn_has_nccl(void) {
 #endif
 }
 
+int tn_cpu_has_avx2_fma(void) {
+#ifdef TN_AVX2_BUILD
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
 /* ---- threads ------------------------------------------------------------------------------- */
 
 #ifdef _OPENMP

@@ -6,29 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "kernels/half.h"
+#include "helpers.h"
 
-static tn_tensor *mk(int32_t dtype, int32_t ndim, const int64_t *shape) {
-    tn_tensor *t = NULL;
-    CHECK_OK(tn_tensor_empty(&t, ndim, shape, dtype, TN_CPU));
-    return t;
-}
-/* element i in row-major logical order, as double */
-static double at(const tn_tensor *t, int64_t i) {
-    int64_t off = 0;
-    for (int32_t d = t->ndim - 1; d >= 0; d--) { off += (i % t->shape[d]) * t->strides[d]; i /= t->shape[d]; }
-    const char *p = t->data + off * (int64_t)tn_dtype_size(t->dtype);
-    switch (t->dtype) {
-    case TN_F32: return *(const float *)p;
-    case TN_F64: return *(const double *)p;
-    case TN_F16: return tn_half_to_float(*(const uint16_t *)p);
-    case TN_BF16: return tn_bf16_to_float(*(const uint16_t *)p);
-    case TN_I32: return *(const int32_t *)p;
-    case TN_I64: return (double)*(const int64_t *)p;
-    default: return *(const uint8_t *)p;
-    }
-}
 static void set_f32(tn_tensor *t, const float *v) { memcpy(t->data, v, (size_t)tn_tensor_numel(t) * 4); }
 
 static void test_saturation(void) {

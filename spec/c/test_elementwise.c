@@ -7,52 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "kernels/half.h"
+#include "helpers.h"
 
-static tn_tensor *mk(int32_t dtype, int32_t ndim, const int64_t *shape) {
-    tn_tensor *t = NULL;
-    CHECK_OK(tn_tensor_empty(&t, ndim, shape, dtype, TN_CPU));
-    return t;
-}
-static char *elem(const tn_tensor *t, int64_t i) {
-    int64_t off = 0;
-    for (int32_t d = t->ndim - 1; d >= 0; d--) { off += (i % t->shape[d]) * t->strides[d]; i /= t->shape[d]; }
-    return t->data + off * (int64_t)tn_dtype_size(t->dtype);
-}
-static double at(const tn_tensor *t, int64_t i) {
-    const char *p = elem(t, i);
-    switch (t->dtype) {
-    case TN_F32: return *(const float *)p;
-    case TN_F64: return *(const double *)p;
-    case TN_F16: return tn_half_to_float(*(const uint16_t *)p);
-    case TN_BF16: return tn_bf16_to_float(*(const uint16_t *)p);
-    case TN_I32: return *(const int32_t *)p;
-    case TN_I64: return (double)*(const int64_t *)p;
-    default: return *(const uint8_t *)p;
-    }
-}
-static void put(tn_tensor *t, int64_t i, double v) {
-    char *p = elem(t, i);
-    switch (t->dtype) {
-    case TN_F32: *(float *)p = (float)v; break;
-    case TN_F64: *(double *)p = v; break;
-    case TN_F16: *(uint16_t *)p = tn_float_to_half((float)v); break;
-    case TN_BF16: *(uint16_t *)p = tn_float_to_bf16((float)v); break;
-    case TN_I32: *(int32_t *)p = (int32_t)v; break;
-    case TN_I64: *(int64_t *)p = (int64_t)v; break;
-    default: *(uint8_t *)p = (uint8_t)v; break;
-    }
-}
 static tn_tensor *from(int32_t dtype, int32_t ndim, const int64_t *shape, const double *v) {
     tn_tensor *t = mk(dtype, ndim, shape);
     for (int64_t i = 0; i < tn_tensor_numel(t); i++) put(t, i, v[i]);
     return t;
-}
-static int close_to(double got, double want, double rtol) {
-    if (isnan(want)) return isnan(got);
-    if (isinf(want)) return got == want;
-    return fabs(got - want) <= rtol * (1 + fabs(want));
 }
 
 static double ref_bin(int op, double x, double y) {
