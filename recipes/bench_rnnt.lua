@@ -58,33 +58,23 @@
 -- package.path from this file's location, so the script runs from anywhere in the tree
 local script = arg and arg[0] or "recipes/bench_rnnt.lua"
 local here = script:match("^(.*)/[^/]*$") or "."
-local root = here .. "/.."
-package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+package.path = here .. "/lib/?.lua;" .. package.path
+local lib = require "bench"
+lib.use_tree(here)
 
-local ffi = require "ffi"
+local json, emit_line, load1, full_gc = lib.json, lib.emit_line, lib.load1, lib.full_gc
 
 -- options ------------------------------------------------------------------------------------
 
 local USAGE = "usage: luajit recipes/bench_rnnt.lua [--threads=1,2] [--repeat=7] [--warmup=2]"
   .. " [--peer=torch|none] [--cases=8x200x60,4x100x30] [--steps=full,full_ow,pruned] [--s_range=5]\n"
-local opts = { threads = "1,2", ["repeat"] = "7", warmup = "2", peer = "torch",
-  cases = "8x200x60,4x100x30", steps = "full,full_ow,pruned", s_range = "5", child = "0" }
-local passthrough = {}
-for _, a in ipairs(arg or {}) do
-  local k, v = a:match("^%-%-([%w_]+)=(.*)$")
-  if not k then k = a:match("^%-%-([%w_]+)$"); v = "1" end
-  if not k or opts[k] == nil then
-    io.stderr:write("bench_rnnt: unknown argument " .. a .. "\n" .. USAGE)
-    os.exit(2)
-  end
-  opts[k] = v
-  if k ~= "threads" and k ~= "child" then passthrough[#passthrough + 1] = a end
-end
+local opts, passthrough = lib.parse_args("bench_rnnt", { threads = "1,2", ["repeat"] = "7",
+  warmup = "2", peer = "torch", cases = "8x200x60,4x100x30", steps = "full,full_ow,pruned",
+  s_range = "5", child = "0" }, USAGE)
 local REPEAT = math.max(5, tonumber(opts["repeat"]) or 7)
 local WARMUP = math.max(0, tonumber(opts.warmup) or 2)
 local S_RANGE = assert(tonumber(opts.s_range), "--s_range")
-local THREADS = {}
-for n in opts.threads:gmatch("[^,]+") do THREADS[#THREADS + 1] = assert(tonumber(n), "--threads") end
+local THREADS = lib.numbers(opts.threads, "--threads")
 local CASES = {}
 for c in opts.cases:gmatch("[^,]+") do
   local b, t, s = c:match("^(%d+)x(%d+)x(%d+)$")
@@ -103,132 +93,31 @@ for s in opts.steps:gmatch("[^,]+") do
   STEPS[#STEPS + 1] = s
   STEP_SET[s] = true
 end
-if opts.peer ~= "torch" and opts.peer ~= "none" then
-  io.stderr:write("bench_rnnt: --peer must be torch or none\n")
-  os.exit(2)
-end
+lib.check_peer("bench_rnnt", opts)
 local D, V, BLANK = 512, 500, 0
 
 -- driver: one child process per thread count, with the thread environment set before any
 -- OpenMP / OpenBLAS library is loaded
-if opts.child ~= "1" then
-  local interp = "luajit"
-  do -- the interpreter that runs this script (arg[-1], the lowest negative index)
-    local i = -1
-    while arg[i - 1] do i = i - 1 end
-    if arg[i] then interp = arg[i] end
-  end
-  local rc = 0
-  for _, th in ipairs(THREADS) do
-    -- the child's exit status comes back as a last line (LuaJIT's popen close does not report it)
-    local cmd = string.format(
-      "OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=%d OMP_NUM_THREADS=%d %s %s --child=1 --threads=%d %s 2>&1;"
-      .. " echo __bench_rnnt_rc=$?",
-      th, th, interp, script, th, table.concat(passthrough, " "))
-    local p = assert(io.popen(cmd))
-    for line in p:lines() do
-      local crc = line:match("^__bench_rnnt_rc=(%d+)$")
-      if crc then
-        if tonumber(crc) ~= 0 then rc = 1 end
-      else
-        io.write(line, "\n"); io.flush()
-      end
-    end
-    p:close()
-  end
-  os.exit(rc)
-end
+if opts.child ~= "1" then lib.reexec("bench_rnnt", script, THREADS, passthrough) end
 
 local TH = THREADS[1]
 local tn = require "tern"
 
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } tern_bench_timespec;
-int clock_gettime(int clk_id, tern_bench_timespec *tp);
-]])
-local CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID = 1, 2
-local ts = ffi.new("tern_bench_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
-  return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) * 1e-6
-end
-local function cpu_ms()
-  ffi.C.clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts)
-  return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) * 1e-6
-end
-
-local function load1()
-  local f = io.open("/proc/loadavg")
-  if not f then return nil end
-  local s = f:read("*l")
-  f:close()
-  return tonumber(s:match("^(%S+)"))
-end
-local LOAD_NOISY = 1.5
-local function load_note(ld)
-  return string.format("load1 %.2f > %.1f: shared machine, timing noisy", ld, LOAD_NOISY)
-end
-
--- output ---------------------------------------------------------------------------------------
-
-local function jnum(x)
-  if x == nil then return "null" end
-  if x ~= x or x == math.huge or x == -math.huge then return "null" end
-  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then return string.format("%d", x) end
-  return string.format("%.6g", x)
-end
-local function json(fields)
-  local parts = {}
-  for _, kv in ipairs(fields) do
-    local k, v = kv[1], kv[2]
-    local s
-    if type(v) == "string" then s = string.format("%q", v)
-    elseif type(v) == "boolean" then s = tostring(v)
-    else s = jnum(v) end
-    parts[#parts + 1] = string.format("%q:%s", k, s)
-  end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-local function emit_line(s) io.write(s, "\n"); io.flush() end
-
-local function field(line, k)
-  local s = line:match('"' .. k .. '"%s*:%s*"([^"]*)"')
-  if s then return s end
-  local n = line:match('"' .. k .. '"%s*:%s*([-%d%.eE+]+)')
-  return n and tonumber(n)
-end
-
 -- timing ---------------------------------------------------------------------------------------
-
-local function median(xs)
-  table.sort(xs)
-  local n = #xs
-  if n % 2 == 1 then return xs[(n + 1) / 2] end
-  return 0.5 * (xs[n / 2] + xs[n / 2 + 1])
-end
-local function full_gc() collectgarbage("collect"); collectgarbage("collect") end
 
 -- median ms, min ms, median process-CPU ms, max peak, max peak above the pre-call live bytes
 local function bench(fn, prep)
-  for _ = 1, WARMUP do
-    prep()
-    fn()
-  end
-  local xs, cs, peak, extra = {}, {}, 0, 0
-  for r = 1, REPEAT do
-    prep()
-    local base = tn.memory_stats().current
-    tn.reset_peak_memory()
-    local c0, t0 = cpu_ms(), now_ms()
-    fn()
-    local t1, c1 = now_ms(), cpu_ms()
-    local pk = tn.memory_stats().peak
-    xs[r], cs[r] = t1 - t0, c1 - c0
-    peak, extra = math.max(peak, pk), math.max(extra, pk - base)
-  end
-  local mn = math.huge
-  for _, x in ipairs(xs) do mn = math.min(mn, x) end
-  return median(xs), mn, median(cs), peak, extra
+  local peak, extra, base = 0, 0, 0
+  local xs, cs = lib.timed(fn, { warmup = WARMUP, rep = REPEAT, prep = prep,
+    pre = function()
+      base = tn.memory_stats().current
+      tn.reset_peak_memory()
+    end,
+    post = function()
+      local pk = tn.memory_stats().peak
+      peak, extra = math.max(peak, pk), math.max(extra, pk - base)
+    end })
+  return lib.median(xs), lib.min(xs), lib.median(cs), peak, extra
 end
 
 -- tern steps -------------------------------------------------------------------------------------
@@ -282,7 +171,7 @@ local function run_tern(step, c)
     { "dtype", "f32" }, { "device", "cpu" }, { "load1", ld },
   }
   if step == "pruned" then f[#f + 1] = { "s_range", S_RANGE } end
-  if ld and ld > LOAD_NOISY then f[#f + 1] = { "load_note", load_note(ld) } end
+  lib.add_load_note(f, ld)
   emit_line(json(f))
   joiner, enc, dec, fn = nil, nil, nil, nil
   jit.flush()
@@ -299,41 +188,24 @@ local function run_peer(c)
   if STEP_SET.pruned then ops[#ops + 1] = "pruned" end
   if #ops == 0 then return {} end
   local cmd = string.format(
-    "OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=%d OMP_NUM_THREADS=%d /usr/bin/python3 %s/bench_rnnt_torch.py"
+    "%s %s %s/bench_rnnt_torch.py"
     .. " --threads=%d --repeat=%d --warmup=%d --cases=%dx%dx%d --ops=%s --s-range=%d 2>&1",
-    TH, TH, here, TH, REPEAT, math.max(1, WARMUP), c.B, c.T, c.S, table.concat(ops, ","), S_RANGE)
-  local p = io.popen(cmd)
-  if not p then
-    emit_line(json({ { "impl", "torch" }, { "threads", TH }, { "note", "cannot start /usr/bin/python3" } }))
-    return {}
-  end
+    lib.thread_env(TH), lib.PYTHON, here, TH, REPEAT, math.max(1, WARMUP), c.B, c.T, c.S,
+    table.concat(ops, ","), S_RANGE)
   local got = {}
-  for line in p:lines() do
-    if line:sub(1, 1) == "{" then
-      local op = field(line, "op")
-      local ms = field(line, "median_ms")
-      local pk = field(line, "peak_bytes")
-      local ld = field(line, "load1")
-      if ld and ld > LOAD_NOISY then
-        line = line:sub(1, -2) .. string.format(',"load_note":"%s"}', load_note(ld))
-      end
-      emit_line(line)
-      if op and ms then got[op] = { ms = ms, peak = pk } end
-    elseif line ~= "" and not line:match("^No CUDA runtime") then
-      emit_line(json({ { "impl", "torch" }, { "threads", TH }, { "note", "peer output: " .. line } }))
-    end
-  end
-  p:close()
+  lib.echo_peer(cmd, TH, function(line)
+    local op = lib.field(line, "op")
+    local ms = lib.field(line, "median_ms")
+    local pk = lib.field(line, "peak_bytes")
+    if op and ms then got[op] = { ms = ms, peak = pk } end
+  end)
   return got
 end
 
 -- main -------------------------------------------------------------------------------------------
 
 tn.set_num_threads(TH)
-local function ratio(a, b) -- a / b, nil when either is missing
-  if not a or not b or b == 0 then return nil end
-  return a / b
-end
+local ratio = lib.ratio -- a / b, nil when either is missing
 local function g(t, k) return t and t[k] end
 
 local rc = 0
@@ -374,7 +246,7 @@ for _, c in ipairs(CASES) do
       .. "pruned_vs_full(_ow)_peak >= 10; pruned_tern_vs_torch_ref informational" },
     { "load1", ld },
   }
-  if ld and ld > LOAD_NOISY then f[#f + 1] = { "load_note", load_note(ld) } end
+  lib.add_load_note(f, ld)
   emit_line(json(f))
 end
 os.exit(rc)

@@ -27,18 +27,17 @@
 -- package.path from this file's location, so the script runs from anywhere in the tree
 local script = arg and arg[0] or "recipes/bench_tensor.lua"
 local here = script:match("^(.*)/[^/]*$") or "."
-local root = here .. "/.."
-package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+package.path = here .. "/lib/?.lua;" .. package.path
+local lib = require "bench"
+lib.use_tree(here)
 
 local ffi = require "ffi"
 local tn = require "tern"
 local C = tn.C
 
--- libc: clock and memcpy (pcall: another module may have declared them already)
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } tern_bench_timespec;
-int clock_gettime(int clk_id, tern_bench_timespec *tp);
-]])
+local json, emit_line, field, full_gc = lib.json, lib.emit_line, lib.field, lib.full_gc
+
+-- libc: memcpy, malloc and cblas (pcall: another module may have declared them already)
 pcall(ffi.cdef, "void *memcpy(void *dst, const void *src, size_t n);")
 pcall(ffi.cdef, [[
 void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float alpha,
@@ -47,39 +46,18 @@ void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float a
 
 pcall(ffi.cdef, "void *malloc(size_t n); void free(void *p);")
 
-local CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID = 1, 2
-local ts = ffi.new("tern_bench_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
-  return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) * 1e-6
-end
--- process CPU time (all threads): cpu_ms / median_ms shows how many cores an op really used
-local function cpu_ms()
-  ffi.C.clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts)
-  return tonumber(ts.tv_sec) * 1e3 + tonumber(ts.tv_nsec) * 1e-6
-end
-
 -- options ------------------------------------------------------------------------------------
 
-local opts = { device = "cpu", threads = "1,2", ["repeat"] = "7", peer = "torch", cases = "all" }
-for _, a in ipairs(arg or {}) do
-  local k, v = a:match("^%-%-([%w_]+)=(.*)$")
-  if not k then k = a:match("^%-%-([%w_]+)$"); v = "1" end
-  if not k or opts[k] == nil then
-    io.stderr:write("bench_tensor: unknown argument " .. a .. "\n"
-      .. "usage: luajit recipes/bench_tensor.lua [--device=cpu] [--threads=1,2] [--repeat=7]"
-      .. " [--peer=torch|none] [--cases=overhead,elementwise,matmul,reduce|<case>,...]\n")
-    os.exit(2)
-  end
-  opts[k] = v
-end
+local opts = lib.parse_args("bench_tensor",
+  { device = "cpu", threads = "1,2", ["repeat"] = "7", peer = "torch", cases = "all" },
+  "usage: luajit recipes/bench_tensor.lua [--device=cpu] [--threads=1,2] [--repeat=7]"
+  .. " [--peer=torch|none] [--cases=overhead,elementwise,matmul,reduce|<case>,...]\n")
 if opts.device ~= "cpu" then
   io.stderr:write("bench_tensor: only --device=cpu is implemented\n")
   os.exit(2)
 end
 local REPEAT = math.max(5, tonumber(opts["repeat"]) or 7)
-local THREADS = {}
-for n in opts.threads:gmatch("[^,]+") do THREADS[#THREADS + 1] = assert(tonumber(n), "--threads") end
+local THREADS = lib.numbers(opts.threads, "--threads")
 
 local groups = {
   overhead = { "add_16", "muladdsum_16" },
@@ -102,32 +80,6 @@ local selected = {}
 for _, c in ipairs(ALL) do if wanted[c] then selected[#selected + 1] = c end end
 
 -- output ------------------------------------------------------------------------------------
-
-local function jnum(x)
-  if x == nil then return "null" end
-  if x ~= x or x == math.huge or x == -math.huge then return "null" end
-  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then return string.format("%d", x) end
-  return string.format("%.6g", x)
-end
-
--- fields: ordered list of {key, value}; strings are quoted, numbers formatted, nil -> null
-local function json(fields)
-  local parts = {}
-  for _, kv in ipairs(fields) do
-    local k, v = kv[1], kv[2]
-    local s
-    if type(v) == "string" then s = string.format("%q", v)
-    elseif type(v) == "boolean" then s = tostring(v)
-    else s = jnum(v) end
-    parts[#parts + 1] = string.format("%q:%s", k, s)
-  end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
-local function emit_line(s)
-  io.write(s, "\n")
-  io.flush()
-end
 
 local LAST_CPU
 -- results[threads][op .. "|" .. shape .. "|" .. impl] = median_ms
@@ -153,36 +105,15 @@ end
 
 -- timing -----------------------------------------------------------------------------------
 
-local function median(xs)
-  table.sort(xs)
-  local n = #xs
-  if n % 2 == 1 then return xs[(n + 1) / 2] end
-  return 0.5 * (xs[n / 2] + xs[n / 2 + 1])
-end
-
 -- fn(iters) runs the op iters times; returns the median per-call ms over REPEAT batches.
 -- prep() (untimed) runs before each batch: used to collect garbage of big outputs so each
 -- timed call starts from the same memory state, as PyTorch's refcounting gives it.
 -- LAST_CPU: the median process CPU ms per call of the last bench() (emit() reports it).
 local function bench(fn, iters, warmup, prep)
-  for _ = 1, warmup or 2 do
-    if prep then prep() end
-    fn(iters)
-  end
-  local xs, cs = {}, {}
-  for r = 1, REPEAT do
-    if prep then prep() end
-    local c0, t0 = cpu_ms(), now_ms()
-    fn(iters)
-    local t1, c1 = now_ms(), cpu_ms()
-    xs[r] = (t1 - t0) / iters
-    cs[r] = (c1 - c0) / iters
-  end
-  LAST_CPU = median(cs)
-  return median(xs)
+  local xs, cs = lib.timed(fn, { iters = iters, warmup = warmup or 2, rep = REPEAT, prep = prep })
+  LAST_CPU = lib.median(cs)
+  return lib.median(xs)
 end
-
-local function full_gc() collectgarbage("collect"); collectgarbage("collect") end
 
 local function peak_reset()
   full_gc()
@@ -413,22 +344,11 @@ end
 
 local function run_peer(th)
   if opts.peer ~= "torch" then return {}, "peer disabled (--peer=none)" end
-  local py = "/usr/bin/python3"
   local cmd = string.format("%s %s/bench_tensor_torch.py --threads=%d --repeat=%d --cases=%s 2>&1",
-    py, here, th, REPEAT, table.concat(selected, ","))
-  local p = io.popen(cmd)
-  if not p then return {}, "cannot start " .. py end
-  local lines = {}
-  for line in p:lines() do lines[#lines + 1] = line end
-  p:close()
+    lib.PYTHON, here, th, REPEAT, table.concat(selected, ","))
+  local lines, note = lib.peer_lines(cmd)
+  if not lines then return {}, note end
   return lines
-end
-
-local function field(line, k)
-  local s = line:match('"' .. k .. '"%s*:%s*"([^"]*)"')
-  if s then return s end
-  local n = line:match('"' .. k .. '"%s*:%s*([-%d%.eE+]+)')
-  return n and tonumber(n)
 end
 
 -- comparisons: per case, which lines to put side by side
@@ -437,10 +357,7 @@ local function get(th, op, shape, impl)
   return r
 end
 
-local function ratio(x, y)
-  if not x or not y or y == 0 then return nil end
-  return x / y
-end
+local ratio = lib.ratio
 
 -- seconds per byte ratio (bandwidth ratio: other's GB/s over this one's)
 local function bw_ratio(r, base)
