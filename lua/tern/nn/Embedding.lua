@@ -9,11 +9,8 @@ local Embedding = Module:extend("Embedding")
 
 function Embedding:init(num, dim, opts)
   opts = opts or {}
-  for name, v in pairs({ num_embeddings = num, embedding_dim = dim }) do
-    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-      error(string.format("Embedding: %s must be a positive integer, got %s", name, tostring(v)), 3)
-    end
-  end
+  Module.check_int("Embedding", "num_embeddings", num, 1)
+  Module.check_int("Embedding", "embedding_dim", dim, 1)
   local pad = opts.padding_idx
   if pad ~= nil then
     if pad < 0 then pad = num + pad end

@@ -17,18 +17,12 @@ local Tensor = require "tern.tensor"
 
 local Joiner = Module:extend("Joiner")
 
-local function check_size(name, v)
-  if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-    error(string.format("Joiner: %s must be a positive integer, got %s", name, tostring(v)), 4)
-  end
-end
-
 function Joiner:init(enc_dim, dec_dim, joiner_dim, vocab, opts)
   opts = opts or {}
-  check_size("enc_dim", enc_dim)
-  check_size("dec_dim", dec_dim)
-  check_size("joiner_dim", joiner_dim)
-  check_size("vocab", vocab)
+  Module.check_int("Joiner", "enc_dim", enc_dim, 1)
+  Module.check_int("Joiner", "dec_dim", dec_dim, 1)
+  Module.check_int("Joiner", "joiner_dim", joiner_dim, 1)
+  Module.check_int("Joiner", "vocab", vocab, 1)
   self.enc_dim, self.dec_dim, self.joiner_dim, self.vocab = enc_dim, dec_dim, joiner_dim, vocab
   local lo = { dtype = opts.dtype }
   self:add_module("encoder_proj", Linear(enc_dim, joiner_dim, lo))

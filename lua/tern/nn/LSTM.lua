@@ -20,21 +20,14 @@ local shape_str = R.shape_str
 
 local LSTM = Module:extend("LSTM")
 
-local function positive_int(name, v, allow_zero)
-  if type(v) ~= "number" or v ~= math.floor(v) or v < (allow_zero and 0 or 1) then
-    error(fmt("LSTM: %s must be a %s integer, got %s", name, allow_zero and "non-negative" or "positive",
-      tostring(v)), 4)
-  end
-end
-
 function LSTM:init(input_size, hidden_size, opts)
   opts = opts or {}
-  positive_int("input_size", input_size)
-  positive_int("hidden_size", hidden_size)
+  Module.check_int("LSTM", "input_size", input_size, 1)
+  Module.check_int("LSTM", "hidden_size", hidden_size, 1)
   local num_layers = opts.num_layers or 1
-  positive_int("num_layers", num_layers)
+  Module.check_int("LSTM", "num_layers", num_layers, 1)
   local proj = opts.proj_size or 0
-  positive_int("proj_size", proj, true)
+  Module.check_int("LSTM", "proj_size", proj, 0)
   if proj >= hidden_size then
     error(fmt("LSTM: proj_size (%d) must be smaller than hidden_size (%d)", proj, hidden_size), 3)
   end

@@ -6,16 +6,10 @@ local F = require "tern.nn.functional"
 
 local Linear = Module:extend("Linear")
 
-local function check_size(name, v)
-  if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-    error(string.format("Linear: %s must be a positive integer, got %s", name, tostring(v)), 4)
-  end
-end
-
 function Linear:init(in_features, out_features, opts)
   opts = opts or {}
-  check_size("in_features", in_features)
-  check_size("out_features", out_features)
+  Module.check_int("Linear", "in_features", in_features, 1)
+  Module.check_int("Linear", "out_features", out_features, 1)
   self.in_features, self.out_features = in_features, out_features
   local bound = 1 / math.sqrt(in_features)
   local dt = opts.dtype or "f32"

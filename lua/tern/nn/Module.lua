@@ -54,6 +54,16 @@ function Module.is_module(x)
   return type(x) == "table" and type(x._modules) == "table" and type(x.forward) == "function"
 end
 
+-- Constructor argument check shared by the layers: v must be an integer >= min (0 or 1).
+-- Raises "<Layer>: <name> must be a positive integer, got <v>" at the constructor's caller.
+function Module.check_int(layer, name, v, min)
+  if type(v) ~= "number" or v ~= math.floor(v) or v < min then
+    error(fmt("%s: %s must be a %s integer, got %s", layer, name,
+      min > 0 and "positive" or "non-negative", tostring(v)), 4)
+  end
+  return v
+end
+
 function Module:forward()
   error(self.__name .. ": forward() is not defined for this module", 2)
 end
@@ -120,6 +130,16 @@ function Module:children()
   return r
 end
 
+-- Iterator over a list of {name, value} entries: for name, value in each_pair(list).
+local function each_pair(list)
+  local i = 0
+  return function()
+    i = i + 1
+    local e = list[i]
+    if e then return e[1], e[2] end
+  end
+end
+
 -- All modules of the tree (self first), as a list of {name, module}.
 local function collect_modules(m, prefix, out, seen)
   if seen[m] then return end
@@ -133,12 +153,7 @@ end
 function Module:named_modules()
   local list = {}
   collect_modules(self, "", list, {})
-  local i = 0
-  return function()
-    i = i + 1
-    local e = list[i]
-    if e then return e[1], e[2] end
-  end
+  return each_pair(list)
 end
 
 function Module:modules()
@@ -165,12 +180,7 @@ end
 -- for name, p in model:named_parameters() do ... end (ordered, shared tensors once)
 function Module:named_parameters()
   local list = collect_tensors(self, "_params", "_param_names")
-  local i = 0
-  return function()
-    i = i + 1
-    local e = list[i]
-    if e then return e[1], e[2] end
-  end
+  return each_pair(list)
 end
 
 function Module:parameters()
@@ -181,12 +191,7 @@ end
 
 function Module:named_buffers()
   local list = collect_tensors(self, "_buffers", "_buffer_names")
-  local i = 0
-  return function()
-    i = i + 1
-    local e = list[i]
-    if e then return e[1], e[2] end
-  end
+  return each_pair(list)
 end
 
 function Module:num_parameters()

@@ -150,19 +150,13 @@ end
 local SRU = Module:extend("SRU")
 SRU.Cell = SRUCell
 
-local function check_int(name, v, min)
-  if type(v) ~= "number" or v ~= math.floor(v) or v < min then
-    error(fmt("SRU: %s must be an integer >= %d, got %s", name, min, tostring(v)), 4)
-  end
-end
-
 function SRU:init(input_size, hidden_size, opts)
   opts = opts or {}
-  check_int("input_size", input_size, 1)
-  check_int("hidden_size", hidden_size, 1)
+  Module.check_int("SRU", "input_size", input_size, 1)
+  Module.check_int("SRU", "hidden_size", hidden_size, 1)
   local num_layers = opts.num_layers or 2
-  check_int("num_layers", num_layers, 1)
-  check_int("projection_size", opts.projection_size or 0, 0)
+  Module.check_int("SRU", "num_layers", num_layers, 1)
+  Module.check_int("SRU", "projection_size", opts.projection_size or 0, 0)
   for _, name in ipairs({ "dropout", "rnn_dropout" }) do
     local p = opts[name] or 0
     if type(p) ~= "number" or p < 0 or p >= 1 then
