@@ -61,6 +61,13 @@ local binop_names = { [ADD] = "add", [SUB] = "sub", [MUL] = "mul", [DIV] = "div"
   [LT] = "lt", [LE] = "le", [GT] = "gt", [GE] = "ge" }
 
 -- gradient closures: (g, a, b, out) -> ga, gb (before reduce_to)
+-- Share of the gradient of maximum (cmp "gt") / minimum ("lt") that goes to a: 1 where a
+-- wins, 0.5 on ties (as PyTorch), 0 elsewhere; b a tensor or a number; in g's dtype.
+local function pick_weight(a, b, cmp, g)
+  local dt = g:dtype()
+  return a[cmp](a, b):to(dt) + a:eq(b):to(dt) * 0.5
+end
+
 local binary_grad = {
   [ADD] = function(g) return g, g end,
   [SUB] = function(g) return g, -g end,
@@ -70,11 +77,11 @@ local binary_grad = {
     return g * b * a:pow(b - 1), g * out * a:log()
   end,
   [MAXIMUM] = function(g, a, b)
-    local w = a:gt(b):to(g:dtype()) + a:eq(b):to(g:dtype()) * 0.5
+    local w = pick_weight(a, b, "gt", g)
     return g * w, g * (1 - w)
   end,
   [MINIMUM] = function(g, a, b)
-    local w = a:lt(b):to(g:dtype()) + a:eq(b):to(g:dtype()) * 0.5
+    local w = pick_weight(a, b, "lt", g)
     return g * w, g * (1 - w)
   end,
   [ATAN2] = function(g, a, b)
@@ -139,14 +146,8 @@ local scalar_grad = {
     if rev then return g * out * math.log(s) end
     return g * s * a:pow(s - 1)
   end,
-  [MAXIMUM] = function(g, a, s)
-    local w = a:gt(s):to(g:dtype()) + a:eq(s):to(g:dtype()) * 0.5
-    return g * w
-  end,
-  [MINIMUM] = function(g, a, s)
-    local w = a:lt(s):to(g:dtype()) + a:eq(s):to(g:dtype()) * 0.5
-    return g * w
-  end,
+  [MAXIMUM] = function(g, a, s) return g * pick_weight(a, s, "gt", g) end,
+  [MINIMUM] = function(g, a, s) return g * pick_weight(a, s, "lt", g) end,
   [ATAN2] = function(g, a, s, out, rev)
     local d = a * a + s * s
     if rev then return -(g * s) / d end
