@@ -42,20 +42,13 @@ import time
 import warnings
 
 
-def parse_args(argv):
-    opts = {"threads": "1", "repeat": "7", "layers": "1,2", "shapes": "32x256,128x512",
-            "batch": "32", "ops": "lstm,sru_pkg", "modes": "fwd,fwdbwd", "sru-bwd-repeat": "5"}
-    for a in argv:
-        if a.startswith("--") and "=" in a:
-            k, v = a[2:].split("=", 1)
-            opts[k] = v
-        elif a in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-    return opts
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import peer  # noqa: E402  recipes/lib/peer.py
 
-
-OPTS = parse_args(sys.argv[1:])
+OPTS = peer.parse_args(sys.argv[1:], {
+    "threads": "1", "repeat": "7", "layers": "1,2", "shapes": "32x256,128x512", "batch": "32",
+    "ops": "lstm,sru_pkg", "modes": "fwd,fwdbwd", "sru-bwd-repeat": "5",
+}, __doc__)
 THREADS = int(OPTS["threads"])
 REPEAT = max(5, int(OPTS["repeat"]))
 SRU_BWD_REPEAT = max(5, int(OPTS["sru-bwd-repeat"]))
@@ -65,16 +58,12 @@ SHAPES = [tuple(int(y) for y in x.split("x")) for x in OPTS["shapes"].split(",")
 OPS = [x for x in OPTS["ops"].split(",") if x]
 MODES = [x for x in OPTS["modes"].split(",") if x]
 
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
-os.environ["MKL_NUM_THREADS"] = str(THREADS)
+peer.pin_threads(THREADS)
 
 try:
     import torch
 except Exception as e:  # noqa: BLE001 - any import failure means "no peer"
-    print(json.dumps({"impl": "torch", "threads": THREADS, "case": None,
-                      "note": "torch not importable with %s: %s" % (sys.executable, e)}))
-    sys.exit(0)
+    peer.no_peer("torch", THREADS, "torch", e)
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)

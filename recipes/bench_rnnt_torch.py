@@ -47,20 +47,13 @@ import sys
 import time
 
 
-def parse_args(argv):
-    opts = {"threads": "1", "repeat": "3", "warmup": "1", "cases": "8x200x60,4x100x30",
-            "ops": "full,pruned", "s-range": "5"}
-    for a in argv:
-        if a.startswith("--") and "=" in a:
-            k, v = a[2:].split("=", 1)
-            opts[k] = v
-        elif a in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-    return opts
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import peer  # noqa: E402  recipes/lib/peer.py
 
-
-OPTS = parse_args(sys.argv[1:])
+OPTS = peer.parse_args(sys.argv[1:], {
+    "threads": "1", "repeat": "3", "warmup": "1", "cases": "8x200x60,4x100x30",
+    "ops": "full,pruned", "s-range": "5",
+}, __doc__)
 THREADS = int(OPTS["threads"])
 REPEAT = max(1, int(OPTS["repeat"]))
 WARMUP = max(0, int(OPTS["warmup"]))
@@ -69,9 +62,7 @@ OPS = [x for x in OPTS["ops"].split(",") if x]
 S_RANGE = int(OPTS["s-range"])
 D, V, BLANK = 512, 500, 0
 
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
-os.environ["MKL_NUM_THREADS"] = str(THREADS)
+peer.pin_threads(THREADS)
 
 
 def _glibc_return_freed_memory():
@@ -95,10 +86,7 @@ try:
     import torch
     from torchaudio.functional import rnnt_loss as ta_rnnt_loss
 except Exception as e:  # noqa: BLE001 - any import failure means "no peer"
-    print(json.dumps({"impl": "torchaudio", "threads": THREADS, "case": None,
-                      "note": "torch/torchaudio not importable with %s: %s" %
-                              (sys.executable, e)}))
-    sys.exit(0)
+    peer.no_peer("torchaudio", THREADS, "torch/torchaudio", e)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec",
                                 "fixtures"))

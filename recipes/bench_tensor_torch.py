@@ -15,29 +15,21 @@ import sys
 import time
 
 
-def parse_args(argv):
-    opts = {"threads": "1", "repeat": "7", "cases": "all"}
-    for a in argv:
-        if a.startswith("--") and "=" in a:
-            k, v = a[2:].split("=", 1)
-            opts[k] = v
-    return opts
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import peer  # noqa: E402  recipes/lib/peer.py
 
-
-OPTS = parse_args(sys.argv[1:])
+OPTS = peer.parse_args(sys.argv[1:], {"threads": "1", "repeat": "7", "cases": "all"}, None)
 THREADS = int(OPTS["threads"])
 REPEAT = max(5, int(OPTS["repeat"]))
 
 # torch.set_num_threads does not reach the OpenBLAS behind Debian's torch (BLAS_INFO=generic):
 # pin its pthread pool through the environment before torch loads it.
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)
+peer.pin_threads(THREADS, ("OPENBLAS_NUM_THREADS",))
 
 try:
     import torch
 except Exception as e:  # noqa: BLE001 - any import failure means "no peer"
-    print(json.dumps({"impl": "torch", "threads": THREADS, "case": None,
-                      "note": "torch not importable with %s: %s" % (sys.executable, e)}))
-    sys.exit(0)
+    peer.no_peer("torch", THREADS, "torch", e)
 
 torch.set_num_threads(THREADS)
 torch.set_grad_enabled(False)
