@@ -574,3 +574,210 @@ tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm, const tn_tensor *grad_
     }
     return TN_OK;
 }
+
+/* ---- fused pruned joiner hidden unit: h = tanh(am[b, t] + lm[b, ranges[b, t, k]]) --------------- */
+/* One pass replaces do_pruning's (B, T, R, D) copy of lm, the broadcast add and the tanh (three
+ * tensors of that size, and three passes over them). The backward reads grad_h and h once and
+ * writes only grad_am (B, T, D) and grad_lm (B, S+1, D): the (B, T, R, D) gradients of the tanh
+ * input and of lm_pruned are never formed. Work is split over (b, slice of D): each task owns
+ * its columns of grad_am[b] and grad_lm[b], so there are no atomics and the summation order is
+ * fixed (results do not depend on the thread count). */
+
+#define JOINER_DSLICE ((int64_t)64)
+
+typedef struct joiner_args {
+    const int64_t *rng; /* ranges, contiguous i64 (B, T, R) */
+    int64_t B, T, R, S1, D;
+    const void *am, *lm, *gh, *h;
+    void *out, *gam, *glm;
+} joiner_args;
+
+RNNT_INLINE void joiner_fwd_f_body(const joiner_args *a, int64_t row) { /* row = (b, t, k) */
+    const int64_t b = row / (a->T * a->R), t = (row / a->R) % a->T;
+    const float *am = (const float *)a->am + (b * a->T + t) * a->D;
+    const float *lm = (const float *)a->lm + (b * a->S1 + a->rng[row]) * a->D;
+    float *h = (float *)a->out + row * a->D;
+#ifdef _OPENMP
+#pragma omp simd
+#endif
+    for (int64_t d = 0; d < a->D; d++) h[d] = tn_rnnt_joiner_h_f(am[d], lm[d]);
+}
+RNNT_INLINE void joiner_bwd_f_body(const joiner_args *a, int64_t task) { /* task = (b, slice) */
+    const int64_t ns = (a->D + JOINER_DSLICE - 1) / JOINER_DSLICE, b = task / ns;
+    const int64_t d0 = (task % ns) * JOINER_DSLICE, n = a->D - d0 < JOINER_DSLICE ? a->D - d0 : JOINER_DSLICE;
+    float *glm = a->glm ? (float *)a->glm + b * a->S1 * a->D + d0 : NULL;
+    if (glm)
+        for (int64_t s = 0; s < a->S1; s++) memset(glm + s * a->D, 0, sizeof(float) * (size_t)n);
+    for (int64_t t = 0; t < a->T; t++) {
+        float acc[JOINER_DSLICE];
+        memset(acc, 0, sizeof acc);
+        for (int64_t k = 0; k < a->R; k++) {
+            const int64_t row = (b * a->T + t) * a->R + k;
+            const float *g = (const float *)a->gh + row * a->D + d0, *h = (const float *)a->h + row * a->D + d0;
+            float *gl = glm ? glm + a->rng[row] * a->D : NULL;
+            if (gl) {
+#ifdef _OPENMP
+#pragma omp simd
+#endif
+                for (int64_t d = 0; d < n; d++) {
+                    const float z = tn_rnnt_joiner_dz_f(g[d], h[d]);
+                    acc[d] += z;
+                    gl[d] += z;
+                }
+            } else {
+#ifdef _OPENMP
+#pragma omp simd
+#endif
+                for (int64_t d = 0; d < n; d++) acc[d] += tn_rnnt_joiner_dz_f(g[d], h[d]);
+            }
+        }
+        if (a->gam) memcpy((float *)a->gam + (b * a->T + t) * a->D + d0, acc, sizeof(float) * (size_t)n);
+    }
+}
+static void joiner_fwd_d(const joiner_args *a, int64_t row) {
+    const int64_t b = row / (a->T * a->R), t = (row / a->R) % a->T;
+    const double *am = (const double *)a->am + (b * a->T + t) * a->D;
+    const double *lm = (const double *)a->lm + (b * a->S1 + a->rng[row]) * a->D;
+    double *h = (double *)a->out + row * a->D;
+    for (int64_t d = 0; d < a->D; d++) h[d] = tn_rnnt_joiner_h_d(am[d], lm[d]);
+}
+static void joiner_bwd_d(const joiner_args *a, int64_t task) {
+    const int64_t ns = (a->D + JOINER_DSLICE - 1) / JOINER_DSLICE, b = task / ns;
+    const int64_t d0 = (task % ns) * JOINER_DSLICE, n = a->D - d0 < JOINER_DSLICE ? a->D - d0 : JOINER_DSLICE;
+    double *glm = a->glm ? (double *)a->glm + b * a->S1 * a->D + d0 : NULL;
+    if (glm)
+        for (int64_t s = 0; s < a->S1; s++) memset(glm + s * a->D, 0, sizeof(double) * (size_t)n);
+    for (int64_t t = 0; t < a->T; t++) {
+        double acc[JOINER_DSLICE] = {0};
+        for (int64_t k = 0; k < a->R; k++) {
+            const int64_t row = (b * a->T + t) * a->R + k;
+            const double *g = (const double *)a->gh + row * a->D + d0, *h = (const double *)a->h + row * a->D + d0;
+            double *gl = glm ? glm + a->rng[row] * a->D : NULL;
+            for (int64_t d = 0; d < n; d++) {
+                const double z = tn_rnnt_joiner_dz_d(g[d], h[d]);
+                acc[d] += z;
+                if (gl) gl[d] += z;
+            }
+        }
+        if (a->gam) memcpy((double *)a->gam + (b * a->T + t) * a->D + d0, acc, sizeof(double) * (size_t)n);
+    }
+}
+typedef void (*joiner_fn)(const joiner_args *, int64_t);
+static void joiner_fwd_f_base(const joiner_args *a, int64_t i) { joiner_fwd_f_body(a, i); }
+static void joiner_bwd_f_base(const joiner_args *a, int64_t i) { joiner_bwd_f_body(a, i); }
+#ifdef TN_AVX2_BUILD
+__attribute__((target("avx2,fma"))) static void joiner_fwd_f_avx2(const joiner_args *a, int64_t i) {
+    joiner_fwd_f_body(a, i);
+}
+__attribute__((target("avx2,fma"))) static void joiner_bwd_f_avx2(const joiner_args *a, int64_t i) {
+    joiner_bwd_f_body(a, i);
+}
+#endif
+
+/* shapes, dtypes and index range shared by forward and backward; *rng_out: ranges as contiguous
+ * i64 (a malloc'd copy when ranges is not already that, else NULL with *rng pointing into it) */
+static tn_status joiner_check(const char *op, const tn_tensor *am, const tn_tensor *lm, const tn_tensor *ranges,
+                              joiner_args *a, int64_t **rng_copy) {
+    *rng_copy = NULL;
+    TN_TRY(tn_check_tensor(op, "am", am));
+    TN_TRY(tn_rnnt_internal_float(op, "am", am, 3, NULL, -1));
+    TN_TRY(pruning_check(op, lm, ranges, &a->B, &a->T, &a->R, &a->S1));
+    if (lm->dtype != am->dtype)
+        return tn_error(TN_ERR_DTYPE, "%s: am is %s but lm is %s", op, tn_dtype_name(am->dtype), tn_dtype_name(lm->dtype));
+    if (am->shape[0] != a->B || am->shape[1] != a->T || am->shape[2] != lm->shape[2])
+        return tn_error(TN_ERR_SHAPE, "%s: am has shape %s, expected (B = %lld, T = %lld, D = %lld) for lm %s and ranges %s",
+                        op, TN_SHAPE(am), (long long)a->B, (long long)a->T, (long long)lm->shape[2], TN_SHAPE(lm),
+                        TN_SHAPE(ranges));
+    if (!tn_tensor_is_contiguous(am)) return tn_error(TN_ERR_ARG, "%s: am %s must be contiguous", op, TN_SHAPE(am));
+    a->D = lm->shape[2];
+    const int64_t n = a->B * a->T * a->R;
+    if (ranges->dtype == TN_I64 && tn_tensor_is_contiguous(ranges)) {
+        a->rng = (const int64_t *)ranges->data;
+    } else {
+        int64_t *c = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+        if (!c) return tn_error(TN_ERR_OOM, "%s: out of memory copying ranges %s", op, TN_SHAPE(ranges));
+        for (int64_t i = 0; i < n; i++) c[i] = ldi3(ranges, i / (a->T * a->R), (i / a->R) % a->T, i % a->R);
+        a->rng = c;
+        *rng_copy = c;
+    }
+    return TN_OK;
+}
+
+tn_status tn_rnnt_pruned_tanh(tn_tensor *h, const tn_tensor *am, const tn_tensor *lm, const tn_tensor *ranges) {
+    static const char *op = "rnnt_pruned_tanh";
+    joiner_args a = {0};
+    int64_t *copy;
+    TN_TRY(tn_check_tensor(op, "h", h));
+    TN_TRY(joiner_check(op, am, lm, ranges, &a, &copy));
+    const int64_t shape[4] = {a.B, a.T, a.R, a.D};
+    tn_status st = tn_rnnt_internal_float(op, "h", h, 4, shape, am->dtype);
+    if (st == TN_OK && !tn_tensor_is_contiguous(h))
+        st = tn_error(TN_ERR_ARG, "%s: h %s must be contiguous", op, TN_SHAPE(h));
+    if (st != TN_OK) {
+        free(copy);
+        return st;
+    }
+    a.am = am->data, a.lm = lm->data, a.out = h->data;
+    joiner_fn fn = joiner_fwd_d;
+    if (am->dtype == TN_F32) {
+        fn = joiner_fwd_f_base;
+#ifdef TN_AVX2_BUILD
+        if (tn_cpu_has_avx2_fma()) fn = joiner_fwd_f_avx2;
+#endif
+    }
+    const int64_t rows = a.B * a.T * a.R;
+    int nt = tn_par_threads(rows * a.D, 1 << 15);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t i = 0; i < rows; i++) fn(&a, i);
+    free(copy);
+    return TN_OK;
+}
+
+tn_status tn_rnnt_pruned_tanh_backward(tn_tensor *grad_am, tn_tensor *grad_lm, const tn_tensor *grad_h,
+                                       const tn_tensor *h, const tn_tensor *am, const tn_tensor *lm,
+                                       const tn_tensor *ranges) {
+    static const char *op = "rnnt_pruned_tanh_backward";
+    joiner_args a = {0};
+    int64_t *copy;
+    TN_TRY(joiner_check(op, am, lm, ranges, &a, &copy));
+    const int64_t shape[4] = {a.B, a.T, a.R, a.D};
+    tn_status st = tn_rnnt_internal_float(op, "grad_h", grad_h, 4, shape, am->dtype);
+    if (st == TN_OK) st = tn_rnnt_internal_float(op, "h", h, 4, shape, am->dtype);
+    if (st == TN_OK && (!tn_tensor_is_contiguous(grad_h) || !tn_tensor_is_contiguous(h)))
+        st = tn_error(TN_ERR_ARG, "%s: grad_h %s and h %s must be contiguous", op, TN_SHAPE(grad_h), TN_SHAPE(h));
+    if (st == TN_OK && grad_am) {
+        st = tn_rnnt_internal_float(op, "grad_am", grad_am, 3, am->shape, am->dtype);
+        if (st == TN_OK && !tn_tensor_is_contiguous(grad_am))
+            st = tn_error(TN_ERR_ARG, "%s: grad_am %s must be contiguous", op, TN_SHAPE(grad_am));
+    }
+    if (st == TN_OK && grad_lm) {
+        st = tn_rnnt_internal_float(op, "grad_lm", grad_lm, 3, lm->shape, am->dtype);
+        if (st == TN_OK && !tn_tensor_is_contiguous(grad_lm))
+            st = tn_error(TN_ERR_ARG, "%s: grad_lm %s must be contiguous", op, TN_SHAPE(grad_lm));
+    }
+    if (st != TN_OK) {
+        free(copy);
+        return st;
+    }
+    a.gh = grad_h->data, a.h = h->data;
+    a.gam = grad_am ? grad_am->data : NULL, a.glm = grad_lm ? grad_lm->data : NULL;
+    joiner_fn fn = joiner_bwd_d;
+    if (am->dtype == TN_F32) {
+        fn = joiner_bwd_f_base;
+#ifdef TN_AVX2_BUILD
+        if (tn_cpu_has_avx2_fma()) fn = joiner_bwd_f_avx2;
+#endif
+    }
+    const int64_t tasks = a.B * ((a.D + JOINER_DSLICE - 1) / JOINER_DSLICE);
+    int nt = tn_par_threads(a.B * a.T * a.R * a.D, 1 << 15);
+    if (nt > tasks) nt = (int)(tasks > 0 ? tasks : 1);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t i = 0; i < tasks; i++) fn(&a, i);
+    free(copy);
+    return TN_OK;
+}

@@ -494,6 +494,23 @@ tn_status tn_rnnt_do_pruning(tn_tensor *lm_pruned,            /* [OUT] (B, T, R,
 tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm,             /* [OUT] (B, S+1, D) = */
                                       const tn_tensor *grad_lm_pruned, /* (B, T, R, D) */
                                       const tn_tensor *ranges);        /* (B, T, R) i64 */
+/* The pruned joiner's hidden unit fused with do_pruning: h[b, t, k] = tanh(am[b, t] +
+ * lm[b, ranges[b, t, k]]) (icefall's joiner tanh(am_pruned + lm_pruned) without forming
+ * lm_pruned or the sum). The backward writes grad_am[b, t] = sum_k dz[b, t, k] and
+ * grad_lm[b, s] = sum of dz[b, t, k] over ranges[b, t, k] = s, with dz = grad_h (1 - h^2), in
+ * one pass and without a (B, T, R, D) temporary; either output may be NULL. f32/f64, contiguous
+ * am, lm, h, grad_h; results do not depend on the thread count. */
+tn_status tn_rnnt_pruned_tanh(tn_tensor *h,                     /* [OUT] (B, T, R, D) */
+                              const tn_tensor *am,              /* (B, T, D) */
+                              const tn_tensor *lm,              /* (B, S+1, D) */
+                              const tn_tensor *ranges);         /* (B, T, R) i64 in [0, S+1) */
+tn_status tn_rnnt_pruned_tanh_backward(tn_tensor *grad_am,        /* [OPTIONAL][OUT] (B, T, D) = */
+                                       tn_tensor *grad_lm,        /* [OPTIONAL][OUT] (B, S+1, D) = */
+                                       const tn_tensor *grad_h,   /* (B, T, R, D) */
+                                       const tn_tensor *h,        /* (B, T, R, D), the forward's output */
+                                       const tn_tensor *am,       /* (B, T, D) */
+                                       const tn_tensor *lm,       /* (B, S+1, D) */
+                                       const tn_tensor *ranges);  /* (B, T, R) i64 */
 
 /* px, py of the pruned joiner output (fast_rnnt get_rnnt_logprobs_pruned, plus the delay
  * penalty): logits[b, t, k] scores symbol position ranges[b, t, k]; every (s, t) outside the

@@ -3,7 +3,7 @@
 -- pure-PyTorch reference of the pruned step (recipes/bench_rnnt_torch.py).
 --
 --   luajit recipes/bench_rnnt.lua [--threads=1,2] [--repeat=7] [--warmup=2] [--peer=torch|none]
---                                 [--cases=8x200x60,4x100x30] [--steps=full,full_ow,pruned]
+--                                 [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned]
 --                                 [--s_range=5]
 --
 -- Setup (fast_rnnt's benchmark): encoder output enc (B, T, 512) and decoder output dec (B, S+1, 512),
@@ -18,8 +18,8 @@
 --            symbols, termination_symbol = 0, reduction = "sum"}; loss:backward()
 --   full_ow  the same with overwrite_logits = true (the logits' gradient is written into the logits)
 --   pruned   am, lm = joiner:simple(enc, dec); simple, px_grad, py_grad = tn.rnnt.loss_simple{...,
---            return_grad = true}; ranges = get_prune_ranges{s_range}; enc_p, dec_p =
---            do_pruning{am = enc, lm = dec, ranges}; logits = joiner(enc_p, dec_p) (B, T, s_range, V);
+--            return_grad = true}; ranges = get_prune_ranges{s_range}; logits = joiner:pruned(enc,
+--            dec, ranges) (B, T, s_range, V) (do_pruning, add and tanh fused: tn.rnnt.pruned_tanh);
 --            pruned = loss_pruned{..., overwrite_logits = true}; (simple + pruned):backward()
 --            (icefall backpropagates both losses; the peer's step is the same)
 -- Before each call (untimed) the parameter gradients are zeroed, the gradients of enc and dec are
@@ -67,9 +67,9 @@ local json, emit_line, load1, full_gc = lib.json, lib.emit_line, lib.load1, lib.
 -- options ------------------------------------------------------------------------------------
 
 local USAGE = "usage: luajit recipes/bench_rnnt.lua [--threads=1,2] [--repeat=7] [--warmup=2]"
-  .. " [--peer=torch|none] [--cases=8x200x60,4x100x30] [--steps=full,full_ow,pruned] [--s_range=5]\n"
+  .. " [--peer=torch|none] [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned] [--s_range=5]\n"
 local opts, passthrough = lib.parse_args("bench_rnnt", { threads = "1,2", ["repeat"] = "7",
-  warmup = "2", peer = "torch", cases = "8x200x60,4x100x30", steps = "full,full_ow,pruned",
+  warmup = "2", peer = "torch", cases = "8x200x60,2x450x110,4x100x30", steps = "full,full_ow,pruned",
   s_range = "5", child = "0" }, USAGE)
 local REPEAT = math.max(5, tonumber(opts["repeat"]) or 7)
 local WARMUP = math.max(0, tonumber(opts.warmup) or 2)
@@ -148,8 +148,7 @@ local function run_tern(step, c)
         termination_symbol = BLANK, boundary = boundary, reduction = "sum", return_grad = true }
       local ranges = tn.rnnt.get_prune_ranges{ px_grad = px_grad, py_grad = py_grad,
         boundary = boundary, s_range = S_RANGE }
-      local enc_p, dec_p = tn.rnnt.do_pruning{ am = enc, lm = dec, ranges = ranges }
-      local logits = joiner(enc_p, dec_p) -- (B, T, s_range, V)
+      local logits = joiner:pruned(enc, dec, ranges) -- (B, T, s_range, V), fused pruning + tanh
       local pruned = tn.rnnt.loss_pruned{ logits = logits, symbols = symbols, ranges = ranges,
         termination_symbol = BLANK, boundary = boundary, reduction = "sum", overwrite_logits = true }
       ;(simple + pruned):backward()

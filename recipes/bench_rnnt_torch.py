@@ -4,7 +4,7 @@
 Linear(512, 500)) scaled to a small CPU, f32.
 
     /usr/bin/python3 recipes/bench_rnnt_torch.py --threads=1 [--repeat=3] [--warmup=1]
-        [--cases=8x200x60,4x100x30] [--ops=full,pruned] [--s-range=5]
+        [--cases=8x200x60,2x450x110,4x100x30] [--ops=full,pruned] [--s-range=5]
 
 Cases are BxTxS (all sequences full length: T frames, S symbols; symbols uniform in 1..V-1).
 One step of each op, timed as a whole (parameter/input grads reset to None before each call):
@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 import peer  # noqa: E402  recipes/lib/peer.py
 
 OPTS = peer.parse_args(sys.argv[1:], {
-    "threads": "1", "repeat": "3", "warmup": "1", "cases": "8x200x60,4x100x30",
+    "threads": "1", "repeat": "3", "warmup": "1", "cases": "8x200x60,2x450x110,4x100x30",
     "ops": "full,pruned", "s-range": "5",
 }, __doc__)
 THREADS = int(OPTS["threads"])

@@ -397,6 +397,18 @@ describe("tn.rnnt gradients by finite differences (f64)", function()
         end, { logits })
       end)
 
+      it("of the fused pruned_tanh w.r.t. am and lm", function()
+        local c = case()
+        local _, pxg, pyg = rnnt.loss_simple(args_of(c, { lm = c.lm, am = c.am, return_grad = true }))
+        local ranges = rnnt.get_prune_ranges{ px_grad = pxg, py_grad = pyg, boundary = c.boundary,
+          s_range = 2 }
+        local am, lm = leaf(c.am), leaf(c.lm)
+        local w = tn.randn({ 2, 4, ranges:size(3), 3 }, { dtype = "f64" })
+        assert.gradcheck(function(a, l)
+          return (rnnt.pruned_tanh{ am = a, lm = l, ranges = ranges } * w):sum(4)
+        end, { am, lm })
+      end)
+
       it("of mutual_information_recursion w.r.t. px and py", function()
         tn.manual_seed(600 + ti)
         local T1 = ty == "regular" and 5 or 4
@@ -517,6 +529,59 @@ describe("tn.rnnt behaviour", function()
       assert.are.equal(dt, lm.grad:dtype())
       assert.are.equal(dt, am_p:dtype())
     end
+  end)
+
+  it("fuses pruning, add and tanh: pruned_tanh = tanh(do_pruning's am_pruned + lm_pruned)", function()
+    tn.manual_seed(41)
+    -- D = 150 spans three 64-column slices of the backward (the last one partial)
+    local B, T, S, D, R = 3, 6, 7, 150, 3
+    local ranges = (tn.randint(0, S + 2 - R, { B, T, 1 }) + tn.arange(R):view(1, 1, R)):to("i64")
+    for _, dt in ipairs({ "f64", "f32" }) do
+      local tol = dt == "f64" and F64 or { atol = 2e-6, rtol = 1e-5 }
+      local am0, lm0 = tn.randn({ B, T, D }, { dtype = dt }), tn.randn({ B, S + 1, D }, { dtype = dt })
+      local w = tn.randn({ B, T, R, D }, { dtype = dt })
+      local am, lm = leaf(am0), leaf(lm0)
+      local hf = rnnt.pruned_tanh{ am = am, lm = lm, ranges = ranges }
+      assert.are.same({ B, T, R, D }, hf:shape())
+      ;(hf * w):sum():backward()
+      local am2, lm2 = leaf(am0), leaf(lm0)
+      local ap, lp = rnnt.do_pruning{ am = am2, lm = lm2, ranges = ranges }
+      local hu = (ap + lp):tanh()
+      ;(hu * w):sum():backward()
+      assert.tensor_near(hu, hf, tol)
+      assert.tensor_near(am2.grad, am.grad, tol)
+      assert.tensor_near(lm2.grad, lm.grad, tol)
+      -- only one input needing grad
+      local lm3 = leaf(lm0)
+      ;(rnnt.pruned_tanh{ am = am0, lm = lm3, ranges = ranges } * w):sum():backward()
+      assert.tensor_near(lm2.grad, lm3.grad, tol)
+      -- the same bits at 1 and 2 threads (fixed summation order)
+      local nt = tn.get_num_threads()
+      tn.set_num_threads(1)
+      local am4 = leaf(am0)
+      local h1 = rnnt.pruned_tanh{ am = am4, lm = lm0, ranges = ranges }
+      ;(h1 * w):sum():backward()
+      tn.set_num_threads(2)
+      local am5 = leaf(am0)
+      local h2 = rnnt.pruned_tanh{ am = am5, lm = lm0, ranges = ranges }
+      ;(h2 * w):sum():backward()
+      tn.set_num_threads(nt)
+      assert.tensor_equal(h1, h2)
+      assert.tensor_equal(am4.grad, am5.grad)
+    end
+  end)
+
+  it("runs pruned_tanh on f16 inputs in f32 and gives f16 back", function()
+    tn.manual_seed(42)
+    local ranges = tn.zeros({ 2, 4, 2 }, { dtype = "i64" }) + tn.arange(2, { dtype = "i64" })
+    local am0, lm0 = tn.randn(2, 4, 5), tn.randn(2, 3, 5)
+    local am, lm = leaf(am0:to("f16")), leaf(lm0:to("f16"))
+    local out = rnnt.pruned_tanh{ am = am, lm = lm, ranges = ranges }
+    assert.are.equal("f16", out:dtype())
+    out:to("f32"):sum():backward()
+    assert.are.equal("f16", am.grad:dtype())
+    local ref = rnnt.pruned_tanh{ am = am:to("f32"), lm = lm:to("f32"), ranges = ranges }
+    assert.tensor_near(ref, out:to("f32"), { atol = 1e-3, rtol = 1e-3 })
   end)
 
   it("writes the logits gradient in place with overwrite_logits, and only then", function()
@@ -645,6 +710,14 @@ describe("tn.rnnt errors", function()
     local lm3, r5 = tn.randn({ 2, 4, 3 }, { dtype = "f64" }), tn.zeros({ 2, 5, 2 }, { dtype = "i64" })
     expect_error(function() rnnt.do_pruning{ am = c.am, lm = lm3, ranges = r5 } end,
       "agree in B and D")
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = lm3, ranges = r5 } end,
+      "rnnt.pruned_tanh", "agree in B and D", "am {2, 5, 4}", "lm {2, 4, 3}")
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = tn.zeros({ 2, 4, 2 }, { dtype = "i64" }) } end,
+      "rnnt.pruned_tanh", "ranges", "{2, 4, 2}", "{2, 5, 2}")
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = tn.zeros({ 2, 5, 2 }) } end,
+      "rnnt.pruned_tanh", "ranges", "f32")
+    expect_error(function() rnnt.pruned_tanh{ am = c.am:view(10, 4), lm = c.lm, ranges = r5 } end,
+      "rnnt.pruned_tanh", "'am'", "3-d")
   end)
 
   it("names ranges that are not a band inside [0, S]", function()
@@ -655,6 +728,10 @@ describe("tn.rnnt errors", function()
       "rnnt.loss_pruned", "ranges")
     r:set({ 1, 3, 2 }, 9)
     expect_error(function() rnnt.do_pruning{ am = c.am, lm = c.lm, ranges = r } end, "rnnt.do_pruning", "ranges")
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = r } end, "rnnt.pruned_tanh",
+      "ranges at [1, 3, 2] is 9", "[0, S+1 = 4)")
+    r:set({ 1, 3, 2 }, -1)
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = r } end, "rnnt.pruned_tanh", "is -1")
   end)
 
   it("names unknown options, missing arguments and a bad s_range", function()
@@ -690,6 +767,8 @@ describe("tn.nn.Joiner", function()
     assert.tensor_near(expect, out, F64)
     assert.tensor_near(out, j(enc:unsqueeze(3), dec:unsqueeze(2), true), F64)
     expect_error(function() j(enc, dec) end, "joiner_dim = 6")
+    expect_error(function() j:pruned(enc, d, tn.zeros({ 2, 7, 2 }, { dtype = "i64" })) end, "Joiner", "am",
+      "6 features")
   end)
 
   it("holds the simple-loss projections when asked", function()
@@ -715,9 +794,11 @@ describe("tn.nn.Joiner", function()
     local simple_loss, px_grad, py_grad = rnnt.loss_simple{ lm = lm, am = am, symbols = symbols,
       termination_symbol = blank, boundary = boundary, reduction = "sum", return_grad = true }
     local ranges = rnnt.get_prune_ranges{ px_grad = px_grad, py_grad = py_grad, boundary = boundary, s_range = 3 }
+    local logits = joiner:pruned(joiner.encoder_proj(enc), joiner.decoder_proj(dec), ranges)
+    -- the fused path equals icefall's do_pruning + joiner
     local am_pruned, lm_pruned = rnnt.do_pruning{ am = joiner.encoder_proj(enc), lm = joiner.decoder_proj(dec),
       ranges = ranges }
-    local logits = joiner(am_pruned, lm_pruned)
+    assert.tensor_near(joiner(am_pruned, lm_pruned), logits, F64)
     local pruned_loss = rnnt.loss_pruned{ logits = logits, symbols = symbols, ranges = ranges,
       termination_symbol = blank, boundary = boundary, reduction = "sum" }
     local loss = simple_loss * 0.5 + pruned_loss

@@ -62,4 +62,11 @@ static TN_HD double tn_rnnt_lsm_grad_d(double x, double lse, double gsum) {
     return -gsum * exp(x - lse);
 }
 
+/* The pruned joiner's hidden unit h = tanh(am + lm) and its input gradient g (1 - h^2), shared
+ * by tn_rnnt_pruned_tanh(_backward) and the CUDA kernels. */
+static TN_HD float tn_rnnt_joiner_h_f(float am, float lm) { return tn_tanh_f(am + lm); }
+static TN_HD double tn_rnnt_joiner_h_d(double am, double lm) { return tanh(am + lm); }
+static TN_HD float tn_rnnt_joiner_dz_f(float g, float h) { return g * (1.0f - h * h); }
+static TN_HD double tn_rnnt_joiner_dz_d(double g, double h) { return g * (1.0 - h * h); }
+
 #endif /* TERN_KERNELS_RNNT_H */

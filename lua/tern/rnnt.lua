@@ -9,6 +9,8 @@
 --   tn.rnnt.loss_smoothed{..., lm_only_scale=0.1, am_only_scale=0.1, ...}   (as loss_simple)
 --   tn.rnnt.get_prune_ranges{px_grad, py_grad, boundary=nil, s_range} -> ranges i64 (B, T, R)
 --   tn.rnnt.do_pruning{am, lm, ranges} -> am_pruned, lm_pruned (B, T, R, D)
+--   tn.rnnt.pruned_tanh{am, lm, ranges} -> tanh(am_pruned + lm_pruned) (B, T, R, D), fused:
+--       the joiner's hidden unit without lm_pruned or the sum (tn.nn.Joiner:pruned uses it)
 --   tn.rnnt.loss_pruned{logits, symbols, ranges, termination_symbol, boundary=nil,
 --       rnnt_type="regular", delay_penalty=0, reduction="mean", return_grad=false,
 --       overwrite_logits=false} -> loss [, px_grad, py_grad]
@@ -476,6 +478,47 @@ M.do_pruning = api("do_pruning", { "am", "lm", "ranges" }, function(fname, args)
     }, lmc)
   end
   return am_pruned, lm_pruned
+end)
+
+-- h = tanh(am[b, t] + lm[b, ranges[b, t, k]]): one C pass each way (core/rnnt_prune.c)
+local function back_pruned_tanh(g, ctx)
+  local h = ctx.h
+  local gk = g
+  if gk:dtype() ~= h:dtype() then gk = gk:to(h:dtype()) end
+  gk = gk:contiguous()
+  local ga = ctx.need_am and Tensor.empty(ctx.am:shape(), { dtype = h:dtype() }) or nil
+  local gl = ctx.need_lm and Tensor.empty(ctx.lm:shape(), { dtype = h:dtype() }) or nil
+  ccheck("rnnt backward", C.tn_rnnt_pruned_tanh_backward(cptr(ga), cptr(gl), gk._c, h._c,
+    ctx.am._c, ctx.lm._c, ctx.ranges._c))
+  return ga, gl
+end
+
+M.pruned_tanh = api("pruned_tanh", { "am", "lm", "ranges" }, function(fname, args)
+  local am = float_arg(fname, args, "am", 3, "(B, T, D)")
+  local lm = float_arg(fname, args, "lm", 3, "(B, S+1, D)")
+  local B, T, D = am:size(1), am:size(2), am:size(3)
+  if lm:size(1) ~= B or lm:size(3) ~= D then
+    fail(fname, "am (B, T, D) and lm (B, S+1, D) must agree in B and D, got %s", tensors_of("am", am, "lm", lm))
+  end
+  local r = args.ranges
+  if not is_tensor(r) or r:dim() ~= 3 then
+    fail(fname, "'ranges' must be an i64 tensor (B, T, s_range), got %s",
+      is_tensor(r) and shape_str(r) or type(r))
+  end
+  local ranges = index_arg(fname, "ranges", r, { B, T, r:size(3) }, "(B, T, s_range)",
+    " (from " .. tensors_of("am", am, "lm", lm) .. ")")
+  local dt = kernel_dtype(am, lm)
+  local amc, lmc = prepare(am, dt), prepare(lm, dt)
+  local h = Tensor.empty({ B, T, ranges:size(3), D }, { dtype = dt })
+  ccheck(fname, C.tn_rnnt_pruned_tanh(h._c, amc._c, lmc._c, ranges._c))
+  if grad_enabled() and (needs(amc) or needs(lmc)) then
+    record(h, "rnnt_pruned_tanh", back_pruned_tanh, {
+      h = h, am = amc, lm = lmc, ranges = ranges:contiguous(), need_am = needs(amc), need_lm = needs(lmc),
+    }, amc, lmc)
+  end
+  -- f16 / bf16 inputs of one dtype get their dtype back (the kernel ran in f32)
+  if am:dtype() == lm:dtype() and am:dtype() ~= dt then return h:to(am:dtype()) end
+  return h
 end)
 
 local function band_loss(fname, args, pruned)

@@ -8,6 +8,10 @@
 -- (B, T, 1, J) and (B, 1, S+1, J) for the full lattice); joiner(enc, dec, true) projects them
 -- first (icefall's project_input=True). joiner:project(enc, dec) -> encoder_proj(enc),
 -- decoder_proj(dec): what do_pruning takes.
+-- joiner:pruned(am, lm, ranges) = joiner(tn.rnnt.do_pruning{am, lm, ranges}) for projected am
+-- (B, T, joiner_dim), lm (B, S+1, joiner_dim) and prune ranges (B, T, R), with the pruning, add
+-- and tanh fused (tn.rnnt.pruned_tanh): (B, T, R, vocab) logits for tn.rnnt.loss_pruned, and
+-- two fewer (B, T, R, joiner_dim) tensors in memory.
 -- With simple_proj = true the module also holds simple_am_proj = Linear(enc_dim, vocab) and
 -- simple_lm_proj = Linear(dec_dim, vocab) (icefall keeps them in the transducer model), and
 -- joiner:simple(enc, dec) -> am (B, T, vocab), lm (B, S+1, vocab) for tn.rnnt.loss_simple.
@@ -67,6 +71,13 @@ function Joiner:forward(enc, dec, project_input)
     check_input("dec", dec, self.joiner_dim)
   end
   return self.output_linear((enc + dec):tanh())
+end
+
+function Joiner:pruned(am, lm, ranges)
+  check_input("am", am, self.joiner_dim)
+  check_input("lm", lm, self.joiner_dim)
+  local h = require("tern.rnnt").pruned_tanh{ am = am, lm = lm, ranges = ranges }
+  return self.output_linear(h)
 end
 
 function Joiner:simple(enc, dec)
