@@ -3,7 +3,9 @@
  * the CPU thread count, the dim base of error messages, dtype/device names, the public
  * f16/bf16 scalar conversions and the argument checks shared by every entry point (internal.h).
  */
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -218,3 +220,38 @@ tn_status tn_check_index_dtype(const char *opname, const char *argname, const tn
                         opname, argname, tn_dtype_name(t->dtype));
     return TN_OK;
 }
+
+/* ---- interrupts for long jobs -------------------------------------------------------------- */
+
+static volatile sig_atomic_t tn_sig_pending = 0;
+static struct sigaction tn_sig_old_int, tn_sig_old_term;
+static int tn_sig_installed = 0;
+
+static void tn_sig_handler(int sig) {
+    if (tn_sig_pending && sig == SIGINT) { /* second Ctrl-C: give up on the clean exit */
+        signal(SIGINT, SIG_DFL);
+        raise(SIGINT);
+        return;
+    }
+    tn_sig_pending = sig;
+}
+
+int tn_signal_catch(int on) {
+    if (on && !tn_sig_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = tn_sig_handler;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGINT, &sa, &tn_sig_old_int) != 0) return -1;
+        if (sigaction(SIGTERM, &sa, &tn_sig_old_term) != 0) return -1;
+        tn_sig_installed = 1;
+        tn_sig_pending = 0;
+    } else if (!on && tn_sig_installed) {
+        sigaction(SIGINT, &tn_sig_old_int, NULL);
+        sigaction(SIGTERM, &tn_sig_old_term, NULL);
+        tn_sig_installed = 0;
+    }
+    return 0;
+}
+
+int tn_signal_pending(void) { return (int)tn_sig_pending; }

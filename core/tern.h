@@ -93,6 +93,13 @@ int tn_has_mpi(void);                   /* 1 when built with MPI */
 int tn_has_nccl(void);                  /* 1 when built with NCCL */
 void tn_set_num_threads(int n);         /* OpenMP threads for CPU ops; n <= 0 = default */
 int tn_get_num_threads(void);
+/* Interrupts for long jobs: tn_signal_catch(1) installs SIGINT / SIGTERM handlers that only
+ * count the signals (a training loop polls tn_signal_pending() between steps, saves and exits
+ * cleanly); a second SIGINT while one is pending restores the default action and re-raises
+ * (the process ends at once). tn_signal_catch(0) restores the previous handlers.
+ * tn_signal_pending returns the signal number received (SIGINT = 2, SIGTERM = 15) or 0. */
+int tn_signal_catch(int on);
+int tn_signal_pending(void);
 /* Base (0 or 1) added to every dimension number, position, start/index argument and list
  * position printed in error messages ("dim 1", "start 2", "tensor 1 of cat", "at position
  * [0, 2]"). Default 0, matching the 0-based dims of this API; the Lua layer sets 1. Values read

@@ -197,13 +197,13 @@ end
 local function sleep_ms(ms) ffi.C.poll(nil, 0, ms) end
 
 pcall(ffi.cdef, [[typedef struct { long tv_sec; long tv_nsec; } synth_timespec;
-int clock_gettime(int clk, synth_timespec *ts);]])
+int synth_clock_gettime(int clk, synth_timespec *ts) __asm__("clock_gettime");]])
 local timespec = ffi.new("synth_timespec")
 
 -- monotonic clock, seconds
 local function now()
   local ts = timespec
-  ffi.C.clock_gettime(1, ts)
+  ffi.C.synth_clock_gettime(1, ts)
   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 

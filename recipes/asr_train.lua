@@ -1,0 +1,423 @@
+#!/usr/bin/env luajit
+-- recipes/asr_train.lua — the main job: train, evaluate and run an SRU-transducer speech
+-- recogniser (pruned RNN-T, character tokens) end to end.
+--
+--   luajit recipes/asr_train.lua                      # default data set, train, evaluate, sample
+--   luajit recipes/asr_train.lua --quick=true         # tiny data and model, about a minute
+--   luajit recipes/asr_train.lua --data.train=/corpora/LibriSpeech/train-clean-100 \
+--       --data.test=/corpora/LibriSpeech/test-clean --train.max_minutes=600
+--   luajit recipes/asr_train.lua --mode=eval          # decode the test set with the best checkpoint
+--   luajit recipes/asr_train.lua --mode=infer --infer.files=a.wav,b.flac
+--   luajit recipes/asr_train.lua --help               # every option with its default
+--
+-- Stages (mode=train): data (the default data set is made once by recipes/data/synth.lua and
+-- cached under data.dir; --data.train/--data.test take a LibriSpeech folder, a CSV or JSONL
+-- manifest), features (Kaldi fbank cached on disk, global CMVN, speed perturbation 0.9/1.0/1.1),
+-- training (bucketed batches prepared by a background C thread, SpecAugment, Adam with warm-up
+-- and cosine decay, gradient clipping, optional f16/bf16 with loss scaling), checkpoints every
+-- train.ckpt_every steps and at each epoch end (atomic; the last train.keep_last and the best by
+-- WER are kept; a run resumes from the newest automatically), evaluation (greedy or modified
+-- beam search, WER / CER, per-utterance hypotheses), plots and a sample transcription.
+-- Ctrl-C (or SIGTERM) saves a checkpoint and exits; a second Ctrl-C exits at once.
+local script = arg and arg[0] or "recipes/asr_train.lua"
+local here = script:match("^(.*)/[^/]*$") or "."
+local root = here .. "/.."
+package.path = table.concat({ here .. "/?.lua", root .. "/lua/?.lua", root .. "/lua/?/init.lua", package.path }, ";")
+
+local config = require "asr.config"
+local ok_cfg, cfg = pcall(config.parse, arg)
+if not ok_cfg then
+  io.stderr:write(tostring(cfg), "\n(luajit recipes/asr_train.lua --help lists the options)\n")
+  os.exit(2)
+end
+if config.help then
+  print("usage: luajit recipes/asr_train.lua [--key=value ...]; options and defaults:")
+  for _, l in ipairs(config.describe(cfg)) do print("  " .. l) end
+  os.exit(0)
+end
+
+local tn = require "tern"
+local ffi = require "ffi"
+local Model = require "asr.model"
+local decode = require "asr.decode"
+local werm = require "asr.wer"
+local tokm = require "asr.tokenizer"
+local report = require "asr.report"
+
+local fmt = string.format
+local function say(...) io.stderr:write("asr: ", fmt(...), "\n") end
+
+tn.set_num_threads(cfg.threads)
+tn.manual_seed(cfg.seed)
+os.execute("mkdir -p '" .. cfg.exp_dir .. "'")
+local T_START = report.now()
+
+-- data ------------------------------------------------------------------------------------------
+
+local function prepare_data()
+  local train_path, test_path = cfg.data.train, cfg.data.test
+  if train_path == "" then
+    local synth = require "data.synth"
+    local tr, te, info = synth.prepare{ dir = cfg.data.dir, seed = cfg.seed, n_train = cfg.data.n_train,
+      n_test = cfg.data.n_test, procs = cfg.data.procs }
+    say("default data set: %d train / %d test utterances, %.2f h%s", info.n_train or cfg.data.n_train,
+      info.n_test or cfg.data.n_test, info.hours or 0, info.cached and " (cached)" or "")
+    train_path = tr
+    if test_path == "" then test_path = te end
+  end
+  if test_path == "" then error("asr_train: --data.train given without --data.test", 0) end
+  local lim = { max_duration = cfg.data.max_duration, min_duration = cfg.data.min_duration }
+  local train_items = cfg.mode == "train" and tn.data.read_manifest(train_path, lim) or {}
+  local test_items = tn.data.read_manifest(test_path, {})
+  return train_items, test_items
+end
+
+local feat_opts = { num_mel_bins = cfg.features.num_mel_bins }
+
+local function features(train_items, test_items)
+  local cache = tn.data.FeatureCache{ dir = cfg.data.dir .. "/feats", opts = feat_opts }
+  local speeds = (cfg.data.speed_perturb and cfg.mode == "train") and { 0.9, 1.0, 1.1 } or { 1.0 }
+  local train = #train_items > 0 and cache:add(train_items, { speeds = speeds }) or {}
+  local test = cache:add(test_items)
+  return cache, train, test
+end
+
+-- a component whose state is the CMVN statistics, so checkpoints carry them (for eval / infer)
+local function cmvn_holder(cmvn)
+  return {
+    value = cmvn,
+    state_dict = function(self) return { mean = self.value.mean, std = self.value.std } end,
+    load_state_dict = function(self, sd) self.value = { mean = sd.mean, std = sd.std } end,
+  }
+end
+
+-- model and training state -------------------------------------------------------------------------
+
+local tok = tokm.Chars()
+local mcfg = {}
+for k, v in pairs(cfg.model) do mcfg[k] = v end
+mcfg.vocab, mcfg.feat_dim = tok.vocab, cfg.features.num_mel_bins
+local model = Model.Transducer(mcfg)
+if cfg.amp.dtype ~= "f32" then model:to(cfg.amp.dtype) end
+local n_params = model:num_parameters()
+
+local function make_optimizer()
+  local o = cfg.optim
+  if o.name ~= "adam" and o.name ~= "adamw" then
+    error("asr_train: --optim.name must be adam or adamw, got " .. tostring(o.name), 0)
+  end
+  local ctor = o.name == "adam" and tn.optim.Adam or tn.optim.AdamW
+  return ctor(model:parameters(), { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay })
+end
+
+local function make_lr(total_steps)
+  local l = cfg.lr
+  local policy = tn.optim.lr[l.policy]
+  if not policy then error("asr_train: unknown --lr.policy " .. tostring(l.policy), 0) end
+  if l.policy == "noam" then
+    return policy{ d_model = cfg.model.d_model, warmup_steps = l.warmup_steps, lr = cfg.optim.lr }
+  elseif l.policy == "fixed" then
+    return policy{ lr = cfg.optim.lr, warmup_steps = l.warmup_steps }
+  end
+  return policy{ lr = cfg.optim.lr, decay_steps = math.max(1, total_steps - l.warmup_steps),
+    warmup_steps = l.warmup_steps, min_lr = l.min_lr }
+end
+
+local function tokens_of(texts)
+  local out = {}
+  for i, t in ipairs(texts) do out[i] = tok:encode(t) end
+  return out
+end
+
+local function lens_of(t)
+  local l = t:totable()
+  return l
+end
+
+-- evaluation ---------------------------------------------------------------------------------------
+
+local function test_batches(cache, entries, cmvn)
+  return tn.data.Batches{ items = entries, max_frames = cfg.train.max_frames, shuffle = false, seed = cfg.seed,
+    cache = cache, cmvn = cmvn, spec_augment = false }
+end
+
+-- decode every test utterance; returns summary, rows {id, ref, hyp}, mean loss per utterance
+local function evaluate(cache, entries, cmvn, opts)
+  opts = opts or {}
+  model:eval()
+  local scorer, rows = werm.Scorer(), {}
+  local tot_loss, n = 0, 0
+  local batches = test_batches(cache, entries, cmvn)
+  for batch in batches:iter(1) do
+    local feats = batch.feats
+    if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
+    local lens = lens_of(batch.feat_lens)
+    local enc, enc_lens = tn.no_grad(function() return model:encode(feats, lens) end)
+    if opts.loss then
+      local l = tn.no_grad(function()
+        return model:loss({ feats = feats, feat_lens = lens, tokens = tokens_of(batch.texts) },
+          { s_range = cfg.loss.s_range, simple_scale = cfg.loss.simple_scale })
+      end)
+      tot_loss, n = tot_loss + l:item(), n + #lens
+    end
+    local hyps
+    if (opts.method or cfg.decode.method) == "beam" then
+      hyps = decode.modified_beam_search(model, enc, enc_lens, { beam = cfg.decode.beam })
+    else
+      hyps = decode.greedy(model, enc, enc_lens, { max_sym_per_frame = cfg.decode.max_sym_per_frame })
+    end
+    for b = 1, #hyps do
+      local ref, hyp = tokm.normalize(batch.texts[b]), tok:decode(hyps[b])
+      scorer:add(ref, hyp)
+      rows[#rows + 1] = { id = batch.ids[b], ref = ref, hyp = hyp }
+    end
+  end
+  model:train()
+  return scorer:summary(), rows, n > 0 and tot_loss / n or nil
+end
+
+local function write_hyps(path, rows, summary)
+  local f = assert(io.open(path .. ".tmp", "w"))
+  for _, r in ipairs(rows) do f:write(fmt("%s\tREF: %s\n%s\tHYP: %s\n", r.id, r.ref, r.id, r.hyp)) end
+  f:write(fmt("# WER %.2f%% (%d errors / %d words: %d sub, %d del, %d ins), CER %.2f%%, %d of %d sentences wrong\n",
+    summary.wer, summary.word_errors, summary.words, summary.sub, summary.del, summary.ins, summary.cer,
+    summary.sent_err, summary.sentences))
+  f:close()
+  os.rename(path .. ".tmp", path)
+end
+
+-- one utterance's simple-loss lattice occupation and its pruning band, for the plot
+local function plot_lattice(cache, entries, cmvn)
+  local batches = test_batches(cache, { entries[1] }, cmvn)
+  for batch in batches:iter(1) do
+    tn.no_grad(function()
+      local feats = batch.feats
+      if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
+      local lens = lens_of(batch.feat_lens)
+      local enc, enc_lens = model:encode(feats, lens)
+      local tokens = tokens_of(batch.texts)
+      local dec, symbols = model:decode_targets(tokens)
+      local am, lm = model.joiner:simple(enc, dec)
+      local boundary = tn.tensor({ { 0, 0, #tokens[1], enc_lens[1] } }, { dtype = "i64" })
+      local _, pxg, pyg = tn.rnnt.loss_simple{ lm = lm:float(), am = am:float(), symbols = symbols,
+        termination_symbol = 0, boundary = boundary, return_grad = true }
+      local ranges = tn.rnnt.get_prune_ranges{ px_grad = pxg, py_grad = pyg, boundary = boundary,
+        s_range = cfg.loss.s_range }
+      local occ = pyg:select(1, 1):totable() -- (S+1, T): blank occupation per lattice node
+      local r = ranges:select(1, 1):totable()
+      local band = {}
+      for t = 1, #r do band[t] = { r[t][1], r[t][#r[t]] } end
+      report.plot_lattice(cfg.exp_dir, occ, band, "occupation of " .. batch.ids[1] .. " and its pruning band")
+    end)
+    break
+  end
+end
+
+-- modes --------------------------------------------------------------------------------------------
+
+local function summary_line(s)
+  return fmt("WER %.2f%%  CER %.2f%%  (%d words, %d sub / %d del / %d ins)", s.wer, s.cer, s.words, s.sub, s.del, s.ins)
+end
+
+local ckpt = tn.checkpoint.Manager{ dir = cfg.exp_dir .. "/ckpt", keep_last = cfg.train.keep_last,
+  keep_best = cfg.train.keep_best, metric = "wer", mode = "min" }
+
+local function run_train()
+  local train_items, test_items = prepare_data()
+  local cache, train, test = features(train_items, test_items)
+  local cmvn = cache:cmvn(train)
+  local cmvn_c = cmvn_holder(cmvn)
+  local sampler = tn.data.Batches{ items = train, max_frames = cfg.train.max_frames, shuffle = true, seed = cfg.seed,
+    buckets = 10, cache = cache, cmvn = cmvn,
+    spec_augment = cfg.features.spec_augment and { time_masks = cfg.features.time_masks,
+      time_width = cfg.features.time_width, freq_masks = cfg.features.freq_masks,
+      freq_width = cfg.features.freq_width } or false }
+  local per_epoch = sampler:num_batches(1)
+  local opt = make_optimizer()
+  local sched = make_lr(cfg.train.epochs * per_epoch)
+  local scaler = cfg.amp.dtype ~= "f32" and tn.amp.backoff{} or nil
+  local comps = { model = model, optimizer = opt, lr = sched, scaler = scaler, cmvn = cmvn_c }
+  local step, epoch, extra = 0, 1, nil
+  if cfg.resume ~= "none" then
+    local s, e, x
+    if cfg.resume == "auto" then
+      s, e, x = ckpt:restore(comps)
+    else
+      s, e, x = tn.checkpoint.restore(cfg.resume, comps)
+    end
+    if s then
+      step, epoch, extra = s, e, x
+      say("resumed from step %d (epoch %d)", step, epoch)
+    end
+  end
+  extra = extra or {}
+  local skip = extra.batch_in_epoch or 0 -- batches of `epoch` already trained
+  local curves = extra.curves or {}
+  local log = report.JsonLog(cfg.exp_dir .. "/log.jsonl")
+  say("model: %s encoder, %.2f M parameters, %s; %d utterances (%d batches) per epoch; threads %d",
+    cfg.model.encoder, n_params / 1e6, cfg.amp.dtype, #train, per_epoch, cfg.threads)
+  log:write{ event = "start", n_params = n_params, train_utts = #train, test_utts = #test, batches_per_epoch = per_epoch,
+    config = config.describe(cfg) }
+
+  tn.signal_catch(1)
+  local deadline = T_START + cfg.train.max_minutes * 60
+  local t_train, steps_run, utts_run = report.now(), 0, 0
+  local stop_reason
+  local function save(ep, in_epoch, metrics)
+    local path = ckpt:save{ step = step, epoch = ep, model = model, optimizer = opt, lr = sched, scaler = scaler,
+      cmvn = cmvn_c, metrics = metrics, extra = { batch_in_epoch = in_epoch, curves = curves } }
+    log:write{ event = "checkpoint", step = step, epoch = ep, path = path }
+    return path
+  end
+
+  while epoch <= cfg.train.epochs and not stop_reason do
+    local bar = report.Progress{ total = per_epoch, label = fmt("epoch %d/%d", epoch, cfg.train.epochs) }
+    local ep_loss, ep_utts, k = 0, 0, 0
+    for batch in sampler:iter(epoch) do
+      k = k + 1
+      if k > skip then
+        local feats = batch.feats
+        if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
+        local lens = lens_of(batch.feat_lens)
+        local B = #lens
+        local ss, ps = Model.loss_scales(step, cfg.loss.warm_steps, cfg.loss.simple_scale)
+        local loss, simple, pruned = model:loss({ feats = feats, feat_lens = lens, tokens = tokens_of(batch.texts) },
+          { s_range = cfg.loss.s_range, simple_scale = ss, pruned_scale = ps, lm_only_scale = cfg.loss.lm_only_scale,
+            am_only_scale = cfg.loss.am_only_scale })
+        local lval = loss:item() / B
+        if lval ~= lval or lval == math.huge then
+          error(fmt("asr_train: the loss is %s at step %d (batch %s ...): lower --optim.lr or use --amp.dtype=f32",
+            tostring(lval), step, tostring(batch.ids[1])), 0)
+        end
+        opt:zero_grad()
+        local mean = loss * (1 / B)
+        local applied = true
+        if scaler then
+          scaler:scale(mean):backward()
+          scaler:unscale_(opt)
+          if cfg.optim.clip > 0 then tn.optim.clip_grad_norm(opt, cfg.optim.clip) end
+          applied = scaler:step(opt)
+        else
+          mean:backward()
+          if cfg.optim.clip > 0 then tn.optim.clip_grad_norm(opt, cfg.optim.clip) end
+          opt:step()
+        end
+        local lr = sched:step(opt)
+        step, steps_run, utts_run = step + 1, steps_run + 1, utts_run + B
+        ep_loss, ep_utts = ep_loss + lval * B, ep_utts + B
+        local elapsed = report.now() - t_train
+        local ups = utts_run / math.max(elapsed, 1e-9)
+        local remaining_time = deadline - report.now()
+        local eta = math.min(remaining_time, (per_epoch - k) * elapsed / steps_run)
+        bar:update(k, { step = step, loss = lval, lr = lr, scale = scaler and scaler:get_scale() or nil, ups = ups,
+          eta = eta })
+        if step % cfg.train.log_every == 0 then
+          log:write{ event = "step", step = step, epoch = epoch, loss = lval, simple = simple / B, pruned = pruned / B,
+            lr = lr, scale = scaler and scaler:get_scale() or nil, applied = applied, utt_per_s = ups,
+            elapsed_s = report.now() - T_START }
+        end
+        if step % cfg.train.ckpt_every == 0 then save(epoch, k) end
+        local sig = tn.signal_pending()
+        if sig ~= 0 then
+          stop_reason = sig == 2 and "interrupted (Ctrl-C)" or "terminated"
+          save(epoch, k)
+          break
+        end
+        if report.now() > deadline then
+          stop_reason = fmt("time budget of %.1f min reached", cfg.train.max_minutes)
+          save(epoch, k)
+          break
+        end
+      end
+    end
+    skip = 0
+    bar:finish()
+    if not stop_reason or stop_reason:find("time budget", 1, true) then
+      local s, _, vloss = evaluate(cache, test, cmvn, { loss = true })
+      curves[#curves + 1] = { epoch = epoch, train_loss = ep_utts > 0 and ep_loss / ep_utts or nil, valid_loss = vloss,
+        wer = s.wer }
+      say("epoch %d: train loss %.3f, test loss %.3f, %s", epoch, ep_utts > 0 and ep_loss / ep_utts or 0 / 0,
+        vloss or 0 / 0, summary_line(s))
+      log:write{ event = "epoch", epoch = epoch, step = step, train_loss = curves[#curves].train_loss,
+        valid_loss = vloss, wer = s.wer, cer = s.cer, elapsed_s = report.now() - T_START }
+      report.plot_curves(cfg.exp_dir, curves)
+      if not stop_reason then
+        save(epoch + 1, 0, { wer = s.wer })
+      end
+    end
+    epoch = epoch + 1
+  end
+  tn.signal_catch(0)
+  if stop_reason and not stop_reason:find("time budget", 1, true) then
+    say("%s: checkpoint saved at step %d; run the same command again to resume", stop_reason, step)
+    log:close()
+    os.exit(130)
+  end
+  if stop_reason then say("%s at step %d", stop_reason, step) end
+  local train_s = report.now() - t_train
+  -- final evaluation with the configured search
+  local s, rows = evaluate(cache, test, cmvn, {})
+  write_hyps(cfg.exp_dir .. "/hyps.txt", rows, s)
+  save(epoch, 0, { wer = s.wer })
+  plot_lattice(cache, test, cmvn)
+  local total_min = (report.now() - T_START) / 60
+  log:write{ event = "final", wer = s.wer, cer = s.cer, steps = step, minutes = total_min,
+    steps_per_s = steps_run / math.max(train_s, 1e-9) }
+  log:close()
+  print(fmt("\nresult (%s search, %d test utterances): %s", cfg.decode.method, s.sentences, summary_line(s)))
+  print(fmt("steps %d, %.2f steps/s, %.1f minutes in all; hypotheses in %s/hyps.txt, log %s/log.jsonl",
+    step, steps_run / math.max(train_s, 1e-9), total_min, cfg.exp_dir, cfg.exp_dir))
+  for i = 1, math.min(3, #rows) do print(fmt("  sample %s\n    REF: %s\n    HYP: %s", rows[i].id, rows[i].ref, rows[i].hyp)) end
+end
+
+local function restore_for_decoding(cmvn_c)
+  local path = cfg.resume ~= "auto" and cfg.resume ~= "none" and cfg.resume or ckpt:best() or ckpt:latest()
+  if not path then error("asr_train: no checkpoint in " .. cfg.exp_dir .. "/ckpt: train first (--mode=train)", 0) end
+  tn.checkpoint.restore(path, { model = model, cmvn = cmvn_c })
+  say("loaded %s", path)
+end
+
+local function run_eval()
+  local _, test_items = prepare_data()
+  local cache, _, test = features({}, test_items)
+  local cmvn_c = cmvn_holder({})
+  restore_for_decoding(cmvn_c)
+  local s, rows = evaluate(cache, test, cmvn_c.value, {})
+  write_hyps(cfg.exp_dir .. "/hyps.txt", rows, s)
+  print(fmt("%s search on %d utterances: %s", cfg.decode.method, s.sentences, summary_line(s)))
+end
+
+local function run_infer()
+  if cfg.infer.files == "" then error("asr_train: --mode=infer needs --infer.files=a.wav[,b.flac...]", 0) end
+  local cmvn_c = cmvn_holder({})
+  restore_for_decoding(cmvn_c)
+  model:eval()
+  local cm = cmvn_c.value
+  for path in cfg.infer.files:gmatch("[^,]+") do
+    local wave = tn.audio.load(path, { sample_rate = 16000 })
+    local feats = tn.audio.fbank(wave, feat_opts)
+    feats = ((feats - cm.mean) / cm.std):unsqueeze(1)
+    if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
+    local enc, lens = tn.no_grad(function() return model:encode(feats, { feats:size(2) }) end)
+    local hyp
+    if cfg.decode.method == "beam" then
+      hyp = decode.modified_beam_search(model, enc, lens, { beam = cfg.decode.beam })[1]
+    else
+      hyp = decode.greedy(model, enc, lens, { max_sym_per_frame = cfg.decode.max_sym_per_frame })[1]
+    end
+    print(fmt("%s\t%s", path, tok:decode(hyp)))
+  end
+end
+
+local modes = { train = run_train, eval = run_eval, infer = run_infer }
+local run = modes[cfg.mode]
+if not run then
+  io.stderr:write("asr_train: --mode must be train, eval or infer, got " .. tostring(cfg.mode) .. "\n")
+  os.exit(2)
+end
+local ok, err = xpcall(run, debug.traceback)
+if not ok then
+  io.stderr:write(tostring(err), "\n")
+  os.exit(1)
+end
+_ = ffi
