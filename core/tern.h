@@ -541,6 +541,299 @@ tn_status tn_rnnt_logprobs_pruned_backward(tn_tensor *grad_logits,    /* [OUT] (
                                            const tn_tensor *boundary, /* [OPTIONAL] (B, 4) i64 */
                                            int64_t termination_symbol, int32_t rnnt_type);
 
+/* ---- audio (audio.c, resample.c, fbank.c, augment.c) ---------------------------------------
+ * Audio files through libsndfile (WAV, FLAC, ...), band-limited resampling, Kaldi-compatible
+ * log-mel filterbanks through FFTW (computed in f64, output f32), SpecAugment masks and
+ * global mean / variance statistics. Waveforms are f32 tensors in [-1, 1] (as libsndfile and torchaudio.load
+ * give them; multiply by 32768 for Kaldi's int16 scale). CPU only. A build without libsndfile
+ * or FFTW still has these entry points: they return TN_ERR_UNSUPPORTED with a message naming
+ * the missing library (tn_audio_has_sndfile / tn_audio_has_fftw say which are in). Nothing
+ * here has a gradient. */
+
+int tn_audio_has_sndfile(void);   /* 1 when built with libsndfile (audio files) */
+int tn_audio_has_fftw(void);      /* 1 when built with FFTW (fbank) */
+
+/* Header of an audio file: sample rate (Hz), frames (samples per channel), channels. */
+tn_status tn_audio_info(const char *path, int64_t *sample_rate, int64_t *frames, int32_t *channels);
+/* Decode path into a new mono f32 tensor (frames) (channels averaged); *sample_rate = the
+ * file's rate, or target_rate when target_rate > 0 (then resampled with the defaults of
+ * tn_audio_resample when the rates differ). A missing, unreadable, undecodable or empty (no
+ * frames) file is TN_ERR_IO naming the path and libsndfile's reason. */
+tn_status tn_audio_load(tn_tensor **out,            /* [OUT] (frames) f32, new reference */
+                        int64_t *sample_rate,       /* [OUT] */
+                        const char *path, int64_t target_rate);
+/* Write x as 16-bit PCM, round(x * 32768) clipped to [-32768, 32767] (a load gives x back to
+ * half a step, 1/65536): FLAC when path ends in .flac (any case), else
+ * WAV. x (frames) mono or (channels, frames); f32 or f64; finite. Written to
+ * path.tmp-<pid> and renamed over path (atomic; path untouched on failure). */
+tn_status tn_audio_save(const char *path, const tn_tensor *x, int64_t sample_rate);
+
+/* torchaudio.functional.resample (0.13): windowed-sinc polyphase filter, zero-crossing width
+ * lowpass_filter_width, cutoff rolloff * min(from, to) / 2; the Hann window is
+ * "sinc_interpolation" (cos^2), Kaiser is "kaiser_window" with beta (<= 0: torchaudio's
+ * 14.769656459379492). Along the last dim of x (f32; any leading dims), output length
+ * ceil(n * to / from) after reducing the rates by their gcd. from == to gives a copy. */
+typedef enum tn_resample_method { TN_RESAMPLE_HANN = 0, TN_RESAMPLE_KAISER = 1 } tn_resample_method;
+tn_status tn_audio_resample(tn_tensor **out,         /* [OUT] (..., ceil(n * to / from)) f32 */
+                            const tn_tensor *x,       /* (..., n) f32 */
+                            int64_t from_rate, int64_t to_rate, int32_t lowpass_filter_width,
+                            double rolloff, int32_t method, double beta);
+/* Speed perturbation (Kaldi / icefall: tempo and pitch together): resample x as if it were
+ * recorded at factor * rate, i.e. from round(1000 factor) to 1000 reduced by their gcd; the
+ * length becomes about n / factor. factor in [0.1, 10]; 1 gives a copy. */
+tn_status tn_audio_speed(tn_tensor **out, const tn_tensor *x, double factor);
+
+/* torchaudio.compliance.kaldi.fbank options (same names and meanings; times in ms). */
+typedef enum tn_window_type {
+    TN_WINDOW_HAMMING = 0, TN_WINDOW_HANNING = 1, TN_WINDOW_POVEY = 2, TN_WINDOW_RECTANGULAR = 3,
+    TN_WINDOW_BLACKMAN = 4
+} tn_window_type;
+typedef struct tn_fbank_opts {
+    double sample_frequency;        /* 16000 */
+    double frame_length;            /* 25 ms */
+    double frame_shift;             /* 10 ms */
+    double dither;                  /* 0: off; > 0 adds dither * N(0, 1) per frame sample (Philox) */
+    double preemphasis_coefficient; /* 0.97, in [0, 1] */
+    double low_freq;                /* 20 Hz */
+    double high_freq;               /* 0: Nyquist; < 0: offset from Nyquist */
+    double energy_floor;            /* 1.0 (torchaudio's default; Kaldi's is 0) */
+    double blackman_coeff;          /* 0.42 */
+    int32_t num_mel_bins;           /* 80 (> 3) */
+    int32_t window_type;            /* tn_window_type, TN_WINDOW_POVEY */
+    int32_t remove_dc_offset;       /* 1 */
+    int32_t round_to_power_of_two;  /* 1 */
+    int32_t snip_edges;             /* 1 */
+    int32_t raw_energy;             /* 1 */
+    int32_t use_energy;             /* 0: log energy as an extra column */
+    int32_t htk_compat;             /* 0: energy column last instead of first */
+    int32_t use_log_fbank;          /* 1 */
+    int32_t use_power;              /* 1 */
+} tn_fbank_opts;
+/* The defaults above. */
+void tn_fbank_opts_init(tn_fbank_opts *opts);
+/* Frames fbank gives for num_samples samples (checks the options and the length). */
+tn_status tn_fbank_num_frames(int64_t *frames, int64_t num_samples, const tn_fbank_opts *opts);
+/* Log-mel filterbank of one waveform (n) f32 -> (frames, num_mel_bins + use_energy) f32,
+ * parallel over frames. Fewer samples than one frame (or any bad option) is an error naming
+ * the length / option. Dither takes frames * ceil(window_size / 2) counters of the global
+ * generator (two normals per counter). */
+tn_status tn_fbank(tn_tensor **out,                  /* [OUT] (frames, num_mel_bins + use_energy) */
+                   const tn_tensor *wave,            /* (n) f32 */
+                   const tn_fbank_opts *opts);
+/* tn_fbank over n waveforms, parallel over waveforms; outs[i] (each NULL on entry) receives a
+ * new reference. Every input is checked before any work; on error every outs[i] is NULL.
+ * Dither counters are taken in list order, so results do not depend on the thread count. */
+tn_status tn_fbank_batch(tn_tensor **outs,                 /* [OUT] (n) new references */
+                         const tn_tensor *const *waves,    /* (n) each (len_i) f32 */
+                         int32_t n, const tn_fbank_opts *opts);
+
+/* SpecAugment (Park et al. 2019), in place: per utterance time_masks bands of frames and
+ * freq_masks bands of bins set to value. A band's width is uniform in [0, W] and its start
+ * uniform over the positions where it fits; time W = time_width frames (>= 1) or
+ * floor(time_width * length) (0 < time_width < 1), at most the length; freq W = min(freq_width,
+ * F). Widths and starts come from the global generator: (time_masks + freq_masks) counters per
+ * utterance, in batch order. feats (T, F) or (B, T, F) f32 contiguous; lengths (B) i64
+ * [OPTIONAL] (NULL = T): masks stay inside each utterance's frames. */
+tn_status tn_spec_augment(tn_tensor *feats,          /* [OUT] (T, F) or (B, T, F) f32, in place */
+                          const tn_tensor *lengths,  /* [OPTIONAL] (B) i64 */
+                          int32_t time_masks, double time_width, int32_t freq_masks,
+                          int64_t freq_width, double value);
+/* Global mean / variance statistics: stats[0, f] += sum_t feats[t, f], stats[1, f] += sum_t
+ * feats[t, f]^2, *count += T (f64 accumulation). */
+tn_status tn_cmvn_accumulate(tn_tensor *stats,       /* [OUT] (2, F) f64 += */
+                             int64_t *count,         /* [OUT] += T */
+                             const tn_tensor *feats); /* (T, F) f32 or f64 */
+
+/* ---- optimizers and mixed precision (optim.c) ------------------------------------------ */
+
+/* Multi-tensor lists. Each entry point takes n tensors per role as parallel arrays (n
+ * entries each); entry i of every list has the same number of elements. Every tensor is a
+ * contiguous CPU tensor, read as a flat array; all tensors of one list share a dtype. The Lua
+ * optimizers pass the runs of parameters that lie back to back in one storage (one run per
+ * flat buffer for nn modules) or, for per-tensor rules (NovoGrad, LARC), one entry per
+ * parameter. Updates are elementwise and split over OpenMP threads across all entries;
+ * reductions (norms, amax) combine fixed blocks in a fixed order, so every result is
+ * independent of the thread count.
+ *
+ * Mixed precision: params may be the FP32 masters of f16/bf16 model weights. Then grads may be
+ * the f16/bf16 model gradients (converted on the fly) or f32, and the [OPTIONAL] list model
+ * receives the updated params rounded to nearest even, saturating: values beyond the largest
+ * finite f16/bf16 (infinities too) become that value, NaN stays NaN. Before the update, a
+ * master whose rounding no longer equals its model weight (written from outside) is re-read
+ * from the model weight (see tn_amp_sync_masters).
+ * Updates follow PyTorch 1.13 torch.optim operation by operation (see core/kernels/optim.h). */
+typedef struct tn_optim_hparams {
+    double lr;
+    double beta1, beta2;          /* Adam, AdamW, NovoGrad */
+    double eps;                   /* Adam, AdamW, NovoGrad */
+    double weight_decay;          /* L2 (SGD, Adam, NovoGrad); decoupled (AdamW) */
+    double momentum, dampening;   /* SGD */
+    int32_t nesterov;             /* SGD */
+    int32_t decoupled;            /* 1: AdamW's p *= 1 - lr * weight_decay instead of L2 */
+    int32_t grad_averaging;       /* NovoGrad: the momentum input is scaled by 1 - beta1 */
+    int64_t step;                 /* the number of this update, 1 for the first */
+    double grad_scale;            /* gradients are multiplied by it first (1 / iter_size) */
+} tn_optim_hparams;
+
+/* torch.optim.SGD. momentum_buf (params' dtype) is required when momentum != 0 (step 1
+ * initialises it to the gradient, as torch), else ignored. */
+tn_status tn_optim_sgd(int32_t n,
+                       tn_tensor *const *params,        /* [OUT] (n) f32 or f64, updated in place */
+                       tn_tensor *const *grads,         /* (n) params' dtype; f16/bf16 for f32 params */
+                       tn_tensor *const *momentum_buf,  /* [OPTIONAL][OUT] (n) params' dtype */
+                       tn_tensor *const *model,         /* [OPTIONAL][OUT] (n) f16/bf16 copies of f32 params */
+                       const tn_optim_hparams *h);
+/* torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1), amsgrad off. */
+tn_status tn_optim_adam(int32_t n,
+                        tn_tensor *const *params,       /* [OUT] (n) f32 or f64 */
+                        tn_tensor *const *grads,        /* (n) params' dtype; f16/bf16 for f32 params */
+                        tn_tensor *const *exp_avg,      /* [OUT] (n) params' dtype */
+                        tn_tensor *const *exp_avg_sq,   /* [OUT] (n) params' dtype */
+                        tn_tensor *const *model,        /* [OPTIONAL][OUT] (n) f16/bf16 */
+                        const tn_optim_hparams *h);
+/* NovoGrad with one second moment per entry (per layer): the entries must be the parameter
+ * tensors themselves. grad_ema (n) holds v: ||g||^2 at step 1, then the running average. */
+tn_status tn_optim_novograd(int32_t n,
+                            tn_tensor *const *params,   /* [OUT] (n) f32 or f64 */
+                            tn_tensor *const *grads,    /* (n) params' dtype; f16/bf16 for f32 params */
+                            tn_tensor *const *exp_avg,  /* [OUT] (n) params' dtype */
+                            tn_tensor *grad_ema,        /* [OUT] (n) params' dtype */
+                            tn_tensor *const *model,    /* [OPTIONAL][OUT] (n) f16/bf16 */
+                            const tn_optim_hparams *h);
+/* apex LARC on one entry per parameter tensor: with pn = ||param||, gn = ||grad_scale *
+ * grad||, when both are nonzero trust = eta pn / (gn + weight_decay pn + eps) (clip != 0:
+ * min(trust / lr, 1)) and grad = (grad_scale grad + weight_decay param) trust; else grad =
+ * grad_scale grad. The wrapped optimizer then steps without weight decay. */
+tn_status tn_optim_larc(int32_t n,
+                        tn_tensor *const *grads,        /* [OUT] (n) f32 or f64, in place */
+                        tn_tensor *const *params, /* (n) grads' dtype */
+                        double eta, double eps, double weight_decay, double lr, int32_t clip,
+                        double grad_scale);
+/* out[i] = ||ts[i]||_2 (sums of squares accumulated in FP32 blocks, combined in double). */
+tn_status tn_optim_norms(tn_tensor *out,                  /* [OUT] (n) f64 */
+                         int32_t n, tn_tensor *const *ts); /* (n) any float dtype */
+/* Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_): total = grad_scale *
+ * ||all grads||_2 (FP32 accumulation); when total is finite and max_norm / (total + 1e-6) < 1
+ * every gradient is multiplied by that factor. A non-finite total leaves the gradients
+ * untouched. The grads may mix dtypes. */
+tn_status tn_grad_clip_norm(double *total_norm,          /* [OUT] */
+                            int32_t n, tn_tensor *const *grads, /* [OUT] (n) float, in place */
+                            double max_norm, double grad_scale);
+/* One pass per gradient: out = grads * inv_scale in FP32 (f64 for f64 grads), found_inf = 1
+ * when any result is inf or NaN, amax = the largest |result| among the finite ones (0 when
+ * none). out[i] may be grads[i] itself (f32/f64 gradients unscaled in place); for f16/bf16
+ * gradients it is the f32 master gradient. */
+tn_status tn_amp_unscale_check(int32_t *found_inf,       /* [OUT] */
+                               double *amax,             /* [OUT] */
+                               int32_t n,
+                               tn_tensor *const *out,    /* [OUT] (n) f32 (f64 for f64 grads) */
+                               tn_tensor *const *grads, /* (n) f32, f64, f16 or bf16 */
+                               double inv_scale);
+/* Re-read FP32 masters from their f16/bf16 model weights where they disagree: masters[i][j] =
+ * model[i][j] wherever the saturating rounding of masters[i][j] differs from model[i][j] (the
+ * model weights were written from outside, e.g. loaded). The optimizer updates do the same
+ * check per element before updating when given a model list. */
+tn_status tn_amp_sync_masters(int32_t n,
+                              tn_tensor *const *masters,      /* [OUT] (n) f32 */
+                              tn_tensor *const *model); /* (n) f16 or bf16 */
+/* Zero every tensor of the list (any dtypes). */
+tn_status tn_optim_zero(int32_t n, tn_tensor *const *ts);
+
+/* ---- data loader (loader.c) -------------------------------------------------------------
+ * The feature store and the background batch loader under tn.data (lua/tern/data/).
+ *
+ * A feature store reads utterance feature matrices (frames, dim) from shard files. A shard
+ * holds its utterances' rows back to back in one region (f32 or f16, row-major) starting at a
+ * byte offset: the "feats" tensor of a safetensors file written by tn.data.FeatureCache. Reads
+ * use pread, never mmap (a shard truncated under a running job is an error, not a SIGBUS).
+ * Each utterance carries the tn_data_checksum of its stored bytes, checked on every read: a
+ * corrupt shard is an error naming the file and the rows.
+ *
+ * A loader assembles a fixed list of batches (lists of utterance numbers), in order, into new
+ * tensors: feats (B, T, dim) f32 with T = the longest utterance of the batch, holding
+ * (x - mean) * istd on each utterance's frames and 0 on the padding; lens (B) i64; then
+ * SpecAugment masks (optional) inside each utterance's frames. With prefetch K > 0 one
+ * pthread worker prepares up to K batches ahead of tn_loader_next; with K = 0 tn_loader_next
+ * assembles on the calling thread. Both give identical results: the masks of batch i,
+ * utterance b come from Philox-4x32-10 with key = seed and counter = {mask j, b, i low, i high},
+ * never from the global generator. An error in the worker (I/O, checksum, memory) stops it and
+ * is returned by the next tn_loader_next with the worker's message, then by every later one. */
+
+typedef struct tn_featstore tn_featstore_t; /* opaque, refcounted */
+typedef struct tn_loader tn_loader_t;       /* opaque */
+
+/* Opens a store over num_shards shard files and num_utts utterances (utterance u = rows
+ * [utt_row[u], utt_row[u] + utt_frames[u]) of shard utt_shard[u]). Checks that every file
+ * exists and is large enough, and that every utterance lies inside its shard's region. The
+ * arrays and strings are copied. *out: new store (one reference). */
+tn_status tn_featstore_open(tn_featstore_t **out,
+                            int32_t num_shards,
+                            const char *const *paths,      /* (num_shards) */
+                            const int64_t *data_offsets,   /* (num_shards) byte offset of the rows */
+                            const int64_t *data_bytes,     /* (num_shards) bytes of the rows */
+                            int32_t dtype,                 /* TN_F32 or TN_F16 (as stored) */
+                            int64_t dim,                   /* features per frame */
+                            int64_t num_utts,
+                            const int32_t *utt_shard,      /* (num_utts) */
+                            const int64_t *utt_row,        /* (num_utts) first row in the shard */
+                            const int64_t *utt_frames,     /* (num_utts) >= 1 */
+                            const uint64_t *utt_checksum); /* (num_utts) tn_data_checksum of the stored bytes */
+/* Drops one reference (loaders hold one each); closes the files at zero. NULL is a no-op. */
+void tn_featstore_free(tn_featstore_t *store);
+int64_t tn_featstore_num_utts(const tn_featstore_t *store);
+/* Utterance utt (0-based) as a new (frames, dim) f32 tensor, checksum checked. */
+tn_status tn_featstore_read(tn_tensor **out,               /* [OUT] (frames, dim) f32 */
+                            tn_featstore_t *store, int64_t utt);
+/* Global mean / variance statistics over n utterances: stats[0, f] += sum of x[t, f],
+ * stats[1, f] += sum of x[t, f]^2 (f64), *count += frames. */
+tn_status tn_featstore_cmvn(tn_tensor *stats,              /* [OUT] (2, dim) f64 += */
+                            int64_t *count,                /* [OUT] += frames */
+                            tn_featstore_t *store,
+                            const int64_t *utts, int64_t n); /* (n) utterance numbers */
+
+typedef struct tn_loader_opts {
+    int32_t prefetch;     /* batches prepared ahead by the worker thread; 0 = synchronous */
+    int32_t time_masks;   /* SpecAugment: time bands per utterance (0 = none) */
+    double time_width;    /* max band width: frames (>= 1) or a fraction of the length (< 1) */
+    int32_t freq_masks;   /* frequency bands per utterance (0 = none) */
+    int64_t freq_width;   /* max band width in bins */
+    double mask_value;    /* value written into the bands (0 = the mean after CMVN) */
+    uint64_t seed;        /* key of the masks' Philox stream */
+    int64_t batch_base;   /* added to batch numbers (masks' counters, *batch of tn_loader_next):
+                             a loader over the tail of a list draws the masks the whole list would */
+} tn_loader_opts;
+
+/* A loader over num_batches batches: batch i is utts[batch_offsets[i] .. batch_offsets[i+1])
+ * (each non-empty). Holds a reference to store; copies the lists and cmvn. With prefetch > 0
+ * the worker starts at once. */
+tn_status tn_loader_create(tn_loader_t **out,
+                           tn_featstore_t *store,
+                           const tn_tensor *cmvn,         /* [OPTIONAL] (2, dim) f32 or f64: mean; 1 / std */
+                           int64_t num_batches,
+                           const int64_t *batch_offsets,  /* (num_batches + 1), from 0, increasing */
+                           const int64_t *utts,           /* (batch_offsets[num_batches]) utterance numbers */
+                           const tn_loader_opts *opts);   /* [OPTIONAL] NULL = no prefetch, no masks */
+/* The next batch: new references in *feats (B, T, dim) f32 and *lens (B) i64, *batch = its
+ * number (0-based, + opts.batch_base). After the last batch: *feats = *lens = NULL, *batch = -1,
+ * TN_OK. */
+tn_status tn_loader_next(tn_loader_t *loader,
+                         tn_tensor **feats,               /* [OUT] (B, T, dim) f32 */
+                         tn_tensor **lens,                /* [OUT] (B) i64 */
+                         int64_t *batch);                 /* [OUT] */
+/* Seconds tn_loader_next spent waiting for the worker (or assembling, without prefetch), and
+ * seconds the assembly itself took, since creation. */
+void tn_loader_stats(const tn_loader_t *loader, double *wait_s, double *work_s);
+/* Stops and joins the worker, frees the batches not taken and the store reference. NULL is a
+ * no-op. */
+void tn_loader_free(tn_loader_t *loader);
+
+/* A 64-bit checksum of nbytes bytes (4 multiply-xor lanes over little-endian u64 words, a
+ * splitmix64 finish): any change of one 8-byte word changes it. */
+uint64_t tn_data_checksum(const void *data, size_t nbytes);
+/* Size in bytes, modification time (ns since the epoch) and kind (1 directory, 0 other) of a
+ * file, each [OPTIONAL]; TN_ERR_IO naming the path when stat fails. */
+tn_status tn_file_stat(const char *path, int64_t *size, int64_t *mtime_ns, int32_t *is_dir);
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 /* Atomically write path: header (header_len bytes) preceded by its length as u64 little

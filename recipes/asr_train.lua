@@ -272,10 +272,10 @@ local function run_train()
 
   while epoch <= cfg.train.epochs and not stop_reason do
     local bar = report.Progress{ total = per_epoch, label = fmt("epoch %d/%d", epoch, cfg.train.epochs) }
-    local ep_loss, ep_utts, k = 0, 0, 0
-    for batch in sampler:iter(epoch) do
+    local ep_loss, ep_utts, k = 0, 0, skip
+    for batch in sampler:iter(epoch, { start = skip }) do
       k = k + 1
-      if k > skip then
+      do
         local feats = batch.feats
         if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
         local lens = lens_of(batch.feat_lens)

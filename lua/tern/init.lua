@@ -26,7 +26,7 @@ local tn = {
 
 -- creation
 for _, name in ipairs({ "tensor", "empty", "zeros", "ones", "full", "arange", "eye", "rand",
-  "randn", "randint", "manual_seed", "cat", "stack", "where" }) do
+  "randn", "randint", "manual_seed", "rng_state", "set_rng_state", "cat", "stack", "where" }) do
   tn[name] = Tensor[name]
 end
 for _, name in ipairs({ "empty_like", "zeros_like", "ones_like", "full_like", "rand_like",
@@ -61,6 +61,10 @@ tn.set_grad_enabled = autograd.set_enabled
 -- files
 tn.nn = require "tern.nn"
 tn.rnnt = require "tern.rnnt"
+tn.optim = require "tern.optim"
+tn.checkpoint = require "tern.checkpoint"
+tn.amp = require "tern.amp"
+tn.data = require "tern.data" -- tern.data loads its submodules on first use
 
 tn.save = serialize.save
 tn.load = serialize.load
@@ -71,6 +75,13 @@ function tn.set_num_threads(n)
   C.tn_set_num_threads(n)
 end
 function tn.get_num_threads() return C.tn_get_num_threads() end
+-- Ctrl-C / SIGTERM for long jobs: tn.signal_catch(true) makes them set a flag that
+-- tn.signal_pending() returns (2 = SIGINT, 15 = SIGTERM, 0 = none) so a loop can save and exit;
+-- a second Ctrl-C ends the process at once. tn.signal_catch(false) restores the handlers.
+function tn.signal_catch(on)
+  if C.tn_signal_catch((on and on ~= 0) and 1 or 0) ~= 0 then error("signal_catch: sigaction failed", 2) end
+end
+function tn.signal_pending() return C.tn_signal_pending() end
 function tn.memory_stats(device)
   local d = lib.device_of(device, "memory_stats", 2)
   return {
@@ -91,5 +102,7 @@ function tn.reset_peak_memory(device) C.tn_memory_reset_peak(lib.device_of(devic
 function tn.has_cuda() return C.tn_has_cuda() ~= 0 end
 function tn.has_mpi() return C.tn_has_mpi() ~= 0 end
 function tn.has_nccl() return C.tn_has_nccl() ~= 0 end
+
+setmetatable(tn, { __index = function(t, k) if k == "audio" then t.audio = require "tern.audio"; return t.audio end end }) -- tn.audio loads on first use
 
 return tn

@@ -1,5 +1,6 @@
 -- tern.serialize: safetensors files. tn.save(path, {name = tensor, ...}, metadata) writes
--- atomically (temporary file, fsync, rename); tn.load(path) returns {name = tensor}, metadata.
+-- atomically (temporary file, fsync, rename); tn.load(path) returns {name = tensor}, metadata;
+-- read_header(path) checks and returns the header alone (tern.checkpoint reads it first).
 --
 -- Layout (https://github.com/huggingface/safetensors): u64 little-endian header length N,
 -- N bytes of JSON {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...,
@@ -187,31 +188,39 @@ end
 
 -- load ---------------------------------------------------------------------------------------
 
-function M.load(path)
-  if type(path) ~= "string" then error("load: path must be a string, got " .. type(path), 2) end
+-- Read and check the header of the safetensors file at path without reading tensor data.
+-- Returns hdr ({name = {dtype=, shape=, data_offsets=}, __metadata__ = {...}}), the byte
+-- offset where the data buffer starts and the file size. level: the caller's error level.
+function M.read_header(path, level)
+  level = (level or 1) + 1
+  if type(path) ~= "string" then error("load: path must be a string, got " .. type(path), level) end
   local f, err = io.open(path, "rb")
-  if not f then error("load: cannot open " .. tostring(err), 2) end
+  if not f then error("load: cannot open " .. tostring(err), level) end
   local size = f:seek("end")
   f:seek("set", 0)
   local head = f:read(8)
   if not head or #head < 8 then
     f:close()
-    error(fmt("load: %s: file of %d bytes is too short for a safetensors header", path, size), 2)
+    error(fmt("load: %s: file of %d bytes is too short for a safetensors header", path, size), level)
   end
   local n = 0
   for i = 8, 1, -1 do n = n * 256 + head:byte(i) end
   if n > size - 8 or n > 100 * 1024 * 1024 then
     f:close()
-    error(fmt("load: %s: header length %d does not fit in a file of %d bytes", path, n, size), 2)
+    error(fmt("load: %s: header length %d does not fit in a file of %d bytes", path, n, size), level)
   end
   local json = f:read(n)
   f:close()
   local ok, hdr = pcall(json_decode, json, path)
-  if not ok then error(hdr, 2) end
+  if not ok then error(hdr, level) end
   if type(hdr) ~= "table" or hdr[1] ~= nil then -- a JSON array decodes to a Lua list
-    error("load: " .. path .. ": header is not a JSON object", 2)
+    error("load: " .. path .. ": header is not a JSON object", level)
   end
-  local data_start = 8 + n
+  return hdr, 8 + n, size
+end
+
+function M.load(path)
+  local hdr, data_start = M.read_header(path, 2)
   local out, metadata = {}, hdr.__metadata__
   for name, info in pairs(hdr) do
     if name ~= "__metadata__" then
@@ -224,12 +233,19 @@ function M.load(path)
       if type(shape) ~= "table" or type(offs) ~= "table" or #offs ~= 2 then
         error(fmt("load: %s: tensor '%s' lacks shape or data_offsets", path, name), 2)
       end
-      local t = Tensor.empty(shape, { dtype = dt })
-      local nbytes = t:numel() * tonumber(C.tn_dtype_size(dt))
-      if offs[2] - offs[1] ~= nbytes or offs[1] < 0 then
-        error(fmt("load: %s: tensor '%s' of shape {%s} %s needs %d bytes, data_offsets give [%d, %d]",
-          path, name, table.concat(shape, ", "), lib.dtype_names[dt], nbytes, offs[1], offs[2]), 2)
+      local numel = 1 -- checked before allocating: a corrupt shape must not allocate terabytes
+      for _, d in ipairs(shape) do
+        if type(d) ~= "number" or d < 0 or d ~= floor(d) then
+          error(fmt("load: %s: tensor '%s' has a bad shape entry %s", path, name, tostring(d)), 2)
+        end
+        numel = numel * d
       end
+      local nbytes = numel * tonumber(C.tn_dtype_size(dt))
+      if type(offs[1]) ~= "number" or type(offs[2]) ~= "number" or offs[2] - offs[1] ~= nbytes or offs[1] < 0 then
+        error(fmt("load: %s: tensor '%s' of shape {%s} %s needs %d bytes, data_offsets give [%s, %s]",
+          path, name, table.concat(shape, ", "), lib.dtype_names[dt], nbytes, tostring(offs[1]), tostring(offs[2])), 2)
+      end
+      local t = Tensor.empty(shape, { dtype = dt })
       if nbytes > 0 then lib.check(C.tn_io_read(t._c, path, data_start + offs[1]), 2) end
       out[name] = t
     end

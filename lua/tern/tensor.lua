@@ -236,6 +236,33 @@ function Tensor.manual_seed(seed)
   C.tn_manual_seed(seed)
 end
 
+-- The global generator's state {seed = <uint64_t cdata>, offset = <uint64_t cdata>} (the
+-- offset counts the numbers drawn since seeding); set_rng_state(state) puts it back, so a run
+-- resumed from a checkpoint draws the same numbers. Fields: non-negative integers as numbers
+-- or 64-bit integer cdata.
+local u64_state = ffi.new("uint64_t[2]")
+function Tensor.rng_state()
+  C.tn_rng_get_state(u64_state, u64_state + 1)
+  return { seed = u64_state[0], offset = u64_state[1] }
+end
+
+local function rng_field(st, k)
+  local v = st[k]
+  if type(v) == "number" and v >= 0 and v == floor(v) and v < 2 ^ 64 then return v end
+  if type(v) == "cdata" and (ffi.istype("uint64_t", v) or (ffi.istype("int64_t", v) and v >= 0)) then
+    return v
+  end
+  error(fmt("set_rng_state: state.%s must be a non-negative integer (number or 64-bit cdata), got %s",
+    k, tostring(v)), 3)
+end
+
+function Tensor.set_rng_state(st)
+  if type(st) ~= "table" then
+    error("set_rng_state: expected a table {seed =, offset =} from rng_state(), got " .. type(st), 2)
+  end
+  C.tn_rng_set_state(rng_field(st, "seed"), rng_field(st, "offset"))
+end
+
 -- element writes ------------------------------------------------------------------------------
 
 local ptr_types = lib.ptr_types
