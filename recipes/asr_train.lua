@@ -37,7 +37,6 @@ if config.help then
 end
 
 local tn = require "tern"
-local ffi = require "ffi"
 local Model = require "asr.model"
 local decode = require "asr.decode"
 local werm = require "asr.wer"
@@ -188,8 +187,10 @@ end
 
 -- one utterance's simple-loss lattice occupation and its pruning band, for the plot
 local function plot_lattice(cache, entries, cmvn)
-  local batches = test_batches(cache, { entries[1] }, cmvn)
-  for batch in batches:iter(1) do
+  local loader = test_batches(cache, { entries[1] }, cmvn):iter(1)
+  local batch = loader()
+  loader:close()
+  if batch then
     tn.no_grad(function()
       local feats = batch.feats
       if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
@@ -209,7 +210,6 @@ local function plot_lattice(cache, entries, cmvn)
       for t = 1, #r do band[t] = { r[t][1], r[t][#r[t]] } end
       report.plot_lattice(cfg.exp_dir, occ, band, "occupation of " .. batch.ids[1] .. " and its pruning band")
     end)
-    break
   end
 end
 
@@ -420,4 +420,3 @@ if not ok then
   io.stderr:write(tostring(err), "\n")
   os.exit(1)
 end
-_ = ffi

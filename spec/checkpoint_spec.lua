@@ -14,18 +14,9 @@ local nn = tn.nn
 
 -- files -----------------------------------------------------------------------------------------
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = h.read_file
 
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write_file = h.write_file
 
 local function exists(path)
   local f = io.open(path, "rb")

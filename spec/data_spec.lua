@@ -13,18 +13,9 @@ local function sh(cmd)
   assert(os.execute(cmd) == 0, cmd)
 end
 
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write_file = h.write_file
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = h.read_file
 
 local function new_tmpdir()
   local p = os.tmpname()

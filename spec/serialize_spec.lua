@@ -4,18 +4,9 @@
 local h = require "helpers.init"
 local tn = h.tn
 
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
+local write_file = h.write_file
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = h.read_file
 
 local function u64le(n)
   local b = {}

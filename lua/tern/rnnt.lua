@@ -450,7 +450,8 @@ M.get_prune_ranges = api("get_prune_ranges", { "px_grad", "py_grad", "boundary",
     return ranges
   end)
 
-M.do_pruning = api("do_pruning", { "am", "lm", "ranges" }, function(fname, args)
+-- am (B, T, D), lm (B, S+1, D) and ranges (B, T, R) of do_pruning / pruned_tanh, checked
+local function pruning_args(fname, args)
   local am = float_arg(fname, args, "am", 3, "(B, T, D)")
   local lm = float_arg(fname, args, "lm", 3, "(B, S+1, D)")
   local B, T, D = am:size(1), am:size(2), am:size(3)
@@ -464,6 +465,11 @@ M.do_pruning = api("do_pruning", { "am", "lm", "ranges" }, function(fname, args)
   end
   local ranges = index_arg(fname, "ranges", r, { B, T, r:size(3) }, "(B, T, s_range)",
     " (from " .. tensors_of("am", am, "lm", lm) .. ")")
+  return am, lm, ranges, B, T, D
+end
+
+M.do_pruning = api("do_pruning", { "am", "lm", "ranges" }, function(fname, args)
+  local am, lm, ranges, B, T, D = pruning_args(fname, args)
   local R = ranges:size(3)
   if am:dtype() ~= lm:dtype() then
     fail(fname, "am is %s but lm is %s; convert one of them", am:dtype(), lm:dtype())
@@ -494,19 +500,7 @@ local function back_pruned_tanh(g, ctx)
 end
 
 M.pruned_tanh = api("pruned_tanh", { "am", "lm", "ranges" }, function(fname, args)
-  local am = float_arg(fname, args, "am", 3, "(B, T, D)")
-  local lm = float_arg(fname, args, "lm", 3, "(B, S+1, D)")
-  local B, T, D = am:size(1), am:size(2), am:size(3)
-  if lm:size(1) ~= B or lm:size(3) ~= D then
-    fail(fname, "am (B, T, D) and lm (B, S+1, D) must agree in B and D, got %s", tensors_of("am", am, "lm", lm))
-  end
-  local r = args.ranges
-  if not is_tensor(r) or r:dim() ~= 3 then
-    fail(fname, "'ranges' must be an i64 tensor (B, T, s_range), got %s",
-      is_tensor(r) and shape_str(r) or type(r))
-  end
-  local ranges = index_arg(fname, "ranges", r, { B, T, r:size(3) }, "(B, T, s_range)",
-    " (from " .. tensors_of("am", am, "lm", lm) .. ")")
+  local am, lm, ranges, B, T, D = pruning_args(fname, args)
   local dt = kernel_dtype(am, lm)
   local amc, lmc = prepare(am, dt), prepare(lm, dt)
   local h = Tensor.empty({ B, T, ranges:size(3), D }, { dtype = dt })

@@ -39,7 +39,7 @@ function M.defaults()
     lr = { policy = "cosine_decay", warmup_steps = 200, min_lr = 1e-5 },
     amp = { dtype = "f32" },      -- f32 | f16 | bf16 (f16 / bf16: loss scaling and f32 masters)
     train = {
-      epochs = 30, max_minutes = 13.0, max_frames = 12000, log_every = 10, ckpt_every = 200,
+      epochs = 4, max_minutes = 15.0, max_frames = 12000, log_every = 10, ckpt_every = 200,
       keep_last = 3, keep_best = 1,
     },
     decode = { method = "greedy", beam = 4, max_sym_per_frame = 2 },
@@ -57,7 +57,7 @@ function M.quick(cfg)
   cfg.model.dec_dim, cfg.model.joiner_dim = 64, 64
   cfg.loss.warm_steps = 20
   cfg.lr.warmup_steps = 10
-  cfg.train.epochs, cfg.train.max_minutes, cfg.train.ckpt_every, cfg.train.log_every = 3, 1.5, 20, 5
+  cfg.train.epochs, cfg.train.max_minutes, cfg.train.ckpt_every, cfg.train.log_every = 10, 1.5, 40, 5
   return cfg
 end
 

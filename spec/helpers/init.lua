@@ -156,6 +156,20 @@ end
 
 -- A path for a temporary file that no other spec uses.
 local tmp_count = 0
+-- Whole-file byte I/O for the specs that build or corrupt files.
+function M.write_file(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+function M.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 function M.tmpname(suffix)
   tmp_count = tmp_count + 1
   local f = io.open("/proc/self/stat")
