@@ -733,3 +733,31 @@ describe("the recurrent layers and the thread count", function()
     same(run(1, l, xl, { lengths = lstm_lengths }), run(2, l, xl, { lengths = lstm_lengths }), tol)
   end)
 end)
+
+describe("the recurrent layers in half precision", function()
+  for _, dt in ipairs({ "f16", "bf16" }) do
+    it("run " .. dt .. " models with the recurrence in f32 and give " .. dt .. " outputs and gradients", function()
+      for _, kind in ipairs({ "SRU", "LSTM" }) do
+        tn.manual_seed(11)
+        local ref = nn[kind](8, 6, { num_layers = 2, bidirectional = true })
+        local half = nn[kind](8, 6, { num_layers = 2, bidirectional = true })
+        half:load_state_dict(ref:state_dict())
+        half:to(dt)
+        local x = tn.randn(5, 3, 8)
+        local y32 = ref(x)
+        local y16 = half(x:to(dt))
+        assert.are.equal(dt, y16:dtype())
+        local tol = dt == "f16" and 2e-2 or 6e-2
+        assert.tensor_near(y32, y16:to("f32"), { atol = tol, rtol = tol })
+        y16:to("f32"):sum():backward()
+        y32:sum():backward()
+        for name, p in half:named_parameters() do
+          assert.are.equal(dt, p.grad:dtype(), name)
+          local g32 = nil
+          for n2, p2 in ref:named_parameters() do if n2 == name then g32 = p2.grad end end
+          assert.tensor_near(g32, p.grad:to("f32"), { atol = 10 * tol, rtol = 10 * tol })
+        end
+      end
+    end)
+  end
+end)

@@ -35,7 +35,16 @@ end
 -- out (L, B, P), h_n (B, P), c_n (B, H) of one direction of one layer.
 -- xproj (L, B, 4H) = x W_ih^T + b; w_hh (4H, P); w_hr (P, H) or nil; h0, c0 or nil;
 -- lengths (B) i64 or nil; reverse boolean.
+local HALF = { f16 = true, bf16 = true }
+local function f32(t) return t and t:to("f32") or nil end
+
 function M.lstm(xproj, w_hh, w_hr, h0, c0, lengths, reverse)
+  -- f16 / bf16: the recurrence runs in f32 (autograd-aware conversions), outputs in xproj's dtype
+  if HALF[xproj:dtype()] then
+    local dt = xproj:dtype()
+    local out, h_n, c_n = M.lstm(f32(xproj), f32(w_hh), f32(w_hr), f32(h0), f32(c0), lengths, reverse)
+    return out:to(dt), h_n:to(dt), c_n:to(dt)
+  end
   local L, B, H4 = xproj:size(1), xproj:size(2), xproj:size(3)
   local H = H4 / 4
   local P = w_hr and w_hr:size(1) or H
@@ -84,6 +93,13 @@ end
 -- nil (v1); bias (2*D*d); c0 (B, D*d) or nil; mask_c (B, D*d) or nil; mask_pad (L, B) u8 or
 -- nil; opts: scale_x, activation (0|1), has_skip, bidirectional.
 function M.sru(U, x, weight_c, bias, c0, mask_c, mask_pad, opts)
+  -- f16 / bf16: the recurrence runs in f32 (autograd-aware conversions; gradients go back in
+  -- the half dtype), h and c_last come back in U's dtype
+  if HALF[U:dtype()] then
+    local dt = U:dtype()
+    local h, c = M.sru(f32(U), f32(x), f32(weight_c), f32(bias), f32(c0), f32(mask_c), mask_pad, opts)
+    return h:to(dt), c:to(dt)
+  end
   local L, B = U:size(1), U:size(2)
   local D = opts.bidirectional and 2 or 1
   local Dd = bias:numel() / 2
