@@ -192,3 +192,44 @@ describe("asr_train.lua --quick=true", function()
     run("rm -rf " .. tmp)
   end)
 end)
+
+describe("asr_train.lua and Ctrl-C", function()
+  it("saves a checkpoint and exits with 130 on SIGINT; the next run resumes from it", function()
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    local env = os.getenv("TERN_LIB") and ("TERN_LIB=" .. os.getenv("TERN_LIB") .. " ") or ""
+    local args = " --quick=true --train.epochs=200 --train.max_minutes=2 --exp_dir=" .. tmp .. "/exp --data.dir="
+      .. tmp .. "/data"
+    os.execute("mkdir -p " .. tmp)
+    os.execute("sh -c '" .. env .. "luajit recipes/asr_train.lua" .. args .. " > " .. tmp .. "/out 2>&1; echo \"exit=$?\" >> "
+      .. tmp .. "/out' &")
+    -- wait for training steps in the log, then interrupt the luajit process (not the shell)
+    local log = tmp .. "/exp/log.jsonl"
+    local waited = 0
+    while waited < 120 do
+      local f = io.open(log)
+      local txt = f and f:read("*a") or ""
+      if f then f:close() end
+      if txt:find('"event":"step"', 1, true) then break end
+      os.execute("sleep 0.2")
+      waited = waited + 0.2
+    end
+    assert.is_true(waited < 120, "no training step logged")
+    local _, code = run("pkill -INT -f '^luajit recipes/asr_train.lua.*" .. tmp .. "/exp'")
+    assert.are.equal(0, code, "no process to interrupt")
+    local out = ""
+    for _ = 1, 300 do
+      out = h.read_file(tmp .. "/out")
+      if out:find("exit=%d+") then break end
+      os.execute("sleep 0.2")
+    end
+    contains(out, "interrupted (Ctrl-C): checkpoint saved at step")
+    contains(out, "exit=130")
+    local step = tonumber(out:match("checkpoint saved at step (%d+)"))
+    local out2, code2 = run(env .. "luajit recipes/asr_train.lua" .. args .. " --train.epochs=1 --train.max_minutes=1")
+    assert.are.equal(0, code2, out2)
+    contains(out2, "resumed from step " .. step)
+    run("rm -rf " .. tmp)
+  end)
+end)
+
