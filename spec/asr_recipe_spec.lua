@@ -201,8 +201,9 @@ describe("asr_train.lua and Ctrl-C", function()
     local args = " --quick=true --train.epochs=200 --train.max_minutes=2 --exp_dir=" .. tmp .. "/exp --data.dir="
       .. tmp .. "/data"
     os.execute("mkdir -p " .. tmp)
-    os.execute("sh -c '" .. env .. "luajit recipes/asr_train.lua" .. args .. " > " .. tmp .. "/out 2>&1; echo \"exit=$?\" >> "
-      .. tmp .. "/out' &")
+    local out_file = tmp .. "/out"
+    os.execute("sh -c '" .. env .. "luajit recipes/asr_train.lua" .. args .. " > " .. out_file
+      .. " 2>&1; echo \"exit=$?\" >> " .. out_file .. "' &")
     -- wait for training steps in the log, then interrupt the luajit process (not the shell)
     local log = tmp .. "/exp/log.jsonl"
     local waited = 0
