@@ -39,7 +39,7 @@ function M.defaults()
     lr = { policy = "cosine_decay", warmup_steps = 200, min_lr = 1e-5 },
     amp = { dtype = "f32" },      -- f32 | f16 | bf16 (f16 / bf16: loss scaling and f32 masters)
     train = {
-      epochs = 4, max_minutes = 15.0, max_frames = 12000, log_every = 10, ckpt_every = 200,
+      epochs = 5, max_minutes = 18.5, max_frames = 12000, log_every = 10, ckpt_every = 200,
       keep_last = 3, keep_best = 1,
     },
     decode = { method = "greedy", beam = 4, max_sym_per_frame = 2 },
