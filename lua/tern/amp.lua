@@ -198,13 +198,7 @@ local function logmax(o)
   return new(name, p)
 end
 
-local function public(build)
-  return function(o)
-    local ok, r = pcall(build, o)
-    if not ok then error(r, 2) end
-    return r
-  end
-end
+local public = require("tern.lib").at_caller
 M.static = public(static)
 M.backoff = public(backoff)
 M.logmax = public(logmax)

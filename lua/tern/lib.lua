@@ -112,6 +112,16 @@ function M.last_error()
 end
 
 -- Raise the C error message at the given level (counted from the caller of check).
+-- build wrapped so that the errors it raises come out at the wrapper's caller (the option
+-- checks of constructors such as tn.optim.lr.* and tn.amp.*). Returns build's first result.
+function M.at_caller(build)
+  return function(o)
+    local ok, r = pcall(build, o)
+    if not ok then error(r, 2) end
+    return r
+  end
+end
+
 function M.check(status, level)
   if status ~= 0 then
     error(ffi.string(C.tn_last_error()), (level or 2) + 1)

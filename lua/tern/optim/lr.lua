@@ -284,14 +284,7 @@ local function noam(o)
   return self
 end
 
--- A constructor that raises its option errors at the caller's line.
-local function public(build)
-  return function(o)
-    local ok, r = pcall(build, o)
-    if not ok then error(r, 2) end
-    return r
-  end
-end
+local public = require("tern.lib").at_caller
 M.fixed = public(fixed)
 M.piecewise_constant = public(piecewise_constant)
 M.exp_decay = public(exp_decay)
