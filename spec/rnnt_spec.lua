@@ -380,13 +380,20 @@ describe("tn.rnnt gradients by finite differences (f64)", function()
         end, { logits })
       end)
 
-      it("of do_pruning and loss_pruned w.r.t. am, lm and logits", function()
+      -- a case with prune ranges of s_range 2 from its simple loss, am and lm leaves and the
+      -- weights of the tanh outputs
+      local function pruned_case()
         local c = case()
         local _, pxg, pyg = rnnt.loss_simple(args_of(c, { lm = c.lm, am = c.am, return_grad = true }))
         local ranges = rnnt.get_prune_ranges{ px_grad = pxg, py_grad = pyg, boundary = c.boundary,
           s_range = 2 }
         local am, lm = leaf(c.am), leaf(c.lm)
         local w = tn.randn({ 2, 4, ranges:size(3), 3 }, { dtype = "f64" })
+        return c, ranges, am, lm, w
+      end
+
+      it("of do_pruning and loss_pruned w.r.t. am, lm and logits", function()
+        local c, ranges, am, lm, w = pruned_case()
         assert.gradcheck(function(a, l)
           local ap, lp = rnnt.do_pruning{ am = a, lm = l, ranges = ranges }
           return ((ap + lp):tanh() * w):sum(4)
@@ -398,12 +405,7 @@ describe("tn.rnnt gradients by finite differences (f64)", function()
       end)
 
       it("of the fused pruned_tanh w.r.t. am and lm", function()
-        local c = case()
-        local _, pxg, pyg = rnnt.loss_simple(args_of(c, { lm = c.lm, am = c.am, return_grad = true }))
-        local ranges = rnnt.get_prune_ranges{ px_grad = pxg, py_grad = pyg, boundary = c.boundary,
-          s_range = 2 }
-        local am, lm = leaf(c.am), leaf(c.lm)
-        local w = tn.randn({ 2, 4, ranges:size(3), 3 }, { dtype = "f64" })
+        local _, ranges, am, lm, w = pruned_case()
         assert.gradcheck(function(a, l)
           return (rnnt.pruned_tanh{ am = a, lm = l, ranges = ranges } * w):sum(4)
         end, { am, lm })
@@ -712,7 +714,7 @@ describe("tn.rnnt errors", function()
       "agree in B and D")
     expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = lm3, ranges = r5 } end,
       "rnnt.pruned_tanh", "agree in B and D", "am {2, 5, 4}", "lm {2, 4, 3}")
-    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = tn.zeros({ 2, 4, 2 }, { dtype = "i64" }) } end,
+    expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = r4 } end,
       "rnnt.pruned_tanh", "ranges", "{2, 4, 2}", "{2, 5, 2}")
     expect_error(function() rnnt.pruned_tanh{ am = c.am, lm = c.lm, ranges = tn.zeros({ 2, 5, 2 }) } end,
       "rnnt.pruned_tanh", "ranges", "f32")
