@@ -128,9 +128,11 @@ local function tokens_of(texts)
   return out
 end
 
-local function lens_of(t)
-  local l = t:totable()
-  return l
+-- a batch's features in the model's dtype and its frame counts as a Lua list
+local function batch_inputs(batch)
+  local feats = batch.feats
+  if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
+  return feats, batch.feat_lens:totable()
 end
 
 -- evaluation ---------------------------------------------------------------------------------------
@@ -148,9 +150,7 @@ local function evaluate(cache, entries, cmvn, opts)
   local tot_loss, n = 0, 0
   local batches = test_batches(cache, entries, cmvn)
   for batch in batches:iter(1) do
-    local feats = batch.feats
-    if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
-    local lens = lens_of(batch.feat_lens)
+    local feats, lens = batch_inputs(batch)
     local enc, enc_lens = tn.no_grad(function() return model:encode(feats, lens) end)
     if opts.loss then
       local l = tn.no_grad(function()
@@ -192,9 +192,7 @@ local function plot_lattice(cache, entries, cmvn)
   loader:close()
   if batch then
     tn.no_grad(function()
-      local feats = batch.feats
-      if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
-      local lens = lens_of(batch.feat_lens)
+      local feats, lens = batch_inputs(batch)
       local enc, enc_lens = model:encode(feats, lens)
       local tokens = tokens_of(batch.texts)
       local dec, symbols = model:decode_targets(tokens)
@@ -276,9 +274,7 @@ local function run_train()
     for batch in sampler:iter(epoch, { start = skip }) do
       k = k + 1
       do
-        local feats = batch.feats
-        if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
-        local lens = lens_of(batch.feat_lens)
+        local feats, lens = batch_inputs(batch)
         local B = #lens
         local ss, ps = Model.loss_scales(step, cfg.loss.warm_steps, cfg.loss.simple_scale)
         local loss, simple, pruned = model:loss({ feats = feats, feat_lens = lens, tokens = tokens_of(batch.texts) },
