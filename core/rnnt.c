@@ -25,6 +25,11 @@
  * backward recomputes those and needs two more GEMMs: with Q = G / Z (G the gradient reaching
  * the normaliser), grad_lm = -exp(lm - max) * (Q exp(am - max)) and grad_am = -exp(am - max)
  * * (Q^T exp(lm - max)), plus the gathered entries. Nothing of size T x (S+1) x C is formed.
+ * The element-wise phases (exp, gathers, gradient post-processing) run over utterances on
+ * OpenMP threads into whole-batch buffers; the GEMMs between them run one utterance at a time
+ * on BLAS's threads (calling BLAS from inside an OpenMP region would oversubscribe the
+ * pthread OpenBLAS). Sums over the batch (the smoothed unigram and its gradient) add
+ * per-utterance partials in batch order, so any thread count gives the same bits.
  */
 #include <float.h>
 #include <stdlib.h>
@@ -499,17 +504,29 @@ static int64_t exp_rows(int f64, const void *src, void *dst, int64_t rows, int64
     return bad;
 }
 
+/* Utterances in parallel (OpenMP) when the batch has work enough; the GEMMs between the phases run
+ * one utterance at a time with BLAS's own threads. Every reduction over the batch is made from
+ * per-utterance partials added in batch order, so results do not depend on the thread count. */
+#define SIMPLE_PAR_MIN ((int64_t)65536)
+
 typedef struct simple_ctx {
     int64_t B, S, T, C, T0, term;
-    int f64, smoothed, type, boundary_given;
+    int f64, smoothed, type, boundary_given, nt;
     double cs, ls, as, tiny;
     const tn_rnnt_bnd *bnd;
     const tn_tensor *symbols;
     const void *lm, *am;
-    double *U, *logU; /* (C) smoothed unigram and its log */
+    /* whole-batch scratch, from simple_alloc */
+    void *lp, *ap, *Z;    /* (B, S+1, C), (B, T, C) exp(x - rowmax) and (B, S+1, T) normalisers, in the dtype */
+    double *lmax, *amax;  /* (B, S+1), (B, T) row maxima */
+    double *lsum, *asum;  /* (B, S+1) row sums of lp; (B, T) sum_c ap[t, c] U[c] (smoothed) */
+    double *part, *part2; /* (B, C) per-utterance partial sums */
+    double *U, *logU;     /* (C) smoothed unigram and its log */
+    double *gx, *gy;      /* backward: (B, S+1, T) effective gradients of px's gathered part and py */
+    char *mem;
 } simple_ctx;
 
-/* Options shared by forward and backward: sizes, dtype, smoothing scales, unigram. */
+/* Options shared by forward and backward: sizes, dtype, smoothing scales. */
 static tn_status simple_setup(const char *op, simple_ctx *c, const tn_tensor *lm, const tn_tensor *am,
                               const tn_tensor *symbols, const tn_tensor *boundary, int64_t term,
                               int32_t rnnt_type, double lm_only_scale, double am_only_scale, double delay_penalty,
@@ -542,30 +559,127 @@ static tn_status simple_setup(const char *op, simple_ctx *c, const tn_tensor *lm
     c->ls = lm_only_scale == 0.0 ? 1.0e-20 : lm_only_scale; /* fast_rnnt: avoid -inf * 0 */
     c->as = am_only_scale == 0.0 ? 1.0e-20 : am_only_scale;
     if (!c->smoothed) c->cs = 1.0, c->ls = 0.0, c->as = 0.0;
+    int nt = tn_par_threads(B * (S + 1 + T) * C, SIMPLE_PAR_MIN);
+    c->nt = nt > B ? (int)(B > 0 ? B : 1) : nt;
     return TN_OK;
 }
 
-/* The unigram of the smoothed loss: mean over the batch and all S+1 positions of softmax(lm),
- * plus tiny. rowbuf: C doubles of scratch. Returns the first (b, s) row that is not finite. */
-static int64_t simple_unigram(simple_ctx *c, double *rowbuf) {
-    const int64_t B = c->B, S1 = c->S + 1, C = c->C;
-    for (int64_t k = 0; k < C; k++) c->U[k] = 0.0;
-    for (int64_t r = 0; r < B * S1; r++) {
-        double m = -INFINITY, sum = 0.0;
-        for (int64_t k = 0; k < C; k++) {
-            const double x = ld(c->lm, r * C + k, c->f64);
-            if (!(fabs(x) <= DBL_MAX)) return r;
-            m = x > m ? x : m;
+/* The whole-batch scratch; `backward` adds gx, gy. */
+static tn_status simple_alloc(const char *op, simple_ctx *c, int backward) {
+    const int64_t B = c->B, S1 = c->S + 1, T = c->T, C = c->C;
+    const size_t es = c->f64 ? 8 : 4;
+    const size_t nd = (size_t)(2 * B * S1 + 2 * B * T + 2 * B * C + 2 * C) + (backward ? (size_t)(2 * B * S1 * T) : 0);
+    const size_t bytes = sizeof(double) * nd + es * (size_t)(B * S1 * C + B * T * C + B * S1 * T) + 64;
+    c->mem = (char *)malloc(bytes);
+    if (!c->mem)
+        return tn_error(TN_ERR_OOM, "%s: out of memory (%.1f MiB of scratch for B=%lld S=%lld T=%lld C=%lld)", op,
+                        (double)bytes / 1048576.0, (long long)B, (long long)c->S, (long long)T, (long long)C);
+    double *d = (double *)c->mem;
+    c->lmax = d, d += B * S1;
+    c->lsum = d, d += B * S1;
+    c->amax = d, d += B * T;
+    c->asum = d, d += B * T;
+    c->part = d, d += B * C;
+    c->part2 = d, d += B * C;
+    c->U = d, d += C;
+    c->logU = d, d += C;
+    if (backward) c->gx = d, d += B * S1 * T, c->gy = d, d += B * S1 * T;
+    char *p = (char *)d;
+    c->lp = p, p += es * (size_t)(B * S1 * C);
+    c->ap = p, p += es * (size_t)(B * T * C);
+    c->Z = p;
+    return TN_OK;
+}
+
+static inline void *at_(void *base, int64_t i, int f64) { return (char *)base + (f64 ? 8 : 4) * (size_t)i; }
+
+static double row_sum(const void *x, int64_t n, int f64) {
+    double s = 0.0;
+    if (f64) {
+        const double *p = (const double *)x;
+        for (int64_t i = 0; i < n; i++) s += p[i];
+    } else {
+        const float *p = (const float *)x;
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : s)
+#endif
+        for (int64_t i = 0; i < n; i++) s += (double)p[i];
+    }
+    return s;
+}
+
+static double row_dot_u(const void *x, const double *u, int64_t n, int f64) {
+    double s = 0.0;
+    if (f64) {
+        const double *p = (const double *)x;
+        for (int64_t i = 0; i < n; i++) s += p[i] * u[i];
+    } else {
+        const float *p = (const float *)x;
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : s)
+#endif
+        for (int64_t i = 0; i < n; i++) s += (double)p[i] * u[i];
+    }
+    return s;
+}
+
+/* Phase 1, utterances in parallel: lp, ap with their row maxima, lp's row sums, and with
+ * smoothing the unigram U = mean over (b, s) of softmax(lm[b, s]) + tiny (fast_rnnt's). Returns
+ * the first lm row (b * (S+1) + s) holding NaN or inf in *bad_lm, the first am row (b * T + t) in
+ * *bad_am, or -1. */
+static void simple_exp(simple_ctx *c, int64_t *bad_lm, int64_t *bad_am) {
+    const int64_t B = c->B, S1 = c->S + 1, T = c->T, C = c->C;
+    const int f64 = c->f64, nt = c->nt;
+    int64_t bl = INT64_MAX, ba = INT64_MAX;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : bl, ba) if (nt > 1)
+#endif
+    for (int64_t b = 0; b < B; b++) {
+        void *lpb = at_(c->lp, b * S1 * C, f64);
+        int64_t r = exp_rows(f64, (const char *)c->lm + (f64 ? 8 : 4) * (size_t)(b * S1 * C), lpb, S1, C,
+                             c->lmax + b * S1);
+        if (r >= 0 && b * S1 + r < bl) bl = b * S1 + r;
+        r = exp_rows(f64, (const char *)c->am + (f64 ? 8 : 4) * (size_t)(b * T * C), at_(c->ap, b * T * C, f64), T, C,
+                     c->amax + b * T);
+        if (r >= 0 && b * T + r < ba) ba = b * T + r;
+        for (int64_t s = 0; s < S1; s++) c->lsum[b * S1 + s] = row_sum(at_(lpb, s * C, f64), C, f64);
+        if (c->smoothed) {
+            double *pb = c->part + b * C;
+            for (int64_t k = 0; k < C; k++) pb[k] = 0.0;
+            for (int64_t s = 0; s < S1; s++) {
+                const double inv = 1.0 / c->lsum[b * S1 + s];
+                for (int64_t k = 0; k < C; k++) pb[k] += ld(lpb, s * C + k, f64) * inv;
+            }
         }
-        for (int64_t k = 0; k < C; k++) sum += rowbuf[k] = exp(ld(c->lm, r * C + k, c->f64) - m);
-        for (int64_t k = 0; k < C; k++) c->U[k] += rowbuf[k] / sum;
     }
-    const double n = (double)(B * S1);
-    for (int64_t k = 0; k < C; k++) {
-        c->U[k] = c->f64 ? c->U[k] / n + DBL_MIN : (double)(float)((float)(c->U[k] / n) + FLT_MIN);
-        c->logU[k] = log(c->U[k]);
+    *bad_lm = bl == INT64_MAX ? -1 : bl;
+    *bad_am = ba == INT64_MAX ? -1 : ba;
+    if (c->smoothed) {
+        for (int64_t k = 0; k < C; k++) c->U[k] = 0.0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t k = 0; k < C; k++) c->U[k] += c->part[b * C + k];
+        const double n = (double)(B * S1);
+        for (int64_t k = 0; k < C; k++) {
+            c->U[k] = f64 ? c->U[k] / n + DBL_MIN : (double)(float)((float)(c->U[k] / n) + FLT_MIN);
+            c->logU[k] = log(c->U[k]);
+        }
     }
-    return -1;
+}
+
+/* Phase 2, one utterance at a time (BLAS threads): Z[b] = lp[b] ap[b]^T, the normaliser
+ * sum_c exp(lm[s, c] + am[t, c] - lmax[s] - amax[t]). */
+static void simple_norm(simple_ctx *c) {
+    const int64_t S1 = c->S + 1, T = c->T, C = c->C;
+    if (T == 0) return;
+    for (int64_t b = 0; b < c->B; b++)
+        rnnt_gemm(c->f64, 0, 1, S1, T, C, at_(c->lp, b * S1 * C, c->f64), C, at_(c->ap, b * T * C, c->f64), C,
+                  at_(c->Z, b * S1 * T, c->f64), T);
+}
+
+/* Z[b, s, t] + tiny as double (fast_rnnt adds the tiny in the dtype) */
+static inline double z_at(const simple_ctx *c, int64_t i) {
+    return c->f64 ? ((const double *)c->Z)[i] + DBL_MIN : (double)(((const float *)c->Z)[i] + FLT_MIN);
 }
 
 tn_status tn_rnnt_logprobs_simple(tn_tensor *px, tn_tensor *py, const tn_tensor *lm, const tn_tensor *am,
@@ -579,89 +693,138 @@ tn_status tn_rnnt_logprobs_simple(tn_tensor *px, tn_tensor *py, const tn_tensor 
     TN_TRY(simple_setup(op, &c, lm, am, symbols, boundary, termination_symbol, rnnt_type, lm_only_scale,
                         am_only_scale, delay_penalty, &bnd));
     const int64_t B = c.B, S = c.S, T = c.T, C = c.C, T0 = c.T0, S1 = S + 1, term = c.term;
-    const int f64 = c.f64;
-    const size_t es = f64 ? 8 : 4;
+    const int f64 = c.f64, nt = c.nt;
     const int64_t spx[3] = {B, S, T0}, spy[3] = {B, S1, T};
     tn_status rc = tn_rnnt_internal_float(op, "px", px, 3, spx, am->dtype);
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py", py, 3, spy, am->dtype);
-    /* scratch: lp (S+1, C), ap (T, C), Z (S+1, T) in the dtype; lmax, amax, lonly, aonly, U, logU in double */
-    char *buf = NULL;
-    double *dbuf = NULL;
+    if (rc == TN_OK) rc = simple_alloc(op, &c, 0);
     if (rc == TN_OK) {
-        buf = (char *)malloc(es * (size_t)(S1 * C + T * C + S1 * T) + 64);
-        dbuf = (double *)malloc(sizeof(double) * (size_t)(2 * S1 + 2 * T + 3 * C + 4));
-        if (!buf || !dbuf) rc = tn_error(TN_ERR_OOM, "%s: out of memory (scratch for B=%lld S=%lld T=%lld C=%lld)",
-                                         op, (long long)B, (long long)S, (long long)T, (long long)C);
+        int64_t bl, ba;
+        simple_exp(&c, &bl, &ba);
+        if (bl >= 0)
+            rc = tn_error(TN_ERR_ARG, "%s: lm row [%lld, %lld] holds NaN or inf (lm %s)", op, TN_D(bl / S1),
+                          TN_D(bl % S1), TN_SHAPE(lm));
+        else if (ba >= 0)
+            rc = tn_error(TN_ERR_ARG, "%s: am row [%lld, %lld] holds NaN or inf (am %s)", op, TN_D(ba / (T ? T : 1)),
+                          TN_D(ba % (T ? T : 1)), TN_SHAPE(am));
     }
     if (rc == TN_OK) {
-        void *lp = buf, *ap = buf + es * (size_t)(S1 * C), *Z = buf + es * (size_t)(S1 * C + T * C);
-        double *lmax = dbuf, *amax = lmax + S1, *lonly = amax + T, *aonly = lonly + S1;
-        c.U = aonly + T, c.logU = c.U + C;
-        double *rowbuf = c.logU + C;
-        if (c.smoothed) {
-            int64_t r = simple_unigram(&c, rowbuf);
-            if (r >= 0)
-                rc = tn_error(TN_ERR_ARG, "%s: lm row [%lld, %lld] holds NaN or inf (lm %s)", op, TN_D(r / S1),
-                              TN_D(r % S1), TN_SHAPE(lm));
-        }
-        for (int64_t b = 0; rc == TN_OK && b < B; b++) {
-            const void *lmb = (const char *)c.lm + es * (size_t)(b * S1 * C);
-            const void *amb = (const char *)c.am + es * (size_t)(b * T * C);
-            int64_t r = exp_rows(f64, lmb, lp, S1, C, lmax);
-            if (r >= 0) {
-                rc = tn_error(TN_ERR_ARG, "%s: lm row [%lld, %lld] holds NaN or inf (lm %s)", op, TN_D(b), TN_D(r),
-                              TN_SHAPE(lm));
-                break;
-            }
-            r = exp_rows(f64, amb, ap, T, C, amax);
-            if (r >= 0) {
-                rc = tn_error(TN_ERR_ARG, "%s: am row [%lld, %lld] holds NaN or inf (am %s)", op, TN_D(b), TN_D(r),
-                              TN_SHAPE(am));
-                break;
-            }
-            if (T > 0) rnnt_gemm(f64, 0, 1, S1, T, C, lp, C, ap, C, Z, T);
-            if (c.smoothed) {
-                for (int64_t s = 0; s < S1; s++) {
-                    double sum = 0.0;
-                    for (int64_t k = 0; k < C; k++) sum += ld(lp, s * C + k, f64);
-                    lonly[s] = log(sum) + lmax[s];
-                }
-                for (int64_t t = 0; t < T; t++) {
-                    double sum = 0.0;
-                    for (int64_t k = 0; k < C; k++) sum += ld(ap, t * C + k, f64) * c.U[k];
-                    aonly[t] = log(sum) + amax[t];
-                }
-            }
+        simple_norm(&c);
+        (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+        for (int64_t b = 0; b < B; b++) {
+            const void *lmb = (const char *)c.lm + (f64 ? 8 : 4) * (size_t)(b * S1 * C);
+            const void *amb = (const char *)c.am + (f64 ? 8 : 4) * (size_t)(b * T * C);
+            const double *lmax = c.lmax + b * S1, *amax = c.amax + b * T, *lsum = c.lsum + b * S1;
+            double *asum = c.asum + b * T;
+            if (c.smoothed)
+                for (int64_t t = 0; t < T; t++) asum[t] = row_dot_u(at_(c.ap, (b * T + t) * C, f64), c.U, C, f64);
             const int64_t pxo = b * S * T0, pyo = b * S1 * T;
             for (int64_t s = 0; s < S1; s++) {
                 const int64_t sym = s < S ? ldi(symbols, b, s) : 0;
                 const double lm_sym = ld(lmb, s * C + sym, f64), lm_term = ld(lmb, s * C + term, f64);
+                const double lonly = c.smoothed ? log(lsum[s]) + lmax[s] : 0.0;
                 for (int64_t t = 0; t < T; t++) {
-                    const double zt = f64 ? ld(Z, s * T + t, 1) + DBL_MIN : (double)((float)ld(Z, s * T + t, 0) + FLT_MIN);
-                    const double norm = log(zt) + lmax[s] + amax[t];
+                    const double norm = log(z_at(&c, (b * S1 + s) * T + t)) + lmax[s] + amax[t];
                     const double am_term = ld(amb, t * C + term, f64);
+                    const double aonly = c.smoothed ? log(asum[t]) + amax[t] : 0.0;
                     double vy = am_term + lm_term - norm;
                     if (c.smoothed)
-                        vy = c.cs * vy + c.ls * (lm_term - lonly[s]) + c.as * (am_term + c.logU[term] - aonly[t]);
+                        vy = c.cs * vy + c.ls * (lm_term - lonly) + c.as * (am_term + c.logU[term] - aonly);
                     st(py->data, pyo + s * T + t, f64, vy);
                     if (s < S) {
                         const double am_sym = ld(amb, t * C + sym, f64);
                         double vx = am_sym + lm_sym - norm;
                         if (c.smoothed)
-                            vx = c.cs * vx + c.ls * (lm_sym - lonly[s]) + c.as * (am_sym + c.logU[sym] - aonly[t]);
+                            vx = c.cs * vx + c.ls * (lm_sym - lonly) + c.as * (am_sym + c.logU[sym] - aonly);
                         st(px->data, pxo + s * T0 + t, f64, vx);
                     }
                 }
                 if (s < S && T0 > T) st(px->data, pxo + s * T0 + T, f64, -INFINITY);
             }
         }
-        if (rc == TN_OK)
-            tn_rnnt_internal_post(px->data, py->data, bnd, c.boundary_given, B, S, T, rnnt_type, delay_penalty, f64);
+        tn_rnnt_internal_post(px->data, py->data, bnd, c.boundary_given, B, S, T, rnnt_type, delay_penalty, f64);
     }
-    free(buf);
-    free(dbuf);
+    free(c.mem);
     free(bnd);
     return rc;
+}
+
+/* Backward phase E for one utterance: the gradient GEMM results in glb / gab (when given) turned
+ * into grad_lm[b] / grad_am[b]; with smoothing, the AM-only part, and this utterance's
+ * contributions to dL/dU and dL/dlogU in part[b] and part2[b]. */
+static void simple_back_one(const simple_ctx *c, int64_t b, void *glb, void *gab) {
+    const int64_t S = c->S, S1 = S + 1, T = c->T, C = c->C, term = c->term;
+    const int f64 = c->f64;
+    const double cs = c->cs, ls = c->ls, as = c->as;
+    const void *lp = at_(c->lp, b * S1 * C, f64), *ap = at_(c->ap, b * T * C, f64);
+    const double *gx = c->gx + b * S1 * T, *gy = c->gy + b * S1 * T;
+    const double *lsum = c->lsum + b * S1, *asum = c->asum + b * T;
+    const tn_tensor *symbols = c->symbols;
+    if (glb) {
+        for (int64_t s = 0; s < S1; s++) {
+            for (int64_t k = 0; k < C; k++) st(glb, s * C + k, f64, -ld(lp, s * C + k, f64) * ld(glb, s * C + k, f64));
+            double sx = 0.0, sy = 0.0;
+            for (int64_t t = 0; t < T; t++) sx += gx[s * T + t], sy += gy[s * T + t];
+            if (s < S) {
+                const int64_t sym = ldi(symbols, b, s);
+                st(glb, s * C + sym, f64, ld(glb, s * C + sym, f64) + cs * sx);
+            }
+            st(glb, s * C + term, f64, ld(glb, s * C + term, f64) + cs * sy);
+            if (c->smoothed) { /* LM-only part: (Lx + Ly) through log_softmax(lm[s]) */
+                const double Lx = ls * sx, Ly = ls * sy;
+                for (int64_t k = 0; k < C; k++)
+                    st(glb, s * C + k, f64, ld(glb, s * C + k, f64) - (Lx + Ly) * ld(lp, s * C + k, f64) / lsum[s]);
+                if (s < S) {
+                    const int64_t sym = ldi(symbols, b, s);
+                    st(glb, s * C + sym, f64, ld(glb, s * C + sym, f64) + Lx);
+                }
+                st(glb, s * C + term, f64, ld(glb, s * C + term, f64) + Ly);
+            }
+        }
+    }
+    if (gab) {
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t k = 0; k < C; k++) st(gab, t * C + k, f64, -ld(ap, t * C + k, f64) * ld(gab, t * C + k, f64));
+            double sy = 0.0;
+            for (int64_t s = 0; s < S1; s++) {
+                sy += gy[s * T + t];
+                if (s < S) {
+                    const int64_t sym = ldi(symbols, b, s);
+                    st(gab, t * C + sym, f64, ld(gab, t * C + sym, f64) + cs * gx[s * T + t]);
+                }
+            }
+            st(gab, t * C + term, f64, ld(gab, t * C + term, f64) + cs * sy);
+        }
+    }
+    if (!c->smoothed) return;
+    /* AM-only part: am[t, sym] + log U[sym] - log sum_c exp(am[t, c]) U[c] */
+    double *dU = c->part + b * C, *dLogU = c->part2 + b * C;
+    for (int64_t k = 0; k < C; k++) dU[k] = 0.0, dLogU[k] = 0.0;
+    for (int64_t t = 0; t < T; t++) {
+        double sx = 0.0, sy = 0.0;
+        for (int64_t s = 0; s < S1; s++) {
+            sy += gy[s * T + t];
+            if (s < S) sx += gx[s * T + t];
+        }
+        const double Gtt = as * (sx + sy);
+        if (gab) {
+            for (int64_t k = 0; k < C; k++)
+                st(gab, t * C + k, f64, ld(gab, t * C + k, f64) - Gtt * ld(ap, t * C + k, f64) * c->U[k] / asum[t]);
+            for (int64_t s = 0; s < S; s++) {
+                const int64_t sym = ldi(symbols, b, s);
+                st(gab, t * C + sym, f64, ld(gab, t * C + sym, f64) + as * gx[s * T + t]);
+            }
+            st(gab, t * C + term, f64, ld(gab, t * C + term, f64) + as * sy);
+        }
+        if (glb) {
+            for (int64_t k = 0; k < C; k++) dU[k] -= Gtt * ld(ap, t * C + k, f64) / asum[t];
+            for (int64_t s = 0; s < S; s++) dLogU[ldi(symbols, b, s)] += as * gx[s * T + t];
+            dLogU[term] += as * sy;
+        }
+    }
 }
 
 tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_am, const tn_tensor *grad_px,
@@ -675,9 +838,8 @@ tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_a
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(simple_setup(op, &c, lm, am, symbols, boundary, termination_symbol, rnnt_type, lm_only_scale,
                         am_only_scale, 0.0, &bnd));
-    const int64_t B = c.B, S = c.S, T = c.T, C = c.C, T0 = c.T0, S1 = S + 1, term = c.term;
-    const int f64 = c.f64;
-    const size_t es = f64 ? 8 : 4;
+    const int64_t B = c.B, S = c.S, T = c.T, C = c.C, T0 = c.T0, S1 = S + 1;
+    const int f64 = c.f64, nt = c.nt;
     const int64_t spx[3] = {B, S, T0}, spy[3] = {B, S1, T};
     tn_status rc = tn_rnnt_internal_float(op, "grad_px", grad_px, 3, spx, am->dtype);
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "grad_py", grad_py, 3, spy, am->dtype);
@@ -685,40 +847,25 @@ tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_a
     if (rc == TN_OK && grad_am) rc = tn_rnnt_internal_float(op, "grad_am", grad_am, 3, am->shape, am->dtype);
     if (rc == TN_OK && ((grad_lm && (grad_lm == lm || grad_lm == am)) || (grad_am && (grad_am == lm || grad_am == am))))
         rc = tn_error(TN_ERR_ARG, "%s: grad_lm / grad_am must not be lm or am", op);
-    char *buf = NULL;
-    double *dbuf = NULL;
-    if (rc == TN_OK && (grad_lm || grad_am)) {
-        buf = (char *)malloc(es * (size_t)(S1 * C + T * C + 2 * S1 * T) + 64);
-        dbuf = (double *)malloc(sizeof(double) * (size_t)(2 * S1 + 2 * T + 6 * C + 2 * S1 * T + 8));
-        if (!buf || !dbuf) rc = tn_error(TN_ERR_OOM, "%s: out of memory (scratch for B=%lld S=%lld T=%lld C=%lld)",
-                                         op, (long long)B, (long long)S, (long long)T, (long long)C);
-    }
+    if (rc == TN_OK && (grad_lm || grad_am)) rc = simple_alloc(op, &c, 1);
     if (rc != TN_OK || (!grad_lm && !grad_am)) {
+        free(c.mem);
         free(bnd);
         return rc;
     }
-    void *lp = buf, *ap = buf + es * (size_t)(S1 * C), *Z = buf + es * (size_t)(S1 * C + T * C);
-    void *Q = (char *)Z + es * (size_t)(S1 * T);
-    double *lmax = dbuf, *amax = lmax + S1, *lsum = amax + T, *Aam = lsum + S1;
-    c.U = Aam + T, c.logU = c.U + C;
-    double *rowbuf = c.logU + C, *dU = rowbuf + C, *dLogU = dU + C, *Gt = dLogU + C;
-    double *gx = Gt + C /* (S, T) effective grad of px's gathered part */, *gy = gx + S1 * T /* (S+1, T) */;
-    (void)Gt;
-    if (c.smoothed) {
-        simple_unigram(&c, rowbuf);
-        for (int64_t k = 0; k < C; k++) dU[k] = 0.0, dLogU[k] = 0.0;
-    }
-    const double cs = c.cs, ls = c.ls, as = c.as;
+    int64_t bl, ba; /* the forward checked the values */
+    simple_exp(&c, &bl, &ba);
+    simple_norm(&c);
+    (void)nt;
+    /* effective gradients of the gathered px (forced -inf entries get none) and of py
+     * (constrained: px[s] += py[s+1] passes grad_px on to py); Q = cs (gx + gy) / Z in place of Z */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
     for (int64_t b = 0; b < B; b++) {
-        const void *lmb = (const char *)c.lm + es * (size_t)(b * S1 * C);
-        const void *amb = (const char *)c.am + es * (size_t)(b * T * C);
         const int64_t pxo = b * S * T0, pyo = b * S1 * T;
         const tn_rnnt_bnd bd = bnd[b];
-        exp_rows(f64, lmb, lp, S1, C, lmax);
-        exp_rows(f64, amb, ap, T, C, amax);
-        if (T > 0) rnnt_gemm(f64, 0, 1, S1, T, C, lp, C, ap, C, Z, T);
-        /* effective gradients of the gathered px (forced -inf entries get none) and of py
-         * (constrained: px[s] += py[s+1] passes grad_px on to py) */
+        double *gx = c.gx + b * S1 * T, *gy = c.gy + b * S1 * T;
         for (int64_t s = 0; s < S1; s++)
             for (int64_t t = 0; t < T; t++) {
                 double vx = 0.0;
@@ -728,110 +875,51 @@ tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_a
                 if (rnnt_type == TN_RNNT_CONSTRAINED && s >= 1) vy += ld(grad_px->data, pxo + (s - 1) * T0 + t, f64);
                 gx[s * T + t] = vx;
                 gy[s * T + t] = vy;
+                const int64_t i = (b * S1 + s) * T + t;
+                st(c.Z, i, f64, c.cs * (vx + vy) / z_at(&c, i));
             }
-        for (int64_t s = 0; s < S1; s++)
-            for (int64_t t = 0; t < T; t++) {
-                const double zt = f64 ? ld(Z, s * T + t, 1) + DBL_MIN : (double)((float)ld(Z, s * T + t, 0) + FLT_MIN);
-                st(Q, s * T + t, f64, cs * (gx[s * T + t] + gy[s * T + t]) / zt);
-            }
-        if (c.smoothed) {
-            for (int64_t s = 0; s < S1; s++) {
-                double sum = 0.0;
-                for (int64_t k = 0; k < C; k++) sum += ld(lp, s * C + k, f64);
-                lsum[s] = sum;
-            }
-            for (int64_t t = 0; t < T; t++) {
-                double sum = 0.0;
-                for (int64_t k = 0; k < C; k++) sum += ld(ap, t * C + k, f64) * c.U[k];
-                Aam[t] = sum;
-            }
-        }
+        if (c.smoothed)
+            for (int64_t t = 0; t < T; t++)
+                c.asum[b * T + t] = row_dot_u(at_(c.ap, (b * T + t) * C, f64), c.U, C, f64);
+    }
+    /* grad_lm[b] = Q[b] ap[b], grad_am[b] = Q[b]^T lp[b] (BLAS threads), then the rest per utterance */
+    for (int64_t b = 0; b < B; b++) {
+        const void *Q = at_(c.Z, b * S1 * T, f64);
         if (grad_lm) {
-            void *glb = (char *)grad_lm->data + es * (size_t)(b * S1 * C);
-            if (T > 0) rnnt_gemm(f64, 0, 0, S1, C, T, Q, T, ap, C, glb, C);
-            else memset(glb, 0, es * (size_t)(S1 * C));
-            for (int64_t s = 0; s < S1; s++) {
-                for (int64_t k = 0; k < C; k++)
-                    st(glb, s * C + k, f64, -ld(lp, s * C + k, f64) * ld(glb, s * C + k, f64));
-                double sx = 0.0, sy = 0.0;
-                for (int64_t t = 0; t < T; t++) sx += gx[s * T + t], sy += gy[s * T + t];
-                if (s < S) {
-                    const int64_t sym = ldi(symbols, b, s);
-                    st(glb, s * C + sym, f64, ld(glb, s * C + sym, f64) + cs * sx);
-                }
-                st(glb, s * C + term, f64, ld(glb, s * C + term, f64) + cs * sy);
-                if (c.smoothed) { /* LM-only part: (Lx + Ly) through log_softmax(lm[s]) */
-                    const double Lx = ls * sx, Ly = ls * sy;
-                    for (int64_t k = 0; k < C; k++)
-                        st(glb, s * C + k, f64, ld(glb, s * C + k, f64) - (Lx + Ly) * ld(lp, s * C + k, f64) / lsum[s]);
-                    if (s < S) {
-                        const int64_t sym = ldi(symbols, b, s);
-                        st(glb, s * C + sym, f64, ld(glb, s * C + sym, f64) + Lx);
-                    }
-                    st(glb, s * C + term, f64, ld(glb, s * C + term, f64) + Ly);
-                }
-            }
+            void *glb = at_(grad_lm->data, b * S1 * C, f64);
+            if (T > 0) rnnt_gemm(f64, 0, 0, S1, C, T, Q, T, at_(c.ap, b * T * C, f64), C, glb, C);
+            else memset(glb, 0, (f64 ? 8 : 4) * (size_t)(S1 * C));
         }
-        if (grad_am) {
-            void *gab = (char *)grad_am->data + es * (size_t)(b * T * C);
-            if (T > 0) rnnt_gemm(f64, 1, 0, T, C, S1, Q, T, lp, C, gab, C);
-            for (int64_t t = 0; t < T; t++) {
-                for (int64_t k = 0; k < C; k++)
-                    st(gab, t * C + k, f64, -ld(ap, t * C + k, f64) * ld(gab, t * C + k, f64));
-                double sy = 0.0;
-                for (int64_t s = 0; s < S1; s++) {
-                    sy += gy[s * T + t];
-                    if (s < S) {
-                        const int64_t sym = ldi(symbols, b, s);
-                        st(gab, t * C + sym, f64, ld(gab, t * C + sym, f64) + cs * gx[s * T + t]);
-                    }
-                }
-                st(gab, t * C + term, f64, ld(gab, t * C + term, f64) + cs * sy);
-            }
-        }
-        if (c.smoothed) { /* AM-only part: am[t, sym] + log U[sym] - log sum_c exp(am[t, c]) U[c] */
-            for (int64_t t = 0; t < T; t++) {
-                double sx = 0.0, sy = 0.0;
-                for (int64_t s = 0; s < S1; s++) {
-                    sy += gy[s * T + t];
-                    if (s < S) sx += gx[s * T + t];
-                }
-                const double Gtt = as * (sx + sy);
-                if (grad_am) {
-                    void *gab = (char *)grad_am->data + es * (size_t)(b * T * C);
-                    for (int64_t k = 0; k < C; k++)
-                        st(gab, t * C + k, f64, ld(gab, t * C + k, f64) - Gtt * ld(ap, t * C + k, f64) * c.U[k] / Aam[t]);
-                    for (int64_t s = 0; s < S; s++) {
-                        const int64_t sym = ldi(symbols, b, s);
-                        st(gab, t * C + sym, f64, ld(gab, t * C + sym, f64) + as * gx[s * T + t]);
-                    }
-                    st(gab, t * C + term, f64, ld(gab, t * C + term, f64) + as * sy);
-                }
-                if (grad_lm) {
-                    for (int64_t k = 0; k < C; k++) dU[k] -= Gtt * ld(ap, t * C + k, f64) / Aam[t];
-                    for (int64_t s = 0; s < S; s++) dLogU[ldi(symbols, b, s)] += as * gx[s * T + t];
-                    dLogU[term] += as * sy;
-                }
-            }
-        }
+        if (grad_am && T > 0)
+            rnnt_gemm(f64, 1, 0, T, C, S1, Q, T, at_(c.lp, b * S1 * C, f64), C, at_(grad_am->data, b * T * C, f64), C);
     }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t b = 0; b < B; b++)
+        simple_back_one(&c, b, grad_lm ? at_(grad_lm->data, b * S1 * C, f64) : NULL,
+                        grad_am ? at_(grad_am->data, b * T * C, f64) : NULL);
     if (c.smoothed && grad_lm) { /* through the unigram: mean over (b, s) of softmax(lm[b, s]) */
-        for (int64_t k = 0; k < C; k++) dU[k] += dLogU[k] / c.U[k];
+        double *tot = c.part, *totl = c.part2; /* dL/dU, dL/dlogU: partials of b >= 1 added to b = 0's */
+        for (int64_t b = 1; b < B; b++)
+            for (int64_t k = 0; k < C; k++) tot[k] += c.part[b * C + k], totl[k] += c.part2[b * C + k];
+        for (int64_t k = 0; k < C; k++) tot[k] += totl[k] / c.U[k];
         const double inv_n = 1.0 / (double)(B * S1);
-        for (int64_t r = 0; r < B * S1; r++) {
-            double m = -INFINITY, sum = 0.0, dot = 0.0;
-            for (int64_t k = 0; k < C; k++) {
-                const double x = ld(c.lm, r * C + k, f64);
-                m = x > m ? x : m;
-            }
-            for (int64_t k = 0; k < C; k++) sum += rowbuf[k] = exp(ld(c.lm, r * C + k, f64) - m);
-            for (int64_t k = 0; k < C; k++) dot += dU[k] * (rowbuf[k] /= sum);
+        const int64_t rows = B * S1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            const void *p = at_(c.lp, r * C, f64);
+            const double inv = 1.0 / c.lsum[r];
+            double dot = 0.0;
+            for (int64_t k = 0; k < C; k++) dot += tot[k] * ld(p, k, f64) * inv;
             for (int64_t k = 0; k < C; k++)
-                st(grad_lm->data, r * C + k, f64, ld(grad_lm->data, r * C + k, f64) + inv_n * rowbuf[k] * (dU[k] - dot));
+                st(grad_lm->data, r * C + k, f64,
+                   ld(grad_lm->data, r * C + k, f64) + inv_n * ld(p, k, f64) * inv * (tot[k] - dot));
         }
     }
-    free(buf);
-    free(dbuf);
+    free(c.mem);
     free(bnd);
     return TN_OK;
 }

@@ -302,6 +302,27 @@ describe("tn.rnnt identities (f64, random boundaries)", function()
         assert.is_true(math.abs(s:item() - a:item()) > 1e-6)
       end)
 
+      it("loss_simple and loss_smoothed give the same bits at 1 and 2 threads", function()
+        -- big enough for the utterance-parallel phases (B (S+1+T) C >= 65536)
+        local c = random_case(250 + ti, 4, 40, 12, 400, ty)
+        for _, dt in ipairs({ "f32", "f64" }) do
+          for _, fn in ipairs({ rnnt.loss_simple, rnnt.loss_smoothed }) do
+            local runs = {}
+            local nt = tn.get_num_threads()
+            for i, threads in ipairs({ 1, 2 }) do
+              tn.set_num_threads(threads)
+              local lm, am = leaf(c.lm:to(dt)), leaf(c.am:to(dt))
+              local loss, pxg = fn(args_of(c, { lm = lm, am = am, reduction = "none", return_grad = true }))
+              loss:sum():backward()
+              runs[i] = { loss, pxg, lm.grad, am.grad }
+            end
+            tn.set_num_threads(nt)
+            for k = 1, 4 do assert.tensor_equal(runs[1][k], runs[2][k]) end
+            assert.is_true(runs[1][1]:abs():max():item() < math.huge) -- finite, not NaN
+          end
+        end
+      end)
+
       it("loss_pruned equals loss when s_range >= S+1 (ranges clamp to 0..S)", function()
         local c = random_case(300 + ti, 3, 6, 4, 5, ty)
         local _, pxg, pyg = rnnt.loss_simple(args_of(c, { lm = c.lm, am = c.am, return_grad = true }))
