@@ -18,7 +18,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # What building and testing needs. gcc's OpenMP (libgomp) comes with build-essential; the CUDA
 # toolkit and MPI are optional and never installed here (CMake enables them when present).
-PACKAGES="build-essential cmake pkg-config luajit lua-busted libopenblas-dev libfftw3-dev libsndfile1-dev espeak-ng gnuplot-nox"
+PACKAGES="build-essential cmake pkg-config luajit lua-busted libopenblas-dev libfftw3-dev libsndfile1-dev libsentencepiece-dev espeak-ng gnuplot-nox"
 
 # ---- packages ----------------------------------------------------------------------------------
 command -v dpkg-query >/dev/null 2>&1 || die "this script needs Debian (dpkg-query not found)"

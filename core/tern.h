@@ -834,6 +834,28 @@ uint64_t tn_data_checksum(const void *data, size_t nbytes);
  * file, each [OPTIONAL]; TN_ERR_IO naming the path when stat fails. */
 tn_status tn_file_stat(const char *path, int64_t *size, int64_t *mtime_ns, int32_t *is_dir);
 
+/* ---- SentencePiece tokens (spm.c, spm_impl.cc) ---------------------------------------------
+ * Debian's libsentencepiece behind a C API: ids are the model's (0-based). A build without it
+ * keeps these entry points; they return TN_ERR_UNSUPPORTED naming the package (tn_spm_available
+ * says which). */
+typedef struct tn_spm tn_spm;
+int tn_spm_available(void);       /* 1 when built with libsentencepiece */
+/* Load a .model file; TN_ERR_IO naming the path and the library's reason when it fails. */
+tn_status tn_spm_load(const char *path, tn_spm **out);
+void tn_spm_free(tn_spm *spm);
+int32_t tn_spm_size(const tn_spm *spm);                       /* pieces in the vocabulary */
+int32_t tn_spm_kind(const tn_spm *spm, int32_t id);           /* 0 normal, 1 unknown, 2 control, 3 unused, 4 byte; -1 bad id */
+int32_t tn_spm_piece_to_id(const tn_spm *spm, const char *piece); /* -1 when not in the vocabulary */
+/* The piece of id into out (cap bytes, NUL-terminated when *len < cap). */
+tn_status tn_spm_piece(const tn_spm *spm, int32_t id, char *out, int64_t cap, int64_t *len);
+/* text -> ids (at most cap written); *n = the number of ids the text has (call again with a
+ * larger buffer when *n > cap). */
+tn_status tn_spm_encode(const tn_spm *spm, const char *text, int32_t *ids, int64_t cap, int64_t *n);
+/* ids -> text into out (cap bytes, NUL-terminated when *len < cap); *len = the text's length. */
+tn_status tn_spm_decode(const tn_spm *spm, const int32_t *ids, int64_t n, char *out, int64_t cap, int64_t *len);
+/* Train a model: spm_train's flags in one string ("--input=a.txt --model_prefix=m --vocab_size=500 ..."). */
+tn_status tn_spm_train(const char *args);
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 /* Atomically write path: header (header_len bytes) preceded by its length as u64 little

@@ -92,7 +92,18 @@ end
 
 -- model and training state -------------------------------------------------------------------------
 
-local tok = tokm.Chars()
+local data_memo
+local function get_data()
+  if not data_memo then data_memo = { prepare_data() } end
+  return data_memo[1], data_memo[2]
+end
+
+local tok = tokm.make(cfg.tokens, { mode = cfg.mode, dir = cfg.exp_dir .. "/tokens", log = function(l) say("%s", l) end,
+  train_texts = function()
+    local texts = {}
+    for i, it in ipairs((get_data())) do texts[i] = it.text end
+    return texts
+  end })
 local mcfg = {}
 for k, v in pairs(cfg.model) do mcfg[k] = v end
 mcfg.vocab, mcfg.feat_dim = tok.vocab, cfg.features.num_mel_bins
@@ -221,7 +232,7 @@ local ckpt = tn.checkpoint.Manager{ dir = cfg.exp_dir .. "/ckpt", keep_last = cf
   keep_best = cfg.train.keep_best, metric = "wer", mode = "min" }
 
 local function run_train()
-  local train_items, test_items = prepare_data()
+  local train_items, test_items = get_data()
   local cache, train, test = features(train_items, test_items)
   local cmvn = cache:cmvn(train)
   local cmvn_c = cmvn_holder(cmvn)
@@ -374,7 +385,7 @@ local function restore_for_decoding(cmvn_c)
 end
 
 local function run_eval()
-  local _, test_items = prepare_data()
+  local _, test_items = get_data()
   local cache, _, test = features({}, test_items)
   local cmvn_c = cmvn_holder({})
   restore_for_decoding(cmvn_c)

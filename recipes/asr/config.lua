@@ -30,6 +30,9 @@ function M.defaults()
       num_mel_bins = 80,
       spec_augment = true, time_masks = 2, time_width = 0.05, freq_masks = 2, freq_width = 15,
     },
+    -- chars, or SentencePiece: a given .model, else one trained on the training transcripts
+    -- into <exp_dir>/tokens/spm.model
+    tokens = { type = "chars", model = "", vocab_size = 256, model_type = "unigram" },
     model = {
       encoder = "sru", d_model = 256, enc_layers = 4, enc_hidden = 256, bidirectional = true,
       dropout = 0.1, dec_dim = 256, joiner_dim = 256, stack = 4,

@@ -6,6 +6,7 @@
 --   local batches = tn.data.Batches{ items = train, cache = cache, cmvn = cache:cmvn(train),
 --     max_frames = 20000, seed = 1 }                                    -- batches.lua
 --   for batch in batches:iter(epoch) do ... batch.feats (B, T, 80), batch.feat_lens ... end
+--   local sp = tn.data.SentencePiece("m.model"); sp:encode(text); sp:decode(ids)  -- spm.lua
 --
 -- The submodules load on first use (tn.data.X), so `require "tern"` stays cheap. The few
 -- helpers shared by them (files, logging) live here.
@@ -23,12 +24,14 @@ local lazy = {
   fbank_opts = { "tern.data.features", "fbank_opts" },
   Batches = { "tern.data.batches", "Batches" },
   frames_of = { "tern.data.batches", "frames_of" },
+  SentencePiece = { "tern.data.spm", nil },
 }
 setmetatable(M, {
   __index = function(t, k)
     local where = lazy[k]
     if not where then return nil end
-    local v = require(where[1])[where[2]]
+    local mod = require(where[1])
+    local v = where[2] and mod[where[2]] or mod
     rawset(t, k, v)
     return v
   end,
