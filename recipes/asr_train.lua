@@ -73,10 +73,13 @@ end
 
 local feat_opts = { num_mel_bins = cfg.features.num_mel_bins }
 
+-- Speed perturbation 0.9 / 1.0 / 1.1: three copies of every training utterance
+-- (data.speed_copies, icefall's way), or one speed per utterance drawn from (seed, id).
 local function features(train_items, test_items)
   local cache = tn.data.FeatureCache{ dir = cfg.data.dir .. "/feats", opts = feat_opts }
   local speeds = (cfg.data.speed_perturb and cfg.mode == "train") and { 0.9, 1.0, 1.1 } or { 1.0 }
-  local train = #train_items > 0 and cache:add(train_items, { speeds = speeds }) or {}
+  local train = #train_items > 0
+    and cache:add(train_items, { speeds = speeds, one_speed = not cfg.data.speed_copies, seed = cfg.seed }) or {}
   local test = cache:add(test_items)
   return cache, train, test
 end

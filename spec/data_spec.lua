@@ -254,6 +254,33 @@ describe("tn.data", function()
       end
     end)
 
+    it("gives each utterance one of the speeds with one_speed, the same for the same seed", function()
+      local items = tn.data.read_manifest(jsonl_corpus(tmp, 12), { quiet = true })
+      local cache = tn.data.FeatureCache{ dir = tmp .. "/feats", quiet = true }
+      local sp = { 0.9, 1.0, 1.1 }
+      local e, info = cache:add(items, { speeds = sp, one_speed = true, seed = 5 })
+      assert.are.same(12, #e)
+      assert.are.same(12, info.computed)
+      local seen, picks = {}, {}
+      for i, x in ipairs(e) do
+        assert.are.equal(items[i].text, x.text)
+        assert.are.equal(x.speed == 1 and items[i].id or fmt("%s_sp%g", items[i].id, x.speed), x.id)
+        seen[x.speed] = (seen[x.speed] or 0) + 1
+        picks[i] = x.speed
+      end
+      local kinds = 0
+      for _ in pairs(seen) do kinds = kinds + 1 end
+      assert.are.equal(3, kinds) -- (12 items: all three speeds drawn)
+      -- the same seed picks the same speeds (all reused); another seed picks others
+      local again, info2 = cache:add(items, { speeds = sp, one_speed = true, seed = 5 })
+      assert.are.same(12, info2.reused)
+      for i, x in ipairs(again) do assert.are.equal(picks[i], x.speed) end
+      local other = cache:add(items, { speeds = sp, one_speed = true, seed = 6 })
+      local differ = 0
+      for i, x in ipairs(other) do if x.speed ~= picks[i] then differ = differ + 1 end end
+      assert.is_true(differ > 0)
+    end)
+
     it("stores f16 features within f16 rounding of the f32 ones", function()
       local items = tn.data.read_manifest(jsonl_corpus(tmp, 2), { quiet = true })
       local c32 = tn.data.FeatureCache{ dir = tmp .. "/feats", quiet = true }

@@ -23,7 +23,8 @@ function M.defaults()
       test = "",
       n_train = 4000, n_test = 300,
       max_duration = 15.0, min_duration = 0.3,
-      speed_perturb = true,
+      speed_perturb = true,       -- speeds 0.9 / 1.0 / 1.1 ...
+      speed_copies = false,       -- ... as three copies of every utterance, or one speed each
       procs = 2,                  -- processes generating the default data set
     },
     features = {

@@ -25,7 +25,8 @@
 -- Speed perturbation: each speed is its own cached utterance (icefall's recipe: the training
 -- set is the union of the 0.9, 1.0 and 1.1 copies, three times as many utterances per epoch);
 -- their ids get the suffix _sp0.9 / _sp1.1. Pass speeds = {1} (the default) for none, and
--- compute the CMVN statistics over the entries the model trains on.
+-- compute the CMVN statistics over the entries the model trains on. With one_speed = true each
+-- utterance gets one of the speeds (drawn from the seed and its id): the epoch keeps its size.
 --
 -- CMVN: cache:cmvn(entries) computes the global per-bin mean and standard deviation (floored
 -- at 1e-3) over the entries' features once and stores them as cmvn-<hash of the keys>.safetensors
@@ -275,10 +276,12 @@ end
 
 local function speed_str(s) return fmt("%.6g", s) end
 
--- add(items, {speeds = {1}, progress = true}) -> entries, info
+-- add(items, {speeds = {1}, one_speed = false, seed = 0, progress = true}) -> entries, info
 -- entries: one per item and speed that has (or now has) features, in item order with the
 -- speeds of an item together: {id=, text=, audio=, duration=, speed=, frames=, utt= (store
 -- index, 0-based), key=}. info = {computed=, reused=, skipped=, seconds=}.
+-- one_speed = true: each item gets one of the speeds instead of all, chosen from a hash of
+-- (seed, item id), so the same on every run and rank.
 function FeatureCache:add(items, opts)
   opts = opts or {}
   if type(items) ~= "table" then
@@ -311,7 +314,12 @@ function FeatureCache:add(items, opts)
       log("features: skipping " .. it.audio .. ": " .. err)
     else
       local abs = data._abspath(it.audio)
-      for _, s in ipairs(speeds) do
+      local mine = speeds
+      if opts.one_speed and #speeds > 1 then
+        local h = tonumber(data._hash(tostring(opts.seed or 0) .. "|" .. tostring(it.id or it.audio)):sub(1, 8), 16)
+        mine = { speeds[h % #speeds + 1] }
+      end
+      for _, s in ipairs(mine) do
         local key = fmt("%s|%d|%d|%s", abs, st.size, st.mtime_ns, speed_str(s))
         local e = { id = s == 1 and it.id or fmt("%s_sp%s", tostring(it.id), speed_str(s)), text = it.text,
           audio = it.audio, duration = it.duration and it.duration / s, speed = s, key = key, item = it }
