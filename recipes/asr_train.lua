@@ -383,7 +383,11 @@ end
 local function restore_for_decoding(cmvn_c)
   local path = cfg.resume ~= "auto" and cfg.resume ~= "none" and cfg.resume or ckpt:best() or ckpt:latest()
   if not path then error("asr_train: no checkpoint in " .. cfg.exp_dir .. "/ckpt: train first (--mode=train)", 0) end
-  tn.checkpoint.restore(path, { model = model, cmvn = cmvn_c })
+  local ok, err = pcall(tn.checkpoint.restore, path, { model = model, cmvn = cmvn_c })
+  if not ok then
+    error(tostring(err) .. "\n(--mode=eval and --mode=infer need the --model.* and --tokens.* options of the "
+      .. "training run)", 0)
+  end
   say("loaded %s", path)
 end
 
