@@ -21,15 +21,15 @@ function M.defaults()
       dir = "data/synth",         -- where the default data set is made and cached
       train = "",                 -- a LibriSpeech dir, CSV or JSONL manifest ("" = the default set)
       test = "",
-      n_train = 4000, n_test = 300,
+      n_train = 16000, n_test = 300,
       max_duration = 15.0, min_duration = 0.3,
-      speed_perturb = true,       -- speeds 0.9 / 1.0 / 1.1 ...
+      speed_perturb = false,      -- speeds 0.9 / 1.0 / 1.1 ...
       speed_copies = false,       -- ... as three copies of every utterance, or one speed each
       procs = 2,                  -- processes generating the default data set
     },
     features = {
       num_mel_bins = 80,
-      spec_augment = true, time_masks = 2, time_width = 0.05, freq_masks = 2, freq_width = 15,
+      spec_augment = false, time_masks = 2, time_width = 0.05, freq_masks = 2, freq_width = 15,
     },
     -- chars, or SentencePiece: a given .model, else one trained on the training transcripts
     -- into <exp_dir>/tokens/spm.model
@@ -43,7 +43,7 @@ function M.defaults()
     lr = { policy = "cosine_decay", warmup_steps = 200, min_lr = 1e-5 },
     amp = { dtype = "f32" },      -- f32 | f16 | bf16 (f16 / bf16: loss scaling and f32 masters)
     train = {
-      epochs = 5, max_minutes = 18.5, max_frames = 12000, log_every = 10, ckpt_every = 200,
+      epochs = 3, max_minutes = 19, max_frames = 12000, log_every = 10, ckpt_every = 200,
       keep_last = 3, keep_best = 1,
     },
     decode = { method = "greedy", beam = 4, max_sym_per_frame = 2 },
