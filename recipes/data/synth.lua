@@ -58,10 +58,12 @@ M.DEFAULTS = {
   level_db = { -32, -18 },        -- speech RMS, dB full scale
   pad = { 0.05, 0.35 },           -- silence added before and after, seconds
   -- training: noise on `fraction` of the utterances, SNR uniform in snr_db, kind by weight
-  noise = { fraction = 0.5, snr_db = { 5, 25 }, kinds = { white = 1, pink = 1, brown = 1, babble = 2 } },
+  -- (babble is the hard case on the test set: training hears more of it, from more talkers)
+  noise = { fraction = 0.7, snr_db = { 5, 25 }, kinds = { white = 1, pink = 1, brown = 1, babble = 4 } },
   -- test: every second utterance noisy (exactly half when n_test is even)
   test_noise = { fraction = 0.5, snr_db = { 10, 25 }, kinds = { white = 1, pink = 1, brown = 1, babble = 2 } },
-  babble_bank = 12,               -- utterances mixed into each split's babble source
+  babble_bank = 12,               -- utterances mixed into the test split's babble source
+  train_babble_bank = 48,         -- and into the training split's
 }
 
 -- ---- a small deterministic generator --------------------------------------------------------
@@ -300,7 +302,7 @@ end
 -- the configuration with defaults filled in and checked
 function M.config(opts)
   local cfg = merge(M.DEFAULTS, opts)
-  for _, k in ipairs({ "seed", "n_train", "n_test", "procs", "babble_bank" }) do
+  for _, k in ipairs({ "seed", "n_train", "n_test", "procs", "babble_bank", "train_babble_bank" }) do
     local v = cfg[k]
     if type(v) ~= "number" or v < 0 or v ~= math.floor(v) or v >= 2 ^ 53 then
       error(("synth.prepare: %s must be a non-negative integer, got %s"):format(k, tostring(v)), 0)
@@ -308,6 +310,7 @@ function M.config(opts)
   end
   if cfg.procs < 1 then error("synth.prepare: procs must be >= 1, got " .. cfg.procs, 0) end
   if cfg.babble_bank < 1 then error("synth.prepare: babble_bank must be >= 1, got 0", 0) end
+  if cfg.train_babble_bank < 1 then error("synth.prepare: train_babble_bank must be >= 1, got 0", 0) end
   if type(cfg.dir) ~= "string" or cfg.dir == "" then
     error("synth.prepare: dir must be a directory path, got " .. tostring(cfg.dir), 0)
   end
@@ -488,13 +491,13 @@ local function normalize_rms(p, n)
   for i = 0, n - 1 do p[i] = p[i] * s end
 end
 
--- the babble source of a split: `babble_bank` utterances by that split's voices, each at unit
--- RMS, one after the other (a float tensor)
+-- the babble source of a split: `babble_bank` (test) or `train_babble_bank` (train) utterances by
+-- that split's voices, each at unit RMS, one after the other (a float tensor)
 function M.babble_bank(cfg, split)
   local variants = split == "train" and cfg.train_variants or cfg.test_variants
   local g = get_grammar()
   local parts, total = {}, 0
-  for k = 1, cfg.babble_bank do
+  for k = 1, split == "train" and cfg.train_babble_bank or cfg.babble_bank do
     local r = M.Rng(cfg.seed, STREAM["babble_" .. split], k)
     local text = g:sentence(r)
     local y = M.speak(text, r:pick(cfg.accents) .. "+" .. r:pick(variants),
@@ -658,6 +661,7 @@ local function stamp_of(cfg)
     version = M.VERSION, seed = cfg.seed, n_train = cfg.n_train, n_test = cfg.n_test,
     dir = cfg.dir, rate = cfg.rate, pitch = cfg.pitch, level_db = cfg.level_db, pad = cfg.pad,
     noise = cfg.noise, test_noise = cfg.test_noise, babble_bank = cfg.babble_bank,
+    train_babble_bank = cfg.train_babble_bank,
     accents = cfg.accents, train_variants = cfg.train_variants, test_variants = cfg.test_variants,
     grammar = fnv1a(read_file(here .. "/grammar.lua") or ""),
     words = fnv1a(read_file(grammar.WORDS) or ""),
