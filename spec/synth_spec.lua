@@ -328,6 +328,18 @@ describe("synth (default data set)", function()
       assert.is_true(rms(synth.noise("pink", 7, 1000) - synth.noise("pink", 8, 1000)) > 0.5)
     end)
 
+    it("builds each split's babble bank from its own count of utterances", function()
+      local cfg = synth.config{ babble_bank = 1, train_babble_bank = 2 }
+      local test1, train2 = synth.babble_bank(cfg, "test"), synth.babble_bank(cfg, "train")
+      local train1 = synth.babble_bank(synth.config{ babble_bank = 1, train_babble_bank = 1 }, "train")
+      -- the training bank's first utterance is the same, the second one comes after it
+      assert.is_true(train2:numel() > train1:numel())
+      assert.tensor_equal(train1, train2:narrow(1, 1, train1:numel()))
+      assert.is_true(test1:numel() ~= train1:numel() or rms(test1 - train1) > 0.1) -- other voices
+      assert.has_error(function() synth.config{ train_babble_bank = 0 } end,
+        "synth.prepare: train_babble_bank must be >= 1, got 0")
+    end)
+
     it("mixes noise at the requested SNR", function()
       local cfg = synth.config{}
       local banks = { test = synth.babble_bank(cfg, "test") }
