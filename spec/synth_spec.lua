@@ -240,17 +240,22 @@ describe("synth (default data set)", function()
       assert.are.same(#synth.ACCENTS, n)
     end)
 
-    it("puts noise on about half the training set and exactly half the test set", function()
+    it("puts noise on noise.fraction (70 %) of the training set, babble weighted, and exactly half the test set", function()
+      assert.are.equal(0.7, synth.DEFAULTS.noise.fraction)
       local noisy, kinds = 0, {}
       for _, j in ipairs(train) do
         if j.noise ~= "none" then
           noisy = noisy + 1
-          kinds[j.noise] = true
+          kinds[j.noise] = (kinds[j.noise] or 0) + 1
           assert.is_true(j.snr_db >= 5 and j.snr_db <= 25)
         end
       end
-      assert.is_true(math.abs(noisy / 4000 - 0.5) < 0.04, noisy .. " noisy of 4000")
-      assert.are.same({ white = true, pink = true, brown = true, babble = true }, kinds)
+      assert.is_true(math.abs(noisy / 4000 - 0.7) < 0.04, noisy .. " noisy of 4000")
+      -- weights white 1, pink 1, brown 1, babble 4
+      for _, k in ipairs({ "white", "pink", "brown" }) do
+        assert.is_true(math.abs(kinds[k] / noisy - 1 / 7) < 0.03, k .. ": " .. tostring(kinds[k]))
+      end
+      assert.is_true(math.abs(kinds.babble / noisy - 4 / 7) < 0.04, "babble: " .. kinds.babble)
       noisy = 0
       for _, j in ipairs(test) do
         if j.noise ~= "none" then noisy = noisy + 1; assert.is_true(j.snr_db >= 10 and j.snr_db <= 25) end
