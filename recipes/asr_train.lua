@@ -1,6 +1,6 @@
 #!/usr/bin/env luajit
 -- recipes/asr_train.lua — the main job: train, evaluate and run an SRU-transducer speech
--- recogniser (pruned RNN-T, character tokens) end to end.
+-- recogniser (pruned RNN-T; character tokens, or SentencePiece with --tokens.type=spm) end to end.
 --
 --   luajit recipes/asr_train.lua                      # default data set, train, evaluate, sample
 --   luajit recipes/asr_train.lua --quick=true         # tiny data and model, about a minute
@@ -12,8 +12,8 @@
 --
 -- Stages (mode=train): data (the default data set is made once by recipes/data/synth.lua and
 -- cached under data.dir; --data.train/--data.test take a LibriSpeech folder, a CSV or JSONL
--- manifest), features (Kaldi fbank cached on disk, global CMVN, speed perturbation 0.9/1.0/1.1),
--- training (bucketed batches prepared by a background C thread, SpecAugment, Adam with warm-up
+-- manifest), features (Kaldi fbank cached on disk, global CMVN; speed perturbation 0.9/1.0/1.1
+-- and SpecAugment when asked for), training (bucketed batches prepared by a background C thread, Adam with warm-up
 -- and cosine decay, gradient clipping, optional f16/bf16 with loss scaling), checkpoints every
 -- train.ckpt_every steps and at each epoch end (atomic; the last train.keep_last and the best by
 -- WER are kept; a run resumes from the newest automatically), evaluation (greedy or modified
