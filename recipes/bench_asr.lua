@@ -98,14 +98,7 @@ if opts.encoder ~= "sru" and opts.encoder ~= "lstm" then
   io.stderr:write("bench_asr: --encoder must be sru or lstm\n" .. USAGE)
   os.exit(2)
 end
-local VARIANTS = {}
-for v in opts.variants:gmatch("[^,]+") do
-  if v ~= "pruned" and v ~= "full" then
-    io.stderr:write("bench_asr: unknown variant " .. v .. " (pruned, full)\n" .. USAGE)
-    os.exit(2)
-  end
-  VARIANTS[#VARIANTS + 1] = v
-end
+local VARIANTS = lib.choices("bench_asr", "variant", opts.variants, { "pruned", "full" }, USAGE)
 
 if opts.child ~= "1" then lib.reexec("bench_asr", script, THREADS, passthrough) end
 

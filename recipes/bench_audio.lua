@@ -40,16 +40,7 @@ local SECONDS = assert(tonumber(opts.seconds), "--seconds must be a number")
 lib.check_peer("bench_audio", opts)
 
 local ALL = { "fbank", "fbank_batch", "resample", "speed" }
-local wanted = {}
-for c in (opts.cases == "all" and table.concat(ALL, ",") or opts.cases):gmatch("[^,]+") do
-  local known = false
-  for _, a in ipairs(ALL) do known = known or a == c end
-  if not known then
-    io.stderr:write("bench_audio: unknown case " .. c .. " (" .. table.concat(ALL, ", ") .. ")\n")
-    os.exit(2)
-  end
-  wanted[c] = true
-end
+local _, wanted = lib.choices("bench_audio", "case", opts.cases == "all" and table.concat(ALL, ",") or opts.cases, ALL)
 
 if opts.child ~= "1" then lib.reexec("bench_audio", script, THREADS, passthrough) end
 

@@ -45,14 +45,7 @@ local THREADS = lib.numbers(opts.threads, "--threads")
 local NUMEL = assert(tonumber(opts.numel), "--numel")
 local NT = assert(tonumber(opts.tensors), "--tensors")
 lib.check_peer("bench_optim", opts)
-local CASES = {}
-for c in opts.cases:gmatch("[^,]+") do
-  if c ~= "adam" and c ~= "adamw" and c ~= "sgd" and c ~= "adam_f16" then
-    io.stderr:write("bench_optim: unknown case " .. c .. " (adam, adamw, sgd, adam_f16)\n")
-    os.exit(2)
-  end
-  CASES[#CASES + 1] = c
-end
+local CASES = lib.choices("bench_optim", "case", opts.cases, { "adam", "adamw", "sgd", "adam_f16" })
 
 if opts.child ~= "1" then lib.reexec("bench_optim", script, THREADS, passthrough) end
 

@@ -84,15 +84,7 @@ for c in opts.cases:gmatch("[^,]+") do
   end
   CASES[#CASES + 1] = { B = tonumber(b), T = tonumber(t), S = tonumber(s) }
 end
-local STEPS, STEP_SET = {}, {}
-for s in opts.steps:gmatch("[^,]+") do
-  if s ~= "full" and s ~= "full_ow" and s ~= "pruned" then
-    io.stderr:write("bench_rnnt: unknown step " .. s .. " (full, full_ow, pruned)\n" .. USAGE)
-    os.exit(2)
-  end
-  STEPS[#STEPS + 1] = s
-  STEP_SET[s] = true
-end
+local STEPS, STEP_SET = lib.choices("bench_rnnt", "step", opts.steps, { "full", "full_ow", "pruned" }, USAGE)
 lib.check_peer("bench_rnnt", opts)
 local D, V, BLANK = 512, 500, 0
 

@@ -50,6 +50,22 @@ function M.numbers(s, what)
   return t
 end
 
+-- "a,b" -> {"a", "b"}, {a = true, b = true}. A name outside `allowed` (a list) ends the run:
+-- "<name>: unknown <what> <value> (<allowed>)" and then `usage` (if given) on stderr, exit 2.
+function M.choices(name, what, s, allowed, usage)
+  local ok = {}
+  for _, a in ipairs(allowed) do ok[a] = true end
+  local list, set = {}, {}
+  for v in s:gmatch("[^,]+") do
+    if not ok[v] then
+      io.stderr:write(("%s: unknown %s %s (%s)\n"):format(name, what, v, table.concat(allowed, ", ")) .. (usage or ""))
+      os.exit(2)
+    end
+    list[#list + 1], set[v] = v, true
+  end
+  return list, set
+end
+
 function M.check_peer(name, opts)
   if opts.peer ~= "torch" and opts.peer ~= "none" then
     io.stderr:write(name .. ": --peer must be torch or none\n")
