@@ -519,7 +519,7 @@ typedef struct simple_ctx {
     /* whole-batch scratch, from simple_alloc */
     void *lp, *ap, *Z;    /* (B, S+1, C), (B, T, C) exp(x - rowmax) and (B, S+1, T) normalisers, in the dtype */
     double *lmax, *amax;  /* (B, S+1), (B, T) row maxima */
-    double *lsum, *asum;  /* (B, S+1) row sums of lp; (B, T) sum_c ap[t, c] U[c] (smoothed) */
+    double *lsum, *asum;  /* smoothed only: (B, S+1) row sums of lp; (B, T) sum_c ap[t, c] U[c] */
     double *part, *part2; /* (B, C) per-utterance partial sums */
     double *U, *logU;     /* (C) smoothed unigram and its log */
     double *gx, *gy;      /* backward: (B, S+1, T) effective gradients of px's gathered part and py */
@@ -623,8 +623,8 @@ static double row_dot_u(const void *x, const double *u, int64_t n, int f64) {
     return s;
 }
 
-/* Phase 1, utterances in parallel: lp, ap with their row maxima, lp's row sums, and with
- * smoothing the unigram U = mean over (b, s) of softmax(lm[b, s]) + tiny (fast_rnnt's). Returns
+/* Phase 1, utterances in parallel: lp, ap with their row maxima, and with smoothing lp's row
+ * sums and the unigram U = mean over (b, s) of softmax(lm[b, s]) + tiny (fast_rnnt's). Returns
  * the first lm row (b * (S+1) + s) holding NaN or inf in *bad_lm, the first am row (b * T + t) in
  * *bad_am, or -1. */
 static void simple_exp(simple_ctx *c, int64_t *bad_lm, int64_t *bad_am) {
@@ -643,8 +643,8 @@ static void simple_exp(simple_ctx *c, int64_t *bad_lm, int64_t *bad_am) {
         r = exp_rows(f64, (const char *)c->am + (f64 ? 8 : 4) * (size_t)(b * T * C), at_(c->ap, b * T * C, f64), T, C,
                      c->amax + b * T);
         if (r >= 0 && b * T + r < ba) ba = b * T + r;
-        for (int64_t s = 0; s < S1; s++) c->lsum[b * S1 + s] = row_sum(at_(lpb, s * C, f64), C, f64);
         if (c->smoothed) {
+            for (int64_t s = 0; s < S1; s++) c->lsum[b * S1 + s] = row_sum(at_(lpb, s * C, f64), C, f64);
             double *pb = c->part + b * C;
             for (int64_t k = 0; k < C; k++) pb[k] = 0.0;
             for (int64_t s = 0; s < S1; s++) {
