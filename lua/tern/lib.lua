@@ -37,6 +37,12 @@ ffi.cdef(cdef)
 -- the variable when it is loaded, i.e. with libtern just below.
 ffi.cdef("int setenv(const char *name, const char *value, int overwrite);")
 ffi.C.setenv("OMP_WAIT_POLICY", "PASSIVE", 0)
+-- OpenBLAS's own (pthread) workers busy-wait 2^28 cycles (~0.1 s) after every BLAS call by
+-- default, so the OpenMP loop that follows a GEMM (a log-softmax over its output, a tanh
+-- backward) runs against a spinning worker on the same core: on 2 cores the pruned RNN-T
+-- step took 135 ms with that and 115 ms with 2^4 (recipes/bench_rnnt.lua). OpenBLAS reads
+-- the variable when it is loaded, with libtern just below.
+ffi.C.setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0)
 
 local libpath = os.getenv("TERN_LIB") or (M.dir .. "/libtern.so")
 local ok_load, C = pcall(ffi.load, libpath)
