@@ -16,9 +16,12 @@
  * backward pass walks the rectangle in reverse, turning each stored weight into the
  * occupation g(successor) * weight in place: no exp or log in the backward, one pass over the
  * table each way. Utterances run on OpenMP threads (dynamic schedule; B=8, T=200, S=60: 4.7 ms
- * on one thread, 2.4 ms on two). Inside an utterance the recursion stays serial: an
- * anti-diagonal has at most min(S, T)+1 cells of ~20 ns, so a barrier per diagonal would cost
- * about what it saves at speech sizes (S <= 100); not implemented, not measured.
+ * on one thread, 2.4 ms on two). When threads outnumber utterances (nt >= 2B: one long
+ * utterance, say) and the waves are long, the whole team walks one utterance at a time along
+ * its anti-diagonals (columns for modified), a spinning barrier between waves: 1.3x at ~100
+ * cells per wave, 1.5-1.6x at 150-200 on 2 cores (recipes/bench_rnnt.lua --steps=mi); below
+ * MI_WAVE_MIN cells per wave and thread the barriers cost what they save, so the utterance stays
+ * on one thread. Both orders give the same bits.
  *
  * Simple logprobs. Per utterance: exp(lm - max) (S+1, C) and exp(am - max) (T, C) once, the
  * normaliser sum_c as one GEMM (S+1, C) x (C, T), then px, py from O(S T) gathers. The
@@ -32,6 +35,7 @@
  * per-utterance partials in batch order, so any thread count gives the same bits.
  */
 #include <float.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,167 +192,316 @@ void tn_rnnt_internal_post(void *px, void *py, const tn_rnnt_bnd *bnd, int bound
 typedef struct mi_ctx {
     int64_t B, S, T, T0;
     int o, f64;
+    int64_t rmask; /* row s of the table is tab[(s & rmask) * (T+1) ...]: 1 = two rows, -1 = whole table */
     const tn_rnnt_bnd *bnd;
     const void *px, *py, *p_in, *grad_scores;
     void *pxg, *pyg, *p, *scores;
     int64_t *bad; /* (B, 3): which (0 ok, 1 px, 2 py), s, t */
+    int *stop;    /* wave mode: 1 + the first wave in which a cell met a bad input, 0 while none did */
+    struct mi_bar *bar; /* wave mode: the team's barrier */
 } mi_ctx;
 
-/* Forward (and with pxg, the in-place backward) of utterance b. rows: 2 (T+1) doubles. */
-static void mi_one(const mi_ctx *c, int64_t b, double *rows) {
+/* One cell (s, t) of utterance b: returns 0, or 1 / 2 when the px / py entry it reads is NaN or
+ * +inf. tab holds the recursion's values (forward) or the gradients g (backward) in doubles. */
+typedef int (*mi_cell)(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t);
+
+#define MI_AT(c, s, t) (((s) & (c)->rmask) * ((c)->T + 1) + (t))
+
+/* Forward: p(s, t) = log(e^(p(s-1, t-o) + px(s-1, t-o)) + e^(p(s, t-1) + py(s, t-1))); with
+ * return_grad the two normalised weights go where px_grad / py_grad of those moves will be. */
+static inline int mi_fwd_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
+    const tn_rnnt_bnd bd = c->bnd[b];
+    const int64_t S = c->S, T = c->T, T0 = c->T0;
+    const int o = c->o, f64 = c->f64;
+    const int64_t pxo = b * S * T0, pyo = b * (S + 1) * T;
+    double v;
+    if (s == bd.s0 && t == bd.t0) {
+        v = 0.0;
+    } else {
+        double a = -INFINITY, y2 = -INFINITY, wa, wb;
+        const int hx = s > bd.s0 && t - o >= bd.t0, hy = t > bd.t0;
+        if (hx) {
+            const double x = ld(c->px, pxo + (s - 1) * T0 + t - o, f64);
+            if (TN_UNLIKELY(!(x < INFINITY))) return 1;
+            a = tab[MI_AT(c, s - 1, t - o)] + x;
+        }
+        if (hy) {
+            const double y = ld(c->py, pyo + s * T + t - 1, f64);
+            if (TN_UNLIKELY(!(y < INFINITY))) return 2;
+            y2 = tab[MI_AT(c, s, t - 1)] + y;
+        }
+        v = tn_rnnt_logadd_w(a, y2, &wa, &wb);
+        if (c->pxg) {
+            if (hx) st(c->pxg, pxo + (s - 1) * T0 + t - o, f64, wa);
+            if (hy) st(c->pyg, pyo + s * T + t - 1, f64, wb);
+        }
+    }
+    tab[MI_AT(c, s, t)] = v;
+    if (c->p) st(c->p, (b * (S + 1) + s) * (T + 1) + t, f64, v);
+    return 0;
+}
+
+/* Backward from the weights the forward stored: g(s, t) = d score / d p(s, t); each stored weight
+ * becomes g(successor) * weight in place (no exp or log). */
+static inline int mi_grad_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
+    const tn_rnnt_bnd bd = c->bnd[b];
+    const int64_t S = c->S, T = c->T, T0 = c->T0;
+    const int o = c->o, f64 = c->f64;
+    double g = 1.0;
+    if (s != bd.s1 || t != bd.t1) {
+        g = 0.0;
+        if (s < bd.s1 && t + o <= bd.t1) {
+            const int64_t i = b * S * T0 + s * T0 + t;
+            const double gx = tab[MI_AT(c, s + 1, t + o)] * ld(c->pxg, i, f64);
+            st(c->pxg, i, f64, gx);
+            g += gx;
+        }
+        if (t < bd.t1) {
+            const int64_t i = b * (S + 1) * T + s * T + t;
+            const double gy = tab[MI_AT(c, s, t + 1)] * ld(c->pyg, i, f64);
+            st(c->pyg, i, f64, gy);
+            g += gy;
+        }
+    }
+    tab[MI_AT(c, s, t)] = g;
+    return 0;
+}
+
+/* Backward from the saved table p_in: the weights are recomputed as exp(p + px - p(successor)). */
+static inline int mi_back_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
     const tn_rnnt_bnd bd = c->bnd[b];
     const int64_t S = c->S, T = c->T, T0 = c->T0, T1 = T + 1;
     const int o = c->o, f64 = c->f64;
-    const int64_t pxo = b * S * T0, pyo = b * (S + 1) * T, po = b * (S + 1) * T1;
-    const void *px = c->px, *py = c->py;
-    void *pxg = c->pxg, *pyg = c->pyg, *p = c->p;
-    double *prev = rows, *cur = rows + T1;
-    if (pxg) {
-        memset((char *)pxg + pxo * (f64 ? 8 : 4), 0, (size_t)(S * T0) * (f64 ? 8 : 4));
-        memset((char *)pyg + pyo * (f64 ? 8 : 4), 0, (size_t)((S + 1) * T) * (f64 ? 8 : 4));
-    }
-    if (p)
-        for (int64_t i = 0; i < (S + 1) * T1; i++) st(p, po + i, f64, -INFINITY);
-    for (int64_t s = bd.s0; s <= bd.s1; s++) {
-        for (int64_t t = bd.t0; t <= bd.t1; t++) {
-            double v;
-            if (s == bd.s0 && t == bd.t0) {
-                v = 0.0;
-            } else {
-                double a = -INFINITY, y2 = -INFINITY, wa, wb;
-                const int hx = s > bd.s0 && t - o >= bd.t0, hy = t > bd.t0;
-                if (hx) {
-                    const double x = ld(px, pxo + (s - 1) * T0 + t - o, f64);
-                    if (TN_UNLIKELY(!(x < INFINITY))) {
-                        c->bad[b * 3] = 1, c->bad[b * 3 + 1] = s - 1, c->bad[b * 3 + 2] = t - o;
-                        return;
-                    }
-                    a = prev[t - o] + x;
-                }
-                if (hy) {
-                    const double y = ld(py, pyo + s * T + t - 1, f64);
-                    if (TN_UNLIKELY(!(y < INFINITY))) {
-                        c->bad[b * 3] = 2, c->bad[b * 3 + 1] = s, c->bad[b * 3 + 2] = t - 1;
-                        return;
-                    }
-                    y2 = cur[t - 1] + y;
-                }
-                v = tn_rnnt_logadd_w(a, y2, &wa, &wb);
-                if (pxg) {
-                    if (hx) st(pxg, pxo + (s - 1) * T0 + t - o, f64, wa);
-                    if (hy) st(pyg, pyo + s * T + t - 1, f64, wb);
-                }
-            }
-            cur[t] = v;
-            if (p) st(p, po + s * T1 + t, f64, v);
+    const int64_t po = b * (S + 1) * T1;
+    double g;
+    if (s == bd.s1 && t == bd.t1) {
+        g = c->grad_scores ? ld(c->grad_scores, b, f64) : 1.0;
+    } else {
+        g = 0.0;
+        const double pst = ld(c->p_in, po + s * T1 + t, f64);
+        if (s < bd.s1 && t + o <= bd.t1) {
+            const int64_t i = b * S * T0 + s * T0 + t;
+            const double w = tn_rnnt_ratio(pst + ld(c->px, i, f64), ld(c->p_in, po + (s + 1) * T1 + t + o, f64));
+            const double gx = tab[MI_AT(c, s + 1, t + o)] * w;
+            st(c->pxg, i, f64, gx);
+            g += gx;
         }
-        double *tmp = prev;
-        prev = cur;
-        cur = tmp;
+        if (t < bd.t1) {
+            const int64_t i = b * (S + 1) * T + s * T + t;
+            const double w = tn_rnnt_ratio(pst + ld(c->py, i, f64), ld(c->p_in, po + s * T1 + t + 1, f64));
+            const double gy = tab[MI_AT(c, s, t + 1)] * w;
+            st(c->pyg, i, f64, gy);
+            g += gy;
+        }
     }
-    const double score = prev[bd.t1];
-    st(c->scores, b, f64, score);
-    if (!pxg) return;
-    if (score == -INFINITY) { /* nothing reaches the end: no occupation anywhere */
-        memset((char *)pxg + pxo * (f64 ? 8 : 4), 0, (size_t)(S * T0) * (f64 ? 8 : 4));
-        memset((char *)pyg + pyo * (f64 ? 8 : 4), 0, (size_t)((S + 1) * T) * (f64 ? 8 : 4));
+    tab[MI_AT(c, s, t)] = g;
+    return 0;
+}
+
+/* A barrier for the team of a wave-mode sweep. OpenMP's own barrier sleeps in a futex under
+ * OMP_WAIT_POLICY=passive (tern's default, lua/tern/lib.lua), 10-40 us per wave; this one spins
+ * (pausing, yielding after a while) on a generation counter, which costs well under a microsecond
+ * while the team's threads are running. */
+typedef struct mi_bar {
+    int n;     /* threads in the team */
+    int count; /* arrived at the current barrier */
+    int gen;   /* barriers completed */
+} mi_bar;
+
+static void mi_barrier(mi_bar *bar) {
+    const int gen = __atomic_load_n(&bar->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&bar->count, 1, __ATOMIC_ACQ_REL) == bar->n) {
+        __atomic_store_n(&bar->count, 0, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&bar->gen, 1, __ATOMIC_RELEASE);
         return;
     }
-    /* backward: g(s, t) = d score / d p(s, t); the weight of the move (s, t) -> successor sits
-     * where the move's gradient goes and is replaced by g(successor) * weight */
-    double *gn = rows, *gc = rows + T1;
-    for (int64_t s = bd.s1; s >= bd.s0; s--) {
-        for (int64_t t = bd.t1; t >= bd.t0; t--) {
-            double g;
-            if (s == bd.s1 && t == bd.t1) {
-                g = 1.0;
-            } else {
-                g = 0.0;
-                if (s < bd.s1 && t + o <= bd.t1) {
-                    const int64_t i = pxo + s * T0 + t;
-                    const double gx = gn[t + o] * ld(pxg, i, f64);
-                    st(pxg, i, f64, gx);
-                    g += gx;
-                }
-                if (t < bd.t1) {
-                    const int64_t i = pyo + s * T + t;
-                    const double gy = gc[t + 1] * ld(pyg, i, f64);
-                    st(pyg, i, f64, gy);
-                    g += gy;
+    for (unsigned spins = 0; __atomic_load_n(&bar->gen, __ATOMIC_ACQUIRE) == gen; spins++) {
+        if (spins >= 4096) {
+            sched_yield();
+        } else {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    }
+}
+
+static inline int tn_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static inline int mi_tid(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Wave mode needs MI_WAVE_MIN cells per wave and thread on average (measured on 2 cores: 1.3x at
+ * 100 cells a wave, 1.5-1.6x at 150-200, no gain or a loss below ~65); a wave of fewer than
+ * MI_SPLIT_MIN cells runs on thread 0 alone. */
+#define MI_WAVE_MIN 48
+#define MI_SPLIT_MIN 16
+
+/* Visits utterance b's boundary rectangle with `cell`, forward or in reverse, and returns the
+ * first non-zero result (0 when every cell succeeded; -1 in wave mode, where which bad input was
+ * met first depends on the threads). Row-major (s outer) on the calling thread, or (waves: every
+ * thread of the team calls this) wave by wave: cell (s, t) needs (s-1, t-o) and (s, t-1), so
+ * wave k = (1-o)(s - s0) + (t - t0) needs only wave k-1; each thread runs a contiguous part of
+ * a wave, then all meet at the barrier. Every cell does the same arithmetic in either order, so
+ * both give the same bits. Inlined with a constant `cell`, so the call is direct. */
+static inline __attribute__((always_inline)) int mi_sweep(const mi_ctx *c, int64_t b, double *tab, int waves,
+                                                          int reverse, mi_cell cell) {
+    const tn_rnnt_bnd bd = c->bnd[b];
+    const int o = c->o;
+    const int64_t Sb = bd.s1 - bd.s0, W = bd.t1 - bd.t0;
+    if (!waves) {
+        for (int64_t i = 0; i <= Sb; i++) {
+            const int64_t s = reverse ? bd.s1 - i : bd.s0 + i;
+            for (int64_t j = 0; j <= W; j++) {
+                const int64_t t = reverse ? bd.t1 - j : bd.t0 + j;
+                const int r = cell(c, b, tab, s, t);
+                if (TN_UNLIKELY(r)) {
+                    c->bad[b * 3] = r, c->bad[b * 3 + 1] = r == 1 ? s - 1 : s, c->bad[b * 3 + 2] = r == 1 ? t - o : t - 1;
+                    return r;
                 }
             }
-            gc[t] = g;
         }
-        double *tmp = gn;
-        gn = gc;
-        gc = tmp;
+        return 0;
     }
+    const int64_t K = (o ? 0 : Sb) + W + 1, tid = mi_tid(), nt = c->bar->n;
+    for (int64_t kk = 0; kk < K; kk++) {
+        const int64_t k = reverse ? K - 1 - kk : kk;
+        /* i = s - s0 over [lo, hi], t = t0 + k - (1-o) i */
+        const int64_t lo = o ? 0 : (k > W ? k - W : 0), hi = o ? Sb : (k < Sb ? k : Sb), n = hi - lo + 1;
+        const int64_t i0 = n < MI_SPLIT_MIN ? (tid ? hi + 1 : lo) : lo + n * tid / nt;
+        const int64_t i1 = n < MI_SPLIT_MIN ? hi + 1 : lo + n * (tid + 1) / nt;
+        for (int64_t i = i0; i < i1; i++)
+            if (TN_UNLIKELY(cell(c, b, tab, bd.s0 + i, bd.t0 + k - (o ? 0 : i)))) {
+                __atomic_store_n(c->stop, (int)kk + 1, __ATOMIC_RELAXED);
+                break;
+            }
+        mi_barrier(c->bar);
+        /* a thread already past this barrier can only write kk+2 (wave kk+1), so every thread
+         * agrees on leaving after wave kk */
+        const int stop = __atomic_load_n(c->stop, __ATOMIC_RELAXED);
+        if (stop && stop <= kk + 1) return -1;
+    }
+    return 0;
+}
+
+/* Runs stmt on thread 0 of the team, then a barrier, in wave mode; on the calling thread otherwise. */
+#define MI_ONCE(c, waves, ...)                    \
+    do {                                          \
+        if (!(waves) || mi_tid() == 0) {          \
+            __VA_ARGS__;                          \
+        }                                         \
+        if (waves) mi_barrier((c)->bar);          \
+    } while (0)
+
+/* Zeroes utterance b's slices of px_grad and py_grad. */
+static void mi_zero_grads(const mi_ctx *c, int64_t b) {
+    const size_t es = c->f64 ? 8 : 4;
+    memset((char *)c->pxg + (size_t)(b * c->S * c->T0) * es, 0, (size_t)(c->S * c->T0) * es);
+    memset((char *)c->pyg + (size_t)(b * (c->S + 1) * c->T) * es, 0, (size_t)((c->S + 1) * c->T) * es);
+}
+
+/* Forward (and with pxg, the in-place backward) of utterance b. */
+static void mi_one(const mi_ctx *c, int64_t b, double *tab, int waves) {
+    const tn_rnnt_bnd bd = c->bnd[b];
+    const int64_t S = c->S, T1 = c->T + 1;
+    MI_ONCE(c, waves, {
+        if (c->pxg) mi_zero_grads(c, b);
+        if (c->p)
+            for (int64_t i = 0; i < (S + 1) * T1; i++) st(c->p, b * (S + 1) * T1 + i, c->f64, -INFINITY);
+    });
+    if (mi_sweep(c, b, tab, waves, 0, mi_fwd_cell)) {
+        /* wave mode: find the bad input row-major first cell, as the serial sweep reports it */
+        if (waves) MI_ONCE(c, waves, mi_sweep(c, b, tab, 0, 0, mi_fwd_cell));
+        return;
+    }
+    const double score = tab[MI_AT(c, bd.s1, bd.t1)];
+    MI_ONCE(c, waves, {
+        st(c->scores, b, c->f64, score);
+        if (c->pxg && score == -INFINITY) mi_zero_grads(c, b); /* nothing reaches the end: no occupation */
+    });
+    if (c->pxg && score != -INFINITY) mi_sweep(c, b, tab, waves, 1, mi_grad_cell);
 }
 
 /* Backward of utterance b from the saved table p_in. */
-static void mi_back_one(const mi_ctx *c, int64_t b, double *rows) {
+static void mi_back_one(const mi_ctx *c, int64_t b, double *tab, int waves) {
     const tn_rnnt_bnd bd = c->bnd[b];
-    const int64_t S = c->S, T = c->T, T0 = c->T0, T1 = T + 1;
-    const int o = c->o, f64 = c->f64;
-    const int64_t pxo = b * S * T0, pyo = b * (S + 1) * T, po = b * (S + 1) * T1;
-    const void *px = c->px, *py = c->py, *p = c->p_in;
-    void *pxg = c->pxg, *pyg = c->pyg;
-    memset((char *)pxg + pxo * (f64 ? 8 : 4), 0, (size_t)(S * T0) * (f64 ? 8 : 4));
-    memset((char *)pyg + pyo * (f64 ? 8 : 4), 0, (size_t)((S + 1) * T) * (f64 ? 8 : 4));
-    const double gs = c->grad_scores ? ld(c->grad_scores, b, f64) : 1.0;
-    if (ld(p, po + bd.s1 * T1 + bd.t1, f64) == -INFINITY) return;
-    double *gn = rows, *gc = rows + T1;
-    for (int64_t s = bd.s1; s >= bd.s0; s--) {
-        for (int64_t t = bd.t1; t >= bd.t0; t--) {
-            double g;
-            if (s == bd.s1 && t == bd.t1) {
-                g = gs;
-            } else {
-                g = 0.0;
-                const double pst = ld(p, po + s * T1 + t, f64);
-                if (s < bd.s1 && t + o <= bd.t1) {
-                    const int64_t i = pxo + s * T0 + t;
-                    const double w = tn_rnnt_ratio(pst + ld(px, i, f64), ld(p, po + (s + 1) * T1 + t + o, f64));
-                    const double gx = gn[t + o] * w;
-                    st(pxg, i, f64, gx);
-                    g += gx;
-                }
-                if (t < bd.t1) {
-                    const int64_t i = pyo + s * T + t;
-                    const double w = tn_rnnt_ratio(pst + ld(py, i, f64), ld(p, po + s * T1 + t + 1, f64));
-                    const double gy = gc[t + 1] * w;
-                    st(pyg, i, f64, gy);
-                    g += gy;
-                }
-            }
-            gc[t] = g;
-        }
-        double *tmp = gn;
-        gn = gc;
-        gc = tmp;
-    }
+    const int64_t T1 = c->T + 1;
+    MI_ONCE(c, waves, mi_zero_grads(c, b));
+    if (ld(c->p_in, (b * (c->S + 1) + bd.s1) * T1 + bd.t1, c->f64) == -INFINITY) return;
+    mi_sweep(c, b, tab, waves, 1, mi_back_cell);
 }
 
-/* Runs fn over the batch on OpenMP threads; returns TN_ERR_OOM when a row buffer failed. */
-static tn_status mi_run(const char *op, const mi_ctx *c, void (*fn)(const mi_ctx *, int64_t, double *)) {
-    const int64_t B = c->B, rowsz = 2 * (c->T + 1);
-    int nt = tn_par_threads(B * (c->S + 1) * (c->T + 1), 2048);
-    if (nt > B) nt = (int)(B > 0 ? B : 1);
-    int oom = 0;
+/* Runs fn over the batch. Utterances on OpenMP threads, each with two rows of the table, or, when
+ * at least half the threads would have no utterance (nt >= 2B) and an utterance's waves give
+ * every thread MI_WAVE_MIN cells on average, utterance after utterance with the whole team on the
+ * waves of one (whole table). Returns TN_ERR_OOM when a table failed. */
+static tn_status mi_run(const char *op, mi_ctx *c, void (*fn)(const mi_ctx *, int64_t, double *, int)) {
+    const int64_t B = c->B, T1 = c->T + 1;
+    int nt = tn_par_threads(B * (c->S + 1) * T1, 2048);
+    double wave = 0.0; /* the most cells per wave of any utterance */
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t sb = c->bnd[b].s1 - c->bnd[b].s0 + 1, wb = c->bnd[b].t1 - c->bnd[b].t0 + 1;
+        const double w = (double)(sb * wb) / (double)(c->o ? wb : sb + wb - 1);
+        if (w > wave) wave = w;
+    }
+    const int waves = nt > 1 && nt >= 2 * B && wave >= (double)MI_WAVE_MIN * nt;
+    if (!waves && nt > B) nt = (int)(B > 0 ? B : 1);
+    c->rmask = waves ? -1 : 1;
+    const int64_t tabsz = waves ? (c->S + 1) * T1 : 2 * T1;
+    int oom = 0, stop = 0;
+    c->stop = &stop;
+    if (waves) {
+        double *tab = (double *)malloc(sizeof(double) * (size_t)tabsz);
+        mi_bar bar = {nt, 0, 0};
+        c->bar = &bar;
+        if (tab) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+            {
+#ifdef _OPENMP
+#pragma omp single
+#endif
+                bar.n = tn_team_size(); /* the team may be smaller than asked */
+                for (int64_t b = 0; b < B; b++) {
+                    fn(c, b, tab, 1);
+                    /* a bad input stops its own utterance only, as in the row-major sweep; reset
+                     * once every thread has read the flag */
+                    mi_barrier(&bar);
+                    MI_ONCE(c, 1, stop = 0);
+                }
+            }
+        } else {
+            oom = 1;
+        }
+        free(tab);
+    } else {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : oom)
 #endif
-    {
-        double *rows = (double *)malloc(sizeof(double) * (size_t)rowsz);
-        if (!rows) oom = 1;
+        {
+            double *tab = (double *)malloc(sizeof(double) * (size_t)tabsz);
+            if (!tab) oom = 1;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t b = 0; b < B; b++)
-            if (rows) fn(c, b, rows);
-        free(rows);
+            for (int64_t b = 0; b < B; b++)
+                if (tab) fn(c, b, tab, 0);
+            free(tab);
+        }
     }
-    if (oom) return tn_error(TN_ERR_OOM, "%s: out of memory (row buffers of %lld doubles)", op, (long long)rowsz);
+    if (oom) return tn_error(TN_ERR_OOM, "%s: out of memory (a table of %lld doubles)", op, (long long)tabsz);
     return TN_OK;
 }
 

@@ -3,7 +3,7 @@
 -- pure-PyTorch reference of the pruned step (recipes/bench_rnnt_torch.py).
 --
 --   luajit recipes/bench_rnnt.lua [--threads=1,2] [--repeat=7] [--warmup=2] [--peer=torch|none]
---                                 [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned]
+--                                 [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned,mi]
 --                                 [--s_range=5]
 --
 -- Setup (fast_rnnt's benchmark): encoder output enc (B, T, 512) and decoder output dec (B, S+1, 512),
@@ -22,6 +22,10 @@
 --            dec, ranges) (B, T, s_range, V) (do_pruning, add and tanh fused: tn.rnnt.pruned_tanh);
 --            pruned = loss_pruned{..., overwrite_logits = true}; (simple + pruned):backward()
 --            (icefall backpropagates both losses; the peer's step is the same)
+--   mi       (not a default step) tn.rnnt.mutual_information_recursion{px, py, return_grad = true}
+--            alone on random px (B, S, T+1), py (B, S+1, T): the recursion and its occupations in
+--            one pass; with B = 1 and 2 threads it shows what walking the anti-diagonals of one
+--            utterance on both threads buys (compare its 1- and 2-thread lines)
 -- Before each call (untimed) the parameter gradients are zeroed, the gradients of enc and dec are
 -- dropped (the peer sets them to None) and a full collectgarbage() runs.
 -- Timing: `warmup` untimed calls, then the median wall time (clock_gettime MONOTONIC) of `repeat`
@@ -67,7 +71,7 @@ local json, emit_line, load1, full_gc = lib.json, lib.emit_line, lib.load1, lib.
 -- options ------------------------------------------------------------------------------------
 
 local USAGE = "usage: luajit recipes/bench_rnnt.lua [--threads=1,2] [--repeat=7] [--warmup=2]"
-  .. " [--peer=torch|none] [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned] [--s_range=5]\n"
+  .. " [--peer=torch|none] [--cases=8x200x60,2x450x110,4x100x30] [--steps=full,full_ow,pruned,mi] [--s_range=5]\n"
 local opts, passthrough = lib.parse_args("bench_rnnt", { threads = "1,2", ["repeat"] = "7",
   warmup = "2", peer = "torch", cases = "8x200x60,2x450x110,4x100x30", steps = "full,full_ow,pruned",
   s_range = "5", child = "0" }, USAGE)
@@ -84,7 +88,8 @@ for c in opts.cases:gmatch("[^,]+") do
   end
   CASES[#CASES + 1] = { B = tonumber(b), T = tonumber(t), S = tonumber(s) }
 end
-local STEPS, STEP_SET = lib.choices("bench_rnnt", "step", opts.steps, { "full", "full_ow", "pruned" }, USAGE)
+local STEPS, STEP_SET = lib.choices("bench_rnnt", "step", opts.steps, { "full", "full_ow", "pruned", "mi" },
+  USAGE)
 lib.check_peer("bench_rnnt", opts)
 local D, V, BLANK = 512, 500, 0
 
@@ -125,7 +130,12 @@ local function run_tern(step, c)
   local boundary = tn.tensor(rows, { dtype = "i64" })
   local joiner = tn.nn.Joiner(D, D, D, V, { simple_proj = true })
   local fn
-  if step == "full" or step == "full_ow" then
+  if step == "mi" then
+    local px, py = tn.randn(B, S, T + 1), tn.randn(B, S + 1, T)
+    fn = function()
+      tn.rnnt.mutual_information_recursion{ px = px, py = py, boundary = boundary, return_grad = true }
+    end
+  elseif step == "full" or step == "full_ow" then
     local ow = step == "full_ow"
     fn = function()
       local logits = joiner(enc:unsqueeze(3), dec:unsqueeze(2)) -- (B, T, S+1, V)
@@ -217,7 +227,8 @@ for _, c in ipairs(CASES) do
   local f = {
     { "compare", string.format("B%d_T%d_S%d", c.B, c.T, c.S) }, { "threads", TH },
     { "tern_full_ms", g(t.full, "ms") }, { "tern_full_ow_ms", g(t.full_ow, "ms") },
-    { "tern_pruned_ms", g(t.pruned, "ms") }, { "torchaudio_full_ms", g(peer.full, "ms") },
+    { "tern_pruned_ms", g(t.pruned, "ms") }, { "tern_mi_ms", g(t.mi, "ms") },
+    { "torchaudio_full_ms", g(peer.full, "ms") },
     { "torch_ref_pruned_ms", g(peer.pruned, "ms") },
     { "tern_full_peak", g(t.full, "peak") }, { "tern_full_ow_peak", g(t.full_ow, "peak") },
     { "tern_pruned_peak", g(t.pruned, "peak") },

@@ -11,7 +11,9 @@
  *    differences and in place; full loss = MI over the joint logprobs with gradients by FD;
  *  - pruned: with R = S+1 from tn_rnnt_prune_ranges it equals the full loss; random bands
  *    against brute force; backward by FD; prune ranges constraints; do_pruning and backward;
- *  - error cases with their messages.
+ *  - error cases with their messages;
+ *  - the same bits at 1 and 3 threads over the batch, and in wave mode (a team on the
+ *    anti-diagonals of one utterance) against the row-major sweep, errors included.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -764,6 +766,52 @@ static void test_threads(void) {
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) tn_tensor_free(all[i]);
 }
 
+/* Few long utterances on more threads than utterances run along anti-diagonals (wave mode):
+ * the same bits as the row-major sweep on one thread, for the scores, the one-pass occupations,
+ * the table p and the backward from p; a NaN input gives the same error message. */
+static void test_mi_waves(int regular) {
+    const int64_t B = 2, S = regular ? 400 : 300, T = 400, T0 = regular ? T + 1 : T;
+    tn_tensor *px = mk_rand(TN_F64, 3, SH(B, S, T0), 2.0), *py = mk_rand(TN_F64, 3, SH(B, S + 1, T), 2.0);
+    tn_tensor *bd = mk(TN_I64, 2, SH(B, 4));
+    const int64_t rows[8] = {0, 0, S, T, 3, 1, S - 2, T - 5};
+    memcpy(bd->data, rows, sizeof rows);
+    tn_tensor *sc[2], *pxg[2], *pyg[2], *p[2], *pxg2[2], *pyg2[2];
+    tn_tensor *gs = mk_rand(TN_F64, 1, SH(B), 1.0);
+    char msg[2][512];
+    const int nt0 = tn_get_num_threads();
+    for (int run = 0; run < 2; run++) {
+        tn_set_num_threads(run ? 4 : 1); /* 4 >= 2B threads and waves of >= 48 x 4 cells: wave mode */
+        sc[run] = mk(TN_F64, 1, SH(B)), pxg[run] = mk(TN_F64, 3, px->shape), pyg[run] = mk(TN_F64, 3, py->shape);
+        p[run] = mk(TN_F64, 3, SH(B, S + 1, T + 1));
+        pxg2[run] = mk(TN_F64, 3, px->shape), pyg2[run] = mk(TN_F64, 3, py->shape);
+        CHECK_OK(tn_rnnt_mutual_information(sc[run], pxg[run], pyg[run], p[run], px, py, bd));
+        CHECK_OK(tn_rnnt_mutual_information_backward(pxg2[run], pyg2[run], gs, px, py, bd, p[run]));
+        const double v = get(py, (1 * (S + 1) + 150) * T + 120), vx = get(px, (1 * S + 100) * T0 + 180);
+        set(py, (1 * (S + 1) + 150) * T + 120, NAN);
+        set(px, (1 * S + 100) * T0 + 180, INFINITY);
+        CHECK(tn_rnnt_mutual_information(sc[run], NULL, NULL, NULL, px, py, bd) == TN_ERR_ARG);
+        snprintf(msg[run], sizeof msg[run], "%s", tn_last_error());
+        set(py, (1 * (S + 1) + 150) * T + 120, v);
+        set(px, (1 * S + 100) * T0 + 180, vx);
+    }
+    tn_set_num_threads(nt0);
+    CHECK(maxdiff(sc[0], sc[1]) == 0.0 && maxdiff(p[0], p[1]) == 0.0);
+    CHECK(maxdiff(pxg[0], pxg[1]) == 0.0 && maxdiff(pyg[0], pyg[1]) == 0.0);
+    CHECK(maxdiff(pxg2[0], pxg2[1]) == 0.0 && maxdiff(pyg2[0], pyg2[1]) == 0.0);
+    double occ = 0.0, occ2 = 0.0; /* utterance 1 makes S-5 symbol moves: not all zero */
+    for (int64_t i = S * T0; i < 2 * S * T0; i++) occ += get(pxg[1], i), occ2 += get(pxg2[1], i);
+    CHECK_NEAR(occ, (double)(S - 5), 1e-9 * S);
+    CHECK_NEAR(occ2, get(gs, 1) * (double)(S - 5), 1e-9 * S);
+    double ref[2];
+    ref_mi(ref, px, py, bd);
+    for (int64_t b = 0; b < B; b++) CHECK_NEAR(get(sc[1], b), ref[b], 1e-9 * fabs(ref[b]));
+    CHECK(strcmp(msg[0], msg[1]) == 0 && strstr(msg[0], "[1, 100, 180] is +inf") != NULL);
+    if (strcmp(msg[0], msg[1]) != 0) fprintf(stderr, "  waves: '%s' vs '%s'\n", msg[0], msg[1]);
+    tn_tensor *all[] = {px, py, bd, gs, sc[0], sc[1], pxg[0], pxg[1], pyg[0], pyg[1], p[0], p[1],
+                        pxg2[0], pxg2[1], pyg2[0], pyg2[1]};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tn_tensor_free(all[i]);
+}
+
 int main(void) {
     for (int regular = 0; regular < 2; regular++) {
         test_mi(regular, 0, 0);
@@ -783,5 +831,7 @@ int main(void) {
     test_s_range();
     test_errors();
     test_threads();
+    test_mi_waves(1);
+    test_mi_waves(0);
     return check_report("test_rnnt");
 }
