@@ -18,8 +18,8 @@
  * table each way. Utterances run on OpenMP threads (dynamic schedule; B=8, T=200, S=60: 4.7 ms
  * on one thread, 2.4 ms on two). When threads outnumber utterances (nt >= 2B: one long
  * utterance, say) and the waves are long, the whole team walks one utterance at a time along
- * its anti-diagonals (columns for modified), a spinning barrier between waves: 1.3x at ~100
- * cells per wave, 1.5-1.6x at 150-200 on 2 cores (recipes/bench_rnnt.lua --steps=mi); below
+ * its anti-diagonals (columns for modified), a spinning barrier between waves: 1.25-2.5x at
+ * 100-160 cells per wave on 2 cores (recipes/bench_rnnt.lua --steps=mi, README); below
  * MI_WAVE_MIN cells per wave and thread the barriers cost what they save, so the utterance stays
  * on one thread. Both orders give the same bits.
  *
@@ -342,9 +342,9 @@ static inline int mi_tid(void) {
 #endif
 }
 
-/* Wave mode needs MI_WAVE_MIN cells per wave and thread on average (measured on 2 cores: 1.3x at
- * 100 cells a wave, 1.5-1.6x at 150-200, no gain or a loss below ~65); a wave of fewer than
- * MI_SPLIT_MIN cells runs on thread 0 alone. */
+/* Wave mode needs MI_WAVE_MIN cells per wave and thread on average (measured on 2 cores: 1.25-2.5x
+ * at 100-160 cells a wave, no gain or a loss at 50-65); a wave of fewer than MI_SPLIT_MIN cells
+ * runs on thread 0 alone. */
 #define MI_WAVE_MIN 48
 #define MI_SPLIT_MIN 16
 
