@@ -104,9 +104,11 @@ void tn_allocator_set(int32_t device, const tn_allocator *a);
 
 /* ---- added by state.c / tensor.c ----------------------------------------------------------- */
 
-/* Number of CUDA devices; defined by cuda/ when linked in. state.c calls it (weakly) only in
- * builds with TERN_HAVE_CUDA. */
-int tn_cuda_device_count(void);
+/* Defined by cuda/device.cu in builds with TERN_HAVE_CUDA (the CUDA pools behind
+ * tn_memory_cached / _empty_cache / _set_cache_limit for TN_CUDA). */
+int64_t tn_cuda_pool_cached(void);
+void tn_cuda_pool_empty(void);
+void tn_cuda_pool_set_limit(int64_t bytes);
 
 /* Formats a shape given as (ndim, shape) like tn_shape_str: "[2, 3]", "[]" for ndim 0.
  * Always NUL-terminated; returns buf. */
@@ -122,6 +124,62 @@ static inline int64_t tn_dims_numel(int32_t ndim, const int64_t *shape) {
     for (int32_t i = 0; i < ndim; i++) n *= shape[i];
     return n;
 }
+
+/* ---- size classes and the caching pool (tensor.c, pool.c) ---------------------------------- */
+
+/* The size class of a request of n > 0 bytes with a power-of-two granule g: multiples of g up
+ * to 16 g, then four classes per power of two (at most 25% slack). Returns the class index
+ * (0-based, below 16 + 4 * 48 for any n < 2^52) and sets *block to the class's size. */
+static inline int tn_size_class(size_t n, size_t g, size_t *block) {
+    if (n <= 16 * g) {
+        size_t c = (n + g - 1) / g; /* 1..16 */
+        *block = c * g;
+        return (int)c - 1;
+    }
+    const int lg = 63 - __builtin_clzll((unsigned long long)(16 * g));
+    const int e = 63 - __builtin_clzll((unsigned long long)(n - 1)); /* 2^e < n <= 2^(e+1) */
+    const size_t base = (size_t)1 << e, step = base / 4;
+    const size_t k = (n - base + step - 1) / step; /* 1..4 */
+    *block = base + k * step;
+    return 16 + (e - lg) * 4 + (int)k - 1;
+}
+
+/* The raw calls a tn_pool caches; cuda/ gives cudaMalloc / cudaFree and events, the specs a
+ * mock. Every function gets ctx. */
+typedef struct tn_pool_ops {
+    void *(*raw_alloc)(void *ctx, size_t nbytes);     /* NULL on failure, with tn_error set */
+    void (*raw_free)(void *ctx, void *ptr, size_t nbytes);
+    /* [OPTIONAL] cross-stream use: an event marking the stream's current position (NULL on
+     * failure, error set), whether it has completed, its release */
+    void *(*event_record)(void *ctx, void *stream);
+    int (*event_query)(void *ctx, void *event);
+    void (*event_free)(void *ctx, void *event);
+    void (*synchronize)(void *ctx); /* [OPTIONAL] wait for all work (before freeing on OOM) */
+    void (*describe)(void *ctx, char *buf, size_t n); /* [OPTIONAL] e.g. "device 0: 1.2 GiB free of 80 GiB" */
+    void *ctx;
+} tn_pool_ops;
+
+/* tn_pool_stats is public (tern.h): tn_cuda_memory_stats returns it. */
+
+typedef struct tn_pool tn_pool;
+
+/* [OUT] out: a new pool over ops (copied), named in its error messages; granule: the smallest
+ * class (a power of two, e.g. 512). */
+tn_status tn_pool_new(tn_pool **out, const tn_pool_ops *ops, const char *name, size_t granule);
+/* Returns every block to the raw allocator, live ones included. NULL-safe. */
+void tn_pool_free(tn_pool *p);
+/* A block of at least nbytes for use on stream (any tag; NULL is a stream too); NULL with the
+ * error set on failure. */
+void *tn_pool_alloc(tn_pool *p, size_t nbytes, void *stream);
+/* Gives a block back: reusable at once on its own stream, after events on the others. */
+tn_status tn_pool_release(tn_pool *p, void *ptr);
+/* The block at ptr is also used on stream (its release then waits for that stream). */
+tn_status tn_pool_record_use(tn_pool *p, const void *ptr, void *stream);
+int tn_pool_owns(tn_pool *p, const void *ptr); /* 1 when ptr is a block in use of p */
+void tn_pool_empty(tn_pool *p);                 /* returns the cached blocks to the raw allocator */
+void tn_pool_set_limit(tn_pool *p, int64_t bytes); /* cached bytes kept at most; < 0: no bound */
+tn_pool_stats tn_pool_get_stats(tn_pool *p);
+void tn_pool_reset_peak(tn_pool *p);
 
 /* ---- CPU features (state.c) --------------------------------------------------------------- */
 

@@ -17,11 +17,6 @@
 extern void openblas_set_num_threads(int);
 #endif
 
-#ifdef TERN_HAVE_CUDA
-/* Defined by cuda/ when it is linked in; weak so that a core-only link still resolves. */
-#pragma weak tn_cuda_device_count
-#endif
-
 /* ---- error message ------------------------------------------------------------------------ */
 
 enum { TN_ERROR_BUF = 1024 };
@@ -48,14 +43,41 @@ void tn_clear_error(void) { tn_error_buf[0] = '\0'; }
 
 const char *tn_version(void) { return "0.1.0"; }
 
-int tn_has_cuda(void) {
-#ifdef TERN_HAVE_CUDA
-    if (!tn_cuda_device_count) return 0;
-    return tn_cuda_device_count() > 0;
-#else
-    return 0;
-#endif
+int tn_has_cuda(void) { return tn_cuda_device_count() > 0; }
+
+#ifndef TERN_HAVE_CUDA
+/* ---- the CUDA entry points of a build without CUDA (cuda/device.cu defines them otherwise) -- */
+
+static tn_status no_cuda(const char *op) {
+    return tn_error(TN_ERR_DEVICE, "%s: tern was built without CUDA (no nvcc was found at build time; install "
+                                   "the CUDA toolkit and rebuild, see README.md)", op);
 }
+int tn_cuda_device_count(void) { return 0; }
+tn_status tn_cuda_set_device(int32_t index) { (void)index; return no_cuda("cuda_set_device"); }
+tn_status tn_cuda_get_device(int32_t *index) { (void)index; return no_cuda("cuda_get_device"); }
+tn_status tn_cuda_synchronize(void) { return no_cuda("cuda_synchronize"); }
+tn_status tn_cuda_stream_new(tn_cuda_stream_t **out) {
+    if (out) *out = NULL;
+    return no_cuda("cuda_stream_new");
+}
+void tn_cuda_stream_free(tn_cuda_stream_t *s) { (void)s; }
+tn_status tn_cuda_stream_synchronize(tn_cuda_stream_t *s) { (void)s; return no_cuda("cuda_stream_synchronize"); }
+tn_status tn_cuda_set_stream(tn_cuda_stream_t *s) { return s ? no_cuda("cuda_set_stream") : TN_OK; }
+tn_cuda_stream_t *tn_cuda_get_stream(void) { return NULL; }
+tn_status tn_cuda_record_stream(const tn_tensor *t, tn_cuda_stream_t *s) {
+    (void)t, (void)s;
+    return no_cuda("cuda_record_stream");
+}
+tn_status tn_cuda_memory_stats(tn_pool_stats *out, int32_t device_index) {
+    (void)device_index;
+    if (out) memset(out, 0, sizeof *out);
+    return no_cuda("cuda_memory_stats");
+}
+tn_status tn_cuda_memory_reset_peak(int32_t device_index) {
+    (void)device_index;
+    return no_cuda("cuda_memory_reset_peak");
+}
+#endif
 
 int tn_has_mpi(void) {
 #ifdef TERN_HAVE_MPI

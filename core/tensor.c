@@ -83,19 +83,8 @@ static cache_block *cache_lists[TN_NUM_CLASSES]; /* free blocks per class */
 static size_t cache_bytes;                       /* bytes held in cache_lists */
 static int64_t cache_limit = -1;                 /* -1: not read from the environment yet */
 
-/* class index and its block size for a request of n bytes (n > 0) */
-static int size_class(size_t n, size_t *block) {
-    if (n <= 1024) {
-        size_t c = (n + 63) / 64; /* 1..16 */
-        *block = c * 64;
-        return (int)c - 1;
-    }
-    int e = 63 - __builtin_clzll((unsigned long long)(n - 1)); /* 2^e < n <= 2^(e+1) */
-    size_t base = (size_t)1 << e, step = base / 4;
-    size_t k = (n - base + step - 1) / step; /* 1..4 */
-    *block = base + k * step;
-    return 16 + (e - 10) * 4 + (int)k - 1;
-}
+/* class index and its block size for a request of n bytes (n > 0): 64-byte granule */
+static int size_class(size_t n, size_t *block) { return tn_size_class(n, 64, block); }
 
 static int64_t cache_limit_bytes(void) {
     int64_t lim = __atomic_load_n(&cache_limit, __ATOMIC_RELAXED);
@@ -167,6 +156,9 @@ static void cpu_free(void *ctx, void *ptr, size_t nbytes) {
 }
 
 int64_t tn_memory_cached(int32_t device) {
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) return tn_cuda_pool_cached();
+#endif
     if (device != TN_CPU) return 0;
     pthread_mutex_lock(&cache_lock);
     size_t b = cache_bytes;
@@ -175,6 +167,9 @@ int64_t tn_memory_cached(int32_t device) {
 }
 
 void tn_memory_empty_cache(int32_t device) {
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) tn_cuda_pool_empty();
+#endif
     if (device != TN_CPU) return;
     cache_block *lists[TN_NUM_CLASSES];
     pthread_mutex_lock(&cache_lock);
@@ -193,6 +188,9 @@ void tn_memory_empty_cache(int32_t device) {
 }
 
 void tn_memory_set_cache_limit(int32_t device, int64_t bytes) {
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) tn_cuda_pool_set_limit(bytes < 0 ? 0 : bytes);
+#endif
     if (device != TN_CPU) return;
     __atomic_store_n(&cache_limit, bytes < 0 ? 0 : bytes, __ATOMIC_RELAXED);
     if (tn_memory_cached(TN_CPU) > (bytes < 0 ? 0 : bytes)) tn_memory_empty_cache(TN_CPU);

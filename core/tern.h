@@ -118,12 +118,50 @@ int64_t tn_memory_peak(int32_t device);
 int64_t tn_memory_live(int32_t device);
 void tn_memory_reset_peak(int32_t device);
 /* The CPU allocator keeps freed blocks for reuse (size classes, bounded; TERN_CPU_CACHE_MB
- * sets the bound, default 1024). Bytes held in that cache, not counted in current: */
+ * sets the bound, default 1024), and so do the CUDA pools (no bound by default; a block freed
+ * while other streams still use it counts too). Bytes held in that cache, not counted in
+ * current: */
 int64_t tn_memory_cached(int32_t device);
 /* Return every cached block to the system. */
 void tn_memory_empty_cache(int32_t device);
 /* Set the cache bound in bytes (0 disables caching); drains the cache when over it. */
 void tn_memory_set_cache_limit(int32_t device, int64_t bytes);
+
+/* ---- CUDA devices, streams and memory (cuda/device.cu) ----------------------------------
+ * In a build without CUDA, or where the driver reports no GPU, these return TN_ERR_DEVICE
+ * with a message saying which (tn_cuda_device_count returns 0; tn_cuda_get_stream NULL). */
+
+typedef struct tn_cuda_stream tn_cuda_stream_t; /* a non-blocking CUDA stream of one device */
+
+/* Figures of a caching pool (a device's memory pool, bytes and counts). */
+typedef struct tn_pool_stats {
+    int64_t in_use;   /* bytes of live requests (storages) */
+    int64_t peak;     /* max of in_use since the pool was made or tn_cuda_memory_reset_peak */
+    int64_t reserved; /* bytes held from the driver: in use (rounded to size classes) + cached + pending */
+    int64_t cached;   /* bytes of free blocks ready for reuse */
+    int64_t pending;  /* bytes of freed blocks waiting for work on other streams */
+    int64_t allocs, frees, hits, raw_allocs; /* requests, releases, requests served from the cache, driver calls */
+} tn_pool_stats;
+
+int tn_cuda_device_count(void);                     /* visible devices; 0 without driver or GPU */
+tn_status tn_cuda_set_device(int32_t index);        /* the calling thread's current device */
+tn_status tn_cuda_get_device(int32_t *index);       /* [OUT] index */
+tn_status tn_cuda_synchronize(void);                /* waits for all work of the current device */
+/* [OUT] out: a new stream on the current device; free with tn_cuda_stream_free (which waits for
+ * its work first; NULL-safe). */
+tn_status tn_cuda_stream_new(tn_cuda_stream_t **out);
+void tn_cuda_stream_free(tn_cuda_stream_t *s);
+tn_status tn_cuda_stream_synchronize(tn_cuda_stream_t *s); /* NULL: the whole device */
+/* The calling thread's current stream (also makes its device current); NULL = the default
+ * stream. Kernels, copies and allocations of this thread go to it. */
+tn_status tn_cuda_set_stream(tn_cuda_stream_t *s);
+tn_cuda_stream_t *tn_cuda_get_stream(void);
+/* t's memory is also used on stream s: when t's storage is freed, its block is reused only
+ * after s has passed that point (PyTorch's record_stream). */
+tn_status tn_cuda_record_stream(const tn_tensor *t, tn_cuda_stream_t *s);
+/* [OUT] out: the pool figures of device device_index (< 0: the current device). */
+tn_status tn_cuda_memory_stats(tn_pool_stats *out, int32_t device_index);
+tn_status tn_cuda_memory_reset_peak(int32_t device_index);
 
 /* Scalar conversions of the 16-bit float formats (round to nearest even). */
 float tn_f16_to_f32(uint16_t h);

@@ -1,15 +1,33 @@
 /*
- * cuda/device.cu — CUDA device discovery and the CUDA allocator.
+ * cuda/device.cu — CUDA devices, streams and the caching allocator.
  *
  * Linked into libtern only in builds with TERN_HAVE_CUDA. At load time a constructor
  * registers the allocator for TN_CUDA storages (tn_allocator_set); it makes no CUDA call, so
  * loading the library on a machine without a GPU or driver costs nothing and fails nothing.
- * The allocator is a plain cudaMalloc/cudaFree on the current device for now; the caching
- * allocator arrives with the CUDA backend.
+ *
+ * Memory: one tn_pool (core/pool.c: size classes of 512 bytes and up, stream-aware reuse,
+ * free-and-retry on out-of-memory) per device over cudaMalloc / cudaFree, created on first
+ * use; a block belongs to the stream current when it was allocated (tn_cuda_set_stream), and
+ * tn_cuda_record_stream marks a tensor used on another one. Pinned host buffers for copies come
+ * from a second pool over cudaHostAlloc (tn_cuda_pinned_alloc / _release).
+ *
+ * Streams: tn_cuda_stream_t wraps a non-blocking cudaStream_t of one device; the current
+ * stream is per host thread (NULL = the device's default stream).
  *
  * Gradient policy: none (no kernels here).
  */
 #include "common.cuh"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { TN_CUDA_MAX_DEVICES = 64 };
+
+struct tn_cuda_stream {
+    cudaStream_t s;
+    int device;
+};
 
 /* Number of visible CUDA devices; 0 when there is no driver, no device or any other error.
  * A missing GPU is an answer, not a failure, so this does not set the error message. */
@@ -23,28 +41,240 @@ extern "C" int tn_cuda_device_count(void) {
     return n;
 }
 
-/* nbytes 0 still returns a valid pointer (256 bytes), as the CPU allocator does; NULL means
- * failure and the error message says which call failed and why. Accounted per storage buffer
- * (tn_memory_note_alloc/free), as tensor.c requires of every allocator. */
-static void *cuda_alloc(void *ctx, size_t nbytes) {
+/* op NULL: the message has no prefix (the allocator's caller, tensor.c, adds its own). */
+static tn_status need_device(const char *op) {
+    if (tn_cuda_device_count() == 0)
+        return tn_error(TN_ERR_DEVICE, "%s%sno CUDA device is available (tern was built with CUDA, but the "
+                                       "driver reports no GPU)", op ? op : "", op ? ": " : "");
+    return TN_OK;
+}
+
+static tn_status current_device(const char *op, int *dev) {
+    TN_TRY(need_device(op));
+    TN_TRY(TN_CUDA_CHECK(cudaGetDevice(dev)));
+    if (*dev < 0 || *dev >= TN_CUDA_MAX_DEVICES)
+        return tn_error(TN_ERR_DEVICE, "%s: device %d is beyond the %d tern supports", op ? op : "cuda", *dev,
+                        TN_CUDA_MAX_DEVICES);
+    return TN_OK;
+}
+
+/* ---- streams --------------------------------------------------------------------------------- */
+
+static __thread tn_cuda_stream_t *current_stream; /* NULL: the default stream */
+
+/* The stream work on the current device goes to: the thread's current stream when it belongs
+ * to that device, else the default stream. */
+extern "C" cudaStream_t tn_cuda_stream_now(void) {
+    tn_cuda_stream_t *s = current_stream;
+    if (!s) return 0;
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return s->device == dev ? s->s : 0;
+}
+
+extern "C" tn_status tn_cuda_stream_new(tn_cuda_stream_t **out) {
+    static const char *op = "cuda_stream_new";
+    if (!out) return tn_error(TN_ERR_ARG, "%s: out is NULL", op);
+    *out = NULL;
+    int dev;
+    TN_TRY(current_device(op, &dev));
+    tn_cuda_stream_t *s = (tn_cuda_stream_t *)calloc(1, sizeof *s);
+    if (!s) return tn_error(TN_ERR_OOM, "%s: out of memory", op);
+    tn_status rc = TN_CUDA_CHECK(cudaStreamCreateWithFlags(&s->s, cudaStreamNonBlocking));
+    if (rc != TN_OK) {
+        free(s);
+        return rc;
+    }
+    s->device = dev;
+    *out = s;
+    return TN_OK;
+}
+
+/* Waits for the stream's work, then destroys it; the current stream falls back to the default
+ * stream if it was this one. NULL-safe. */
+extern "C" void tn_cuda_stream_free(tn_cuda_stream_t *s) {
+    if (!s) return;
+    if (current_stream == s) current_stream = NULL;
+    (void)TN_CUDA_CHECK(cudaStreamSynchronize(s->s));
+    (void)TN_CUDA_CHECK(cudaStreamDestroy(s->s));
+    free(s);
+}
+
+extern "C" tn_status tn_cuda_stream_synchronize(tn_cuda_stream_t *s) {
+    if (!s) return tn_cuda_synchronize();
+    return TN_CUDA_CHECK(cudaStreamSynchronize(s->s));
+}
+
+extern "C" tn_status tn_cuda_set_stream(tn_cuda_stream_t *s) {
+    if (s) TN_TRY(TN_CUDA_CHECK(cudaSetDevice(s->device)));
+    current_stream = s;
+    return TN_OK;
+}
+
+extern "C" tn_cuda_stream_t *tn_cuda_get_stream(void) { return current_stream; }
+
+extern "C" tn_status tn_cuda_set_device(int32_t index) {
+    static const char *op = "cuda_set_device";
+    const int n = tn_cuda_device_count();
+    if (index < 0 || index >= n)
+        return tn_error(TN_ERR_DEVICE, "%s: device %d does not exist (%d CUDA device%s visible)", op, (int)index, n,
+                        n == 1 ? "" : "s");
+    return TN_CUDA_CHECK(cudaSetDevice(index));
+}
+
+extern "C" tn_status tn_cuda_get_device(int32_t *index) {
+    int dev;
+    TN_TRY(current_device("cuda_get_device", &dev));
+    *index = dev;
+    return TN_OK;
+}
+
+extern "C" tn_status tn_cuda_synchronize(void) {
+    TN_TRY(need_device("cuda_synchronize"));
+    return TN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+/* ---- pools ------------------------------------------------------------------------------------ */
+
+typedef struct pool_dev {
+    int device; /* -1: pinned host memory */
+} pool_dev;
+
+static pool_dev pool_devs[TN_CUDA_MAX_DEVICES];
+static pool_dev pinned_dev = {-1};
+static tn_pool *pools[TN_CUDA_MAX_DEVICES];
+static tn_pool *pinned_pool;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t pool_limit = -1; /* cached bytes per pool; -1: no bound */
+
+static void *dev_raw_alloc(void *ctx, size_t n) {
+    (void)ctx; /* the pool of the current device */
+    void *p = NULL;
+    return TN_CUDA_CHECK(cudaMalloc(&p, n)) == TN_OK ? p : NULL;
+}
+static void dev_raw_free(void *ctx, void *p, size_t n) {
+    (void)n;
+    int prev = -1;
+    (void)cudaGetDevice(&prev);
+    (void)cudaSetDevice(((pool_dev *)ctx)->device);
+    (void)TN_CUDA_CHECK(cudaFree(p));
+    if (prev >= 0) (void)cudaSetDevice(prev);
+}
+static void *host_raw_alloc(void *ctx, size_t n) {
     (void)ctx;
     void *p = NULL;
-    if (tn_cuda_device_count() == 0) {
-        tn_error(TN_ERR_DEVICE, "no CUDA device is available (tern was built with CUDA, but the "
-                                "driver reports no GPU)");
+    return TN_CUDA_CHECK(cudaHostAlloc(&p, n, cudaHostAllocPortable)) == TN_OK ? p : NULL;
+}
+static void host_raw_free(void *ctx, void *p, size_t n) {
+    (void)ctx, (void)n;
+    (void)TN_CUDA_CHECK(cudaFreeHost(p));
+}
+static void *ev_record(void *ctx, void *stream) {
+    (void)ctx;
+    cudaEvent_t e;
+    if (TN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)) != TN_OK) return NULL;
+    if (TN_CUDA_CHECK(cudaEventRecord(e, (cudaStream_t)stream)) != TN_OK) {
+        (void)cudaEventDestroy(e);
         return NULL;
     }
-    if (TN_CUDA_CHECK(cudaMalloc(&p, nbytes == 0 ? 256 : nbytes)) != TN_OK) return NULL;
-    tn_memory_note_alloc(TN_CUDA, nbytes);
+    return (void *)e;
+}
+static int ev_query(void *ctx, void *ev) {
+    (void)ctx;
+    const cudaError_t e = cudaEventQuery((cudaEvent_t)ev);
+    if (e == cudaErrorNotReady) return 0;
+    if (e != cudaSuccess) (void)cudaGetLastError(); /* a failed event cannot be waited for: done */
+    return 1;
+}
+static void ev_free(void *ctx, void *ev) {
+    (void)ctx;
+    (void)cudaEventDestroy((cudaEvent_t)ev);
+}
+static void dev_sync(void *ctx) {
+    (void)ctx;
+    (void)TN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+static void dev_describe(void *ctx, char *buf, size_t n) {
+    const int dev = ((pool_dev *)ctx)->device;
+    size_t fr = 0, tot = 0;
+    cudaDeviceProp prop;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(buf, n, "device %d", dev);
+        return;
+    }
+    snprintf(buf, n, "device %d (%s): %.2f GiB free of %.2f GiB", dev, prop.name, (double)fr / 1073741824.0,
+             (double)tot / 1073741824.0);
+}
+
+/* The pool of device dev (-1: pinned host), created on first use. */
+static tn_pool *pool_of(int dev) {
+    tn_pool **slot = dev < 0 ? &pinned_pool : &pools[dev];
+    tn_pool *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (p) return p;
+    pthread_mutex_lock(&pools_lock);
+    p = *slot;
+    if (!p) {
+        char name[32];
+        tn_pool_ops ops;
+        memset(&ops, 0, sizeof ops);
+        if (dev < 0) {
+            snprintf(name, sizeof name, "cuda pinned host pool");
+            ops.raw_alloc = host_raw_alloc, ops.raw_free = host_raw_free, ops.ctx = &pinned_dev;
+        } else {
+            snprintf(name, sizeof name, "cuda:%d", dev);
+            pool_devs[dev].device = dev;
+            ops.raw_alloc = dev_raw_alloc, ops.raw_free = dev_raw_free, ops.ctx = &pool_devs[dev];
+            ops.describe = dev_describe;
+        }
+        ops.event_record = ev_record, ops.event_query = ev_query, ops.event_free = ev_free;
+        ops.synchronize = dev_sync;
+        if (tn_pool_new(&p, &ops, name, 512) == TN_OK) {
+            if (pool_limit >= 0) tn_pool_set_limit(p, pool_limit);
+            __atomic_store_n(slot, p, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
     return p;
 }
 
-/* Frees are synchronous (cudaFree waits for the device). A failure cannot be returned from
- * here; it is recorded in the error message and the bytes are still taken off the count. */
+/* nbytes 0 still returns a valid pointer (a 512-byte block), as the CPU allocator does; NULL
+ * means failure and the error message says which call failed and why. Accounted per storage
+ * buffer (tn_memory_note_alloc/free), as tensor.c requires of every allocator. */
+static void *cuda_alloc(void *ctx, size_t nbytes) {
+    (void)ctx;
+    int dev;
+    if (current_device(NULL, &dev) != TN_OK) return NULL;
+    tn_pool *p = pool_of(dev);
+    if (!p) return NULL;
+    void *ptr = tn_pool_alloc(p, nbytes, (void *)tn_cuda_stream_now());
+    if (ptr) tn_memory_note_alloc(TN_CUDA, nbytes);
+    return ptr;
+}
+
+/* The pool that holds ptr: the current device's first, then the others. */
+static tn_pool *pool_holding(const void *ptr) {
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess) (void)cudaGetLastError();
+    if (dev >= 0 && dev < TN_CUDA_MAX_DEVICES && pools[dev] && tn_pool_owns(pools[dev], ptr)) return pools[dev];
+    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++)
+        if (pools[d] && tn_pool_owns(pools[d], ptr)) return pools[d];
+    return NULL;
+}
+
+/* A failure cannot be returned from here; it is recorded in the error message and the bytes
+ * are still taken off the count. */
 static void cuda_free(void *ctx, void *ptr, size_t nbytes) {
     (void)ctx;
     if (!ptr) return;
-    (void)TN_CUDA_CHECK(cudaFree(ptr));
+    tn_pool *p = pool_holding(ptr);
+    if (p)
+        (void)tn_pool_release(p, ptr);
+    else
+        tn_error(TN_ERR_ARG, "cuda free: %p is not a block of any tern CUDA pool", ptr);
     tn_memory_note_free(TN_CUDA, nbytes);
 }
 
@@ -52,4 +282,89 @@ static const tn_allocator cuda_allocator = {cuda_alloc, cuda_free, NULL, TN_CUDA
 
 __attribute__((constructor)) static void tn_cuda_register(void) {
     tn_allocator_set(TN_CUDA, &cuda_allocator);
+}
+
+extern "C" tn_status tn_cuda_record_stream(const tn_tensor *t, tn_cuda_stream_t *s) {
+    static const char *op = "cuda_record_stream";
+    TN_TRY(tn_check_tensor(op, "t", t));
+    if (t->device != TN_CUDA)
+        return tn_error(TN_ERR_DEVICE, "%s: t is a %s tensor, not a CUDA one", op, tn_device_name(t->device));
+    tn_pool *p = pool_holding(t->storage->data);
+    if (!p) return tn_error(TN_ERR_ARG, "%s: t's storage is not a block of any tern CUDA pool", op);
+    return tn_pool_record_use(p, t->storage->data, s ? (void *)s->s : NULL);
+}
+
+extern "C" tn_status tn_cuda_memory_stats(tn_pool_stats *out, int32_t device_index) {
+    static const char *op = "cuda_memory_stats";
+    if (!out) return tn_error(TN_ERR_ARG, "%s: out is NULL", op);
+    memset(out, 0, sizeof *out);
+    int dev = device_index;
+    if (dev < 0) TN_TRY(current_device(op, &dev));
+    if (dev >= TN_CUDA_MAX_DEVICES || dev >= tn_cuda_device_count())
+        return tn_error(TN_ERR_DEVICE, "%s: device %d does not exist", op, (int)dev);
+    tn_pool *p = __atomic_load_n(&pools[dev], __ATOMIC_ACQUIRE);
+    if (p) *out = tn_pool_get_stats(p);
+    return TN_OK;
+}
+
+extern "C" tn_status tn_cuda_memory_reset_peak(int32_t device_index) {
+    int dev = device_index;
+    if (dev < 0) TN_TRY(current_device("cuda_memory_reset_peak", &dev));
+    if (dev < TN_CUDA_MAX_DEVICES && pools[dev]) tn_pool_reset_peak(pools[dev]);
+    return TN_OK;
+}
+
+/* ---- the hooks of tn_memory_cached / _empty_cache / _set_cache_limit (tensor.c) ---------- */
+
+extern "C" int64_t tn_cuda_pool_cached(void) {
+    int64_t n = 0;
+    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++) {
+        tn_pool *p = __atomic_load_n(&pools[d], __ATOMIC_ACQUIRE);
+        if (p) {
+            const tn_pool_stats s = tn_pool_get_stats(p);
+            n += s.cached + s.pending;
+        }
+    }
+    return n;
+}
+
+extern "C" void tn_cuda_pool_empty(void) {
+    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++) {
+        tn_pool *p = __atomic_load_n(&pools[d], __ATOMIC_ACQUIRE);
+        if (p) tn_pool_empty(p);
+    }
+    tn_pool *h = __atomic_load_n(&pinned_pool, __ATOMIC_ACQUIRE);
+    if (h) tn_pool_empty(h);
+}
+
+extern "C" void tn_cuda_pool_set_limit(int64_t bytes) {
+    pthread_mutex_lock(&pools_lock);
+    pool_limit = bytes;
+    pthread_mutex_unlock(&pools_lock);
+    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++) {
+        tn_pool *p = __atomic_load_n(&pools[d], __ATOMIC_ACQUIRE);
+        if (p) tn_pool_set_limit(p, bytes);
+    }
+}
+
+/* ---- pinned host buffers ---------------------------------------------------------------------- */
+
+/* A page-locked host buffer of at least nbytes for copies on the current stream; NULL with the
+ * error set on failure. */
+extern "C" void *tn_cuda_pinned_alloc(size_t nbytes) {
+    if (need_device("cuda_pinned_alloc") != TN_OK) return NULL;
+    tn_pool *p = pool_of(-1);
+    /* owned by the host (tag &pinned_dev), whose writes no stream orders: a buffer is reused
+     * only after the stream that read or wrote it has passed the release */
+    return p ? tn_pool_alloc(p, nbytes, &pinned_dev) : NULL;
+}
+
+/* Gives the buffer back; it is reused once the current stream has passed what was queued on it
+ * (a copy from or into the buffer). */
+extern "C" tn_status tn_cuda_pinned_release(void *ptr) {
+    if (!ptr) return TN_OK;
+    tn_pool *p = pool_of(-1);
+    if (!p) return tn_error(TN_ERR_ARG, "cuda_pinned_release: no pinned pool");
+    TN_TRY(tn_pool_record_use(p, ptr, (void *)tn_cuda_stream_now()));
+    return tn_pool_release(p, ptr);
 }

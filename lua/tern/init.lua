@@ -65,6 +65,7 @@ tn.optim = require "tern.optim"
 tn.checkpoint = require "tern.checkpoint"
 tn.amp = require "tern.amp"
 tn.data = require "tern.data" -- tern.data loads its submodules on first use
+tn.cuda = require "tern.cuda"
 
 tn.save = serialize.save
 tn.load = serialize.load
