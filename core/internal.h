@@ -47,6 +47,9 @@ tn_status tn_last_status(void);
 tn_status tn_check_tensor(const char *opname, const char *argname, const tn_tensor *t);
 tn_status tn_check_same_device(const char *opname, const tn_tensor *a, const tn_tensor *b);
 tn_status tn_check_cpu(const char *opname, const tn_tensor *t);
+/* t is on a device whose backend this build has: the CPU, or CUDA in a build with CUDA (ops
+ * that dispatch CUDA tensors to cuda/ check with this instead of tn_check_cpu). */
+tn_status tn_check_backend(const char *opname, const tn_tensor *t);
 tn_status tn_check_float(const char *opname, const char *argname, const tn_tensor *t);
 tn_status tn_check_index_dtype(const char *opname, const char *argname, const tn_tensor *t);
 

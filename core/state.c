@@ -228,6 +228,13 @@ tn_status tn_check_cpu(const char *opname, const tn_tensor *t) {
     return TN_OK;
 }
 
+tn_status tn_check_backend(const char *opname, const tn_tensor *t) {
+#ifdef TERN_HAVE_CUDA
+    if (t->device == TN_CUDA) return TN_OK;
+#endif
+    return tn_check_cpu(opname, t);
+}
+
 tn_status tn_check_float(const char *opname, const char *argname, const tn_tensor *t) {
     if (!tn_is_float_dtype(t->dtype))
         return tn_error(TN_ERR_DTYPE,

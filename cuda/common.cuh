@@ -45,4 +45,81 @@ static inline tn_status tn_cuda_fail(cudaError_t e, const char *call, const char
 /* After every kernel launch: TN_TRY(TN_CUDA_CHECK_LAUNCH()); */
 #define TN_CUDA_CHECK_LAUNCH() TN_CUDA_CHECK(cudaGetLastError())
 
+/* ---- shared by every kernel file ------------------------------------------------------------ */
+
+#include "iter.h"          /* tn_iter: the broadcast / strided operand layout core/ prepares */
+#include "kernels/half.h"  /* f16 / bf16 <-> f32, the same bits as on the CPU */
+
+/* The stream this thread's work on the current device goes to (cuda/device.cu): the current
+ * tn_cuda_stream_t when it belongs to the current device, else the default stream. Every launch
+ * and async copy uses it. */
+extern "C" cudaStream_t tn_cuda_stream_now(void);
+
+enum { TN_CUDA_THREADS = 256 };
+
+/* Blocks of TN_CUDA_THREADS for a grid-stride loop over n elements (at least 1, at most 65535 x
+ * 32: grid-stride loops cover the rest). */
+static inline unsigned tn_cuda_blocks(int64_t n) {
+    int64_t b = (n + TN_CUDA_THREADS - 1) / TN_CUDA_THREADS;
+    if (b < 1) b = 1;
+    if (b > 65535 * 32) b = 65535 * 32;
+    return (unsigned)b;
+}
+
+/* for (i = global thread; i < n; i += grid size) */
+#define TN_CUDA_GRID_LOOP(i, n)                                                                  \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                   \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+/* Element offsets (in elements) of linear element e (row-major over the iterator's broadcast
+ * shape) for the first nops operands of a finished tn_iter (tn_iter_finish: dims innermost
+ * first, size-1 dims dropped, contiguous dims merged). Pass the iterator to kernels by value. */
+static __device__ __forceinline__ void tn_cuda_iter_offsets(const tn_iter &it, int nops, int64_t e, int64_t *off) {
+    for (int k = 0; k < nops; k++) off[k] = 0;
+    for (int32_t d = 0; d < it.ndim; d++) {
+        const int64_t n = it.shape[d], i = e % n;
+        e /= n;
+        for (int k = 0; k < nops; k++) off[k] += i * it.stride[k][d];
+    }
+}
+
+/* 1 when every operand of the finished iterator is contiguous (one dim, stride 1): kernels
+ * then index with e directly. */
+static inline int tn_cuda_iter_flat(const tn_iter &it) {
+    if (it.ndim != 1) return 0;
+    for (int k = 0; k < it.nops; k++)
+        if (it.stride[k][0] != 1) return 0;
+    return 1;
+}
+
+/* Storage type <-> the type the math runs in (float for f16 / bf16, as on the CPU). f16 and bf16
+ * are stored as uint16_t; tn_f16 / tn_bf16 tell them apart in templates. */
+struct tn_f16 { uint16_t bits; };
+struct tn_bf16 { uint16_t bits; };
+template <typename T> struct tn_cuda_math { typedef T type; };
+template <> struct tn_cuda_math<tn_f16> { typedef float type; };
+template <> struct tn_cuda_math<tn_bf16> { typedef float type; };
+template <typename T> static __device__ __forceinline__ typename tn_cuda_math<T>::type tn_cuda_load(const T *p) { return *p; }
+template <> __device__ __forceinline__ float tn_cuda_load<tn_f16>(const tn_f16 *p) { return tn_half_to_float(p->bits); }
+template <> __device__ __forceinline__ float tn_cuda_load<tn_bf16>(const tn_bf16 *p) { return tn_bf16_to_float(p->bits); }
+template <typename T, typename M> static __device__ __forceinline__ void tn_cuda_store(T *p, M v) { *p = (T)v; }
+template <> __device__ __forceinline__ void tn_cuda_store<tn_f16, float>(tn_f16 *p, float v) { p->bits = tn_float_to_half(v); }
+template <> __device__ __forceinline__ void tn_cuda_store<tn_bf16, float>(tn_bf16 *p, float v) { p->bits = tn_float_to_bf16(v); }
+
+/* Calls F<T>::run(args...) with T the storage type of dtype (f32 float, f64 double, f16 tn_f16,
+ * bf16 tn_bf16, i32 int32_t, i64 int64_t, u8 uint8_t); an invalid dtype is an error. */
+#define TN_CUDA_DISPATCH(op, dtype, F, ...)                                                      \
+    ([&]() -> tn_status {                                                                       \
+        switch (dtype) {                                                                        \
+        case TN_F32: return F<float>::run(__VA_ARGS__);                                         \
+        case TN_F64: return F<double>::run(__VA_ARGS__);                                        \
+        case TN_F16: return F<tn_f16>::run(__VA_ARGS__);                                        \
+        case TN_BF16: return F<tn_bf16>::run(__VA_ARGS__);                                      \
+        case TN_I32: return F<int32_t>::run(__VA_ARGS__);                                       \
+        case TN_I64: return F<int64_t>::run(__VA_ARGS__);                                       \
+        case TN_U8: return F<uint8_t>::run(__VA_ARGS__);                                        \
+        default: return tn_error(TN_ERR_DTYPE, "%s: invalid dtype %d", (op), (int)(dtype));     \
+        }                                                                                       \
+    }())
+
 #endif /* TERN_CUDA_COMMON_CUH */
