@@ -1,6 +1,7 @@
 /*
- * index.c — joining and indexing on the CPU: tn_cat, tn_gather, tn_scatter_add,
- * tn_index_select, tn_index_add.
+ * index.c — joining and indexing: tn_cat, tn_gather, tn_scatter_add, tn_index_select,
+ * tn_index_add. The CPU backend is here; CUDA tensors go, after the same argument checks and
+ * output preparation, to cuda/index.cu, which gets each launch as a finished tn_iter.
  *
  * Gradient policy: gather and index_select write their output (=); scatter_add and index_add
  * accumulate into out (+=) and are the backward of gather and index_select. cat's backward is
@@ -16,6 +17,12 @@
  * never write the same element); the order of additions into an element is the serial order,
  * so results do not depend on the thread count. f16/bf16 accumulate as load -> f32 add ->
  * round-to-nearest-even store.
+ *
+ * CUDA: index values are range-checked on the device (a kernel finds the first bad position;
+ * reading it back waits for the stream, the one host synchronisation here). scatter_add and
+ * index_add sum in the CPU's order on one thread per out element (same bits as the CPU) when
+ * the list along dim is short and the work small (ix_cuda_ordered), else with atomics: integer
+ * results are still exact, float results equal the CPU's within rounding (cuda/index.cu).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +32,28 @@
 #endif
 
 #include "internal.h"
+#include "iter.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/index.cu; iterators are finished (tn_iter_finish), opname names the op in errors. */
+/* [OUT] bad: row-major position of the first value of index outside [0, size), -1 if none;
+ * [OUT] badv: that value. Waits for the stream (an error check). */
+tn_status tn_cuda_index_check(int64_t *bad, int64_t *badv, const tn_tensor *index, int64_t size);
+/* (index, d, x): d[o1] = x[o2 + index[o0] * xdim_stride]. */
+tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype);
+/* (index, d, x): x[o2 + index[o0] * xdim_stride] += d[o1], atomics. */
+tn_status tn_cuda_index_put_add(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype,
+                                int32_t dtype);
+/* (x, index, d, c): x[o0] += d[o2 + j * dstride] for j < n in order where index[o1 + j * istride] == o3. */
+tn_status tn_cuda_index_put_add_ordered(const char *opname, const tn_iter *it, int64_t n, int64_t istride,
+                                        int64_t dstride, int32_t itype, int32_t dtype);
+/* (dst, src): dst[o0] = src[o1], same element size. */
+tn_status tn_cuda_index_copy(const char *opname, const tn_iter *it);
+/* count contiguous inputs (rows, width[k]) bytes into bytes [offset[k], offset[k] + width[k])
+ * of each row of a contiguous out (rows, pitch) bytes. */
+tn_status tn_cuda_cat_rows(const char *opname, char *out, int64_t rows, int64_t pitch, int32_t count,
+                           const char *const *src, const int64_t *offset, const int64_t *width);
+#endif
 
 #define TN_IX_PARALLEL_MIN 32768    /* elements below which the index kernels stay serial */
 #define TN_CAT_PARALLEL_BYTES (1 << 20)
@@ -57,6 +86,7 @@ typedef struct ix_plan {
     int64_t dstr[TN_MAX_DIMS];      /* (nd) direct operand strides (out of gather, src of adds) */
     int64_t xstr[TN_MAX_DIMS];      /* (nd) indexed operand strides, xstr[dim] = 0 */
     int64_t xdim_stride;            /* indexed operand's stride along dim */
+    int64_t xdim_size;              /* indexed operand's size along dim (1 for 0-d) */
     const char *ip;                 /* index data */
     char *dp;                       /* direct operand data (read when accumulating) */
     char *xp;                       /* indexed operand data (written when accumulating) */
@@ -195,11 +225,91 @@ static void ix_run(const ix_plan *p) {
     }
 }
 
+/* ---- the CUDA launches ----------------------------------------------------------------- */
+
+#ifdef TERN_HAVE_CUDA
+/* The ordered (atomic-free, CPU-order) sum is used when the list along dim has at most
+ * TN_IX_ORDERED_MAX_LIST entries (a thread's loop) and either x's size along dim is at most
+ * TN_IX_ORDERED_MAX_SIZE (the loop work is then at most that many times the atomic version's)
+ * or the loop work (list length x threads = iteration elements x x's size along dim) is at
+ * most TN_IX_ORDERED_MAX_WORK. */
+#define TN_IX_ORDERED_MAX_LIST 1024
+#define TN_IX_ORDERED_MAX_SIZE 16
+#define TN_IX_ORDERED_MAX_WORK ((int64_t)1 << 24)
+
+static int ix_cuda_ordered(const ix_plan *p, int64_t total) {
+    const int64_t n = p->shape[p->dim], size = p->xdim_size;
+    if (n > TN_IX_ORDERED_MAX_LIST) return 0;
+    return size <= TN_IX_ORDERED_MAX_SIZE || total <= TN_IX_ORDERED_MAX_WORK / size;
+}
+
+/* ix_run for CUDA operands. The plan's iteration becomes a tn_iter of (index, d, x); the
+ * ordered sum iterates instead over x's elements that can receive a sum (dim's size replaced
+ * by x's), with a fourth, data-less operand whose offset is the coordinate along dim. */
+static tn_status ix_run_cuda(const char *opname, const ix_plan *p) {
+    int64_t total = 1;
+    for (int i = 0; i < p->nd; i++) total *= p->shape[i];
+    if (total == 0) return TN_OK;
+    const size_t es = tn_dtype_size(p->dtype), is = tn_dtype_size(p->itype);
+    tn_iter it;
+    if (!p->accumulate || !ix_cuda_ordered(p, total)) {
+        tn_iter_init(&it, p->nd, p->shape);
+        tn_iter_add(&it, (void *)p->ip, is, p->nd, p->shape, p->istr);
+        tn_iter_add(&it, p->dp, es, p->nd, p->shape, p->dstr);
+        tn_iter_add(&it, p->xp, es, p->nd, p->shape, p->xstr);
+        tn_iter_finish(&it);
+        if (!p->accumulate) return tn_cuda_index_take(opname, &it, p->xdim_stride, p->itype);
+        return tn_cuda_index_put_add(opname, &it, p->xdim_stride, p->itype, p->dtype);
+    }
+    int64_t rshape[TN_MAX_DIMS], istr[TN_MAX_DIMS], dstr[TN_MAX_DIMS], xstr[TN_MAX_DIMS], cstr[TN_MAX_DIMS];
+    for (int i = 0; i < p->nd; i++) {
+        rshape[i] = p->shape[i];
+        istr[i] = p->istr[i];
+        dstr[i] = p->dstr[i];
+        xstr[i] = p->xstr[i];
+        cstr[i] = 0;
+    }
+    rshape[p->dim] = p->xdim_size;
+    istr[p->dim] = 0;
+    dstr[p->dim] = 0;
+    xstr[p->dim] = p->xdim_stride;
+    cstr[p->dim] = 1;
+    tn_iter_init(&it, p->nd, rshape);
+    tn_iter_add(&it, p->xp, es, p->nd, rshape, xstr);
+    tn_iter_add(&it, (void *)p->ip, is, p->nd, rshape, istr);
+    tn_iter_add(&it, p->dp, es, p->nd, rshape, dstr);
+    tn_iter_add(&it, NULL, 0, p->nd, rshape, cstr);
+    tn_iter_finish(&it);
+    return tn_cuda_index_put_add_ordered(opname, &it, p->shape[p->dim], p->istr[p->dim], p->dstr[p->dim],
+                                         p->itype, p->dtype);
+}
+
+/* dst = src for CUDA tensors of one shape and dtype. */
+static tn_status ix_copy_cuda(const char *opname, tn_tensor *dst, const tn_tensor *src) {
+    tn_iter it;
+    tn_iter_init(&it, dst->ndim, dst->shape);
+    tn_iter_add_tensor(&it, dst);
+    tn_iter_add_tensor(&it, src);
+    tn_iter_finish(&it);
+    return tn_cuda_index_copy(opname, &it);
+}
+#endif
+
+/* Runs the plan on the device of its operands. */
+static tn_status ix_exec(const char *opname, const ix_plan *p, int32_t device) {
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) return ix_run_cuda(opname, p);
+#endif
+    (void)opname, (void)device;
+    ix_run(p);
+    return TN_OK;
+}
+
 /* ---- argument helpers -------------------------------------------------------------------- */
 
 /* Every value of index must lie in [0, size); the error names the first bad one (row-major
  * order) and its position in index. */
-static tn_status ix_check_values(const char *opname, const tn_tensor *index, int32_t dim, int64_t size) {
+static void ix_find_bad(int64_t *bad_out, int64_t *badv_out, const tn_tensor *index, int64_t size) {
     const int nd = index->ndim;
     const int64_t numel = tn_tensor_numel(index);
     const size_t is = tn_dtype_size(index->dtype);
@@ -217,6 +327,18 @@ static tn_status ix_check_values(const char *opname, const tn_tensor *index, int
             if (TN_UNLIKELY((uint64_t)v >= (uint64_t)size)) { bad = i; badv = v; break; }
         }
     }
+    *bad_out = bad;
+    *badv_out = badv;
+}
+
+static tn_status ix_check_values(const char *opname, const tn_tensor *index, int32_t dim, int64_t size) {
+    const int nd = index->ndim;
+    int64_t bad = -1, badv = 0;
+#ifdef TERN_HAVE_CUDA
+    if (index->device == TN_CUDA) TN_TRY(tn_cuda_index_check(&bad, &badv, index, size));
+    else
+#endif
+    ix_find_bad(&bad, &badv, index, size);
     if (bad < 0) return TN_OK;
     char pos[200]; /* "[i, j, ...]" */
     int64_t c[TN_MAX_DIMS], rem = bad;
@@ -244,7 +366,12 @@ static tn_status ix_check_no_overlap(const char *opname, const tn_tensor *out) {
 static tn_status ix_unalias(tn_tensor **hold, const tn_tensor *t, const tn_tensor *out) {
     if (t->storage != out->storage) { *hold = tn_tensor_retain((tn_tensor *)t); return TN_OK; }
     TN_TRY(tn_tensor_empty(hold, t->ndim, t->shape, t->dtype, t->device));
-    tn_status s = tn_copy(*hold, t);
+    tn_status s;
+#ifdef TERN_HAVE_CUDA
+    if (t->device == TN_CUDA) s = ix_copy_cuda("copy", *hold, t);
+    else
+#endif
+    s = tn_copy(*hold, t);
     if (s != TN_OK) { tn_tensor_free(*hold); *hold = NULL; }
     return s;
 }
@@ -274,7 +401,7 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
     TN_TRY(tn_check_tensor(op, "a", a));
     TN_TRY(tn_check_tensor(op, "index", index));
     TN_TRY(tn_check_same_device(op, a, index));
-    TN_TRY(tn_check_cpu(op, a));
+    TN_TRY(tn_check_backend(op, a));
     TN_TRY(tn_check_index_dtype(op, "index", index));
     TN_TRY(ix_check_dim(op, a, dim, 1));
     if (index->ndim != a->ndim)
@@ -300,6 +427,7 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
         ix_plan_strides(p.dstr, *out, p.nd);
         ix_plan_strides(p.xstr, ha, p.nd);
         p.xdim_stride = p.xstr[dim];
+        p.xdim_size = size;
         p.xstr[dim] = 0;
         p.ip = hi->data;
         p.dp = (*out)->data;
@@ -307,7 +435,7 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
         p.itype = index->dtype;
         p.dtype = a->dtype;
         p.accumulate = 0;
-        ix_run(&p);
+        s = ix_exec(op, &p, a->device);
     }
     tn_tensor_free(ha);
     tn_tensor_free(hi);
@@ -322,7 +450,7 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
     TN_TRY(tn_check_tensor(op, "src", src));
     TN_TRY(tn_check_same_device(op, out, index));
     TN_TRY(tn_check_same_device(op, out, src));
-    TN_TRY(tn_check_cpu(op, out));
+    TN_TRY(tn_check_backend(op, out));
     TN_TRY(tn_check_index_dtype(op, "index", index));
     if (out->dtype != src->dtype)
         return tn_error(TN_ERR_DTYPE, "scatter_add: out %s is %s but src %s is %s", TN_SHAPE(out),
@@ -350,6 +478,7 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
         ix_plan_strides(p.dstr, hs, p.nd);
         ix_plan_strides(p.xstr, out, p.nd);
         p.xdim_stride = p.xstr[dim];
+        p.xdim_size = out->ndim > 0 ? out->shape[dim] : 1;
         p.xstr[dim] = 0;
         p.ip = hi->data;
         p.dp = hs->data; /* read only: accumulate = 1 */
@@ -357,7 +486,7 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
         p.itype = index->dtype;
         p.dtype = out->dtype;
         p.accumulate = 1;
-        ix_run(&p);
+        s = ix_exec(op, &p, out->device);
     }
     tn_tensor_free(hs);
     tn_tensor_free(hi);
@@ -379,7 +508,7 @@ tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, cons
     TN_TRY(tn_check_tensor(op, "a", a));
     TN_TRY(tn_check_tensor(op, "index", index));
     TN_TRY(tn_check_same_device(op, a, index));
-    TN_TRY(tn_check_cpu(op, a));
+    TN_TRY(tn_check_backend(op, a));
     TN_TRY(tn_check_index_dtype(op, "index", index));
     TN_TRY(ix_check_1d_index(op, index));
     TN_TRY(ix_check_dim(op, a, dim, 0));
@@ -401,6 +530,7 @@ tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, cons
         ix_plan_strides(p.dstr, *out, p.nd);
         ix_plan_strides(p.xstr, ha, p.nd);
         p.xdim_stride = p.xstr[dim];
+        p.xdim_size = a->shape[dim];
         p.xstr[dim] = 0;
         p.ip = hi->data;
         p.dp = (*out)->data;
@@ -408,7 +538,7 @@ tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, cons
         p.itype = index->dtype;
         p.dtype = a->dtype;
         p.accumulate = 0;
-        ix_run(&p);
+        s = ix_exec(op, &p, a->device);
     }
     tn_tensor_free(ha);
     tn_tensor_free(hi);
@@ -423,7 +553,7 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
     TN_TRY(tn_check_tensor(op, "src", src));
     TN_TRY(tn_check_same_device(op, out, index));
     TN_TRY(tn_check_same_device(op, out, src));
-    TN_TRY(tn_check_cpu(op, out));
+    TN_TRY(tn_check_backend(op, out));
     TN_TRY(tn_check_index_dtype(op, "index", index));
     TN_TRY(ix_check_1d_index(op, index));
     if (out->dtype != src->dtype)
@@ -451,6 +581,7 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
         ix_plan_strides(p.dstr, hs, p.nd);
         ix_plan_strides(p.xstr, out, p.nd);
         p.xdim_stride = p.xstr[dim];
+        p.xdim_size = out->shape[dim];
         p.xstr[dim] = 0;
         p.ip = hi->data;
         p.dp = hs->data; /* read only */
@@ -458,7 +589,7 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
         p.itype = index->dtype;
         p.dtype = out->dtype;
         p.accumulate = 1;
-        ix_run(&p);
+        s = ix_exec(op, &p, out->device);
     }
     tn_tensor_free(hs);
     tn_tensor_free(hi);
@@ -500,6 +631,69 @@ static int cat_skipped(const tn_tensor *t, const tn_tensor *ref) {
     return t != ref && t->ndim == 1 && t->shape[0] == 0 && ref->ndim != 1;
 }
 
+#ifdef TERN_HAVE_CUDA
+enum { CAT_CUDA_BATCH = 32 };
+
+/* Frees the batch's holds after queueing its copies (their memory returns to the stream-ordered
+ * CUDA pool, so the queued kernel still reads it intact). */
+static tn_status cat_cuda_flush(tn_tensor *o, int64_t rows, int64_t pitch, int32_t *count, const char **src,
+                                const int64_t *offset, const int64_t *width, tn_tensor **holds) {
+    tn_status s = *count > 0 ? tn_cuda_cat_rows("cat", o->data, rows, pitch, *count, src, offset, width) : TN_OK;
+    for (int32_t k = 0; k < *count; k++) tn_tensor_free(holds[k]);
+    *count = 0;
+    return s;
+}
+
+/* cat into a prepared CUDA out (its shape oshape): contiguous inputs into a contiguous out go
+ * in batches through one kernel each; the others through a strided copy into their narrow of
+ * out. */
+static tn_status cat_cuda(tn_tensor *o, const tn_tensor *const *ts, int32_t n, int32_t dim, const tn_tensor *ref,
+                          const int64_t *oshape) {
+    if (tn_tensor_numel(o) == 0) return TN_OK;
+    const int64_t es = (int64_t)tn_dtype_size(ref->dtype);
+    int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
+    for (int d = 0; d < dim; d++) outer *= oshape[d];
+    for (int d = dim + 1; d < ref->ndim; d++) inner *= oshape[d];
+    const int64_t pitch = oshape[dim] * inner * es; /* bytes per row of out (out contiguous) */
+    const int out_contig = tn_tensor_is_contiguous(o);
+    const char *src[CAT_CUDA_BATCH];
+    int64_t offset[CAT_CUDA_BATCH], width[CAT_CUDA_BATCH];
+    tn_tensor *holds[CAT_CUDA_BATCH];
+    int32_t count = 0;
+    tn_status s = TN_OK;
+    int64_t pos = 0; /* offset along dim */
+    for (int i = 0; i < n && s == TN_OK; i++) {
+        const tn_tensor *t = ts[i];
+        if (cat_skipped(t, ref)) continue;
+        const int64_t len = t->shape[dim];
+        if (len == 0) continue;
+        /* an input over out's storage is copied once the inputs before it are in out, as on
+         * the CPU: queue the pending batch first */
+        if (t->storage == o->storage) s = cat_cuda_flush(o, outer, pitch, &count, src, offset, width, holds);
+        if (s != TN_OK) break;
+        tn_tensor *h = NULL;
+        s = ix_unalias(&h, t, o);
+        if (s != TN_OK) break;
+        if (out_contig && tn_tensor_is_contiguous(h)) {
+            src[count] = h->data;
+            offset[count] = pos * inner * es;
+            width[count] = len * inner * es;
+            holds[count++] = h;
+            if (count == CAT_CUDA_BATCH) s = cat_cuda_flush(o, outer, pitch, &count, src, offset, width, holds);
+        } else {
+            tn_tensor *view = NULL;
+            s = tn_narrow(&view, o, dim, pos, len);
+            if (s == TN_OK) s = ix_copy_cuda("cat", view, h);
+            tn_tensor_free(view);
+            tn_tensor_free(h);
+        }
+        pos += len;
+    }
+    const tn_status sf = cat_cuda_flush(o, outer, pitch, &count, src, offset, width, holds);
+    return s != TN_OK ? s : sf;
+}
+#endif
+
 tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t dim) {
     static const char *op = "cat";
     if (!out) return tn_error(TN_ERR_ARG, "cat: out is NULL");
@@ -514,7 +708,7 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
     if (!ref) ref = ts[0];
     int refi = 0;
     while (ts[refi] != ref) refi++;
-    TN_TRY(tn_check_cpu(op, ref));
+    TN_TRY(tn_check_backend(op, ref));
     if (ref->ndim == 0)
         return tn_error(TN_ERR_SHAPE, "cat: zero-dimensional tensor (tensor %lld, %s) cannot be concatenated", TN_D(refi),
                         tn_dtype_name(ref->dtype));
@@ -539,6 +733,13 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
     const int allocated = *out == NULL;
     TN_TRY(tn_prepare_out(op, out, ref->ndim, oshape, ref->dtype, ref->device));
     tn_tensor *o = *out;
+#ifdef TERN_HAVE_CUDA
+    if (o->device == TN_CUDA) {
+        const tn_status sc = cat_cuda(o, ts, n, dim, ref, oshape);
+        if (sc != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+        return sc;
+    }
+#endif
     const size_t es = tn_dtype_size(ref->dtype);
     int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
     for (int d = 0; d < dim; d++) outer *= oshape[d];

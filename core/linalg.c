@@ -17,11 +17,29 @@
  * is one gemm with a's batch folded into M. Otherwise one BLAS call per batch element; the
  * batch loop runs on OpenMP threads only when each product is small (then OpenBLAS runs it on
  * the calling thread); large products are left to OpenBLAS's own threads.
+ *
+ * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks, output and operand preparation
+ * (copies of operands that share storage with out, contiguous copies of layouts BLAS cannot
+ * take), without the f32 conversion of f16/bf16 (cuBLAS takes them with f32 accumulation);
+ * then cuda/linalg.cu (tn_cuda_matmul) runs the products on cuBLAS.
  */
 #include <limits.h>
 #include <stdlib.h>
 
 #include "internal.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/linalg.cu: c (batch..., n, m) = alpha * op(a) (batch..., n, k) op(b) (batch..., k, m)
+ * + beta * c on cuBLAS, on the current device and stream (asynchronous). All three on CUDA,
+ * one float dtype; a's and b's matrices are their last two dims (swapped when trans_a /
+ * trans_b; a 1-D a is a row (1, k), a 1-D b a column (k, 1)) with a layout mm_classify takes,
+ * their batch dims right-aligned in bshape (nb dims, broadcast where size 1 or missing);
+ * neither shares memory with c. c's matrices are row-major with row stride ldc >= max(m, 1),
+ * batch after batch at n * ldc elements. beta 0: c is not read. */
+tn_status tn_cuda_matmul(const char *op, tn_tensor *c, const tn_tensor *a, const tn_tensor *b, int32_t trans_a,
+                         int32_t trans_b, int32_t nb, const int64_t *bshape, int64_t n, int64_t k, int64_t m,
+                         int64_t ldc, double alpha, double beta);
+#endif
 
 #ifdef TERN_HAVE_OPENBLAS /* defined by CMakeLists.txt when TERN_BLAS=ON */
 #include <cblas.h>
@@ -358,7 +376,7 @@ static tn_status mm_check_pair(const char *opname, const tn_tensor *a, const tn_
     TN_TRY(tn_check_tensor(opname, "a", a));
     TN_TRY(tn_check_tensor(opname, "b", b));
     TN_TRY(tn_check_same_device(opname, a, b));
-    TN_TRY(tn_check_cpu(opname, a));
+    TN_TRY(tn_check_backend(opname, a));
     if (a->dtype != b->dtype)
         return tn_error(TN_ERR_DTYPE, "%s: dtypes differ: a %s %s, b %s %s", opname, TN_SHAPE(a),
                         tn_dtype_name(a->dtype), TN_SHAPE(b), tn_dtype_name(b->dtype));
@@ -372,7 +390,8 @@ static tn_status mm_check_pair(const char *opname, const tn_tensor *a, const tn_
 static tn_status mm_product(const char *opname, tn_tensor *out, const tn_tensor *a, const tn_tensor *b,
                             int nb, const int64_t *bshape, int64_t n, int64_t k, int64_t m) {
     const int32_t dtype = a->dtype;
-    const int32_t work = dtype == TN_F64 ? TN_F64 : TN_F32;
+    const int cuda = out->device == TN_CUDA; /* cuBLAS takes every float dtype as it is */
+    const int32_t work = cuda ? dtype : dtype == TN_F64 ? TN_F64 : TN_F32;
     tn_tensor *ha = NULL, *hb = NULL, *hc = NULL;
     tn_status s = mm_operand(&ha, a, work, 0, 0, out);
     if (s == TN_OK) s = mm_operand(&hb, b, work, 1, 0, out);
@@ -380,6 +399,13 @@ static tn_status mm_product(const char *opname, tn_tensor *out, const tn_tensor 
         if (out->dtype == work && tn_tensor_is_contiguous(out)) hc = tn_tensor_retain(out);
         else s = tn_tensor_empty(&hc, out->ndim, out->shape, work, out->device); /* (out shape) */
     }
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && cuda) {
+        /* hc is contiguous (batch..., n, m) with 1-D dims removed: row stride m */
+        s = tn_cuda_matmul(opname, hc, ha, hb, 0, 0, nb, bshape, n, k, m, m > 1 ? m : 1, 1.0, 0.0);
+        if (s == TN_OK && hc != out) s = tn_copy(out, hc);
+    } else
+#endif
     if (s == TN_OK) {
         mm_plan p;
         memset(&p, 0, sizeof p);
@@ -487,7 +513,8 @@ tn_status tn_gemm(tn_tensor *out, const tn_tensor *a, const tn_tensor *b, int32_
         return tn_error(TN_ERR_ARG, "gemm: out %s must be contiguous (strides [%lld, %lld]), %s", TN_SHAPE(out),
                         (long long)out->strides[0], (long long)out->strides[1], tn_dtype_name(out->dtype));
 
-    const int32_t work = a->dtype == TN_F64 ? TN_F64 : TN_F32;
+    const int cuda = out->device == TN_CUDA; /* cuBLAS takes every float dtype as it is */
+    const int32_t work = cuda ? a->dtype : a->dtype == TN_F64 ? TN_F64 : TN_F32;
     tn_tensor *ha = NULL, *hb = NULL, *hc = NULL;
     tn_status s = mm_operand(&ha, a, work, 0, trans_a, out);
     if (s == TN_OK) s = mm_operand(&hb, b, work, 1, trans_b, out);
@@ -496,6 +523,13 @@ tn_status tn_gemm(tn_tensor *out, const tn_tensor *a, const tn_tensor *b, int32_
         else if (beta != 0.0) s = tn_to_dtype(&hc, out, work);  /* (n, m) f32 */
         else s = tn_tensor_empty(&hc, 2, out->shape, work, out->device);
     }
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && cuda) {
+        /* hc is out: column stride 1, row stride checked above (free for a single row) */
+        const int64_t ldc = n > 1 ? hc->strides[0] : (m > 1 ? m : 1);
+        s = tn_cuda_matmul(op, hc, ha, hb, trans_a, trans_b, 0, NULL, n, k, m, ldc, alpha, beta);
+    } else
+#endif
     if (s == TN_OK && !(n == 0 || m == 0)) {
         mm_plan p;
         memset(&p, 0, sizeof p);

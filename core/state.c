@@ -77,6 +77,13 @@ tn_status tn_cuda_memory_reset_peak(int32_t device_index) {
     (void)device_index;
     return no_cuda("cuda_memory_reset_peak");
 }
+/* a setting, not a device call: kept in every build (tern.h) */
+static int tn_tf32 = 1;
+tn_status tn_cuda_set_tf32(int on) {
+    __atomic_store_n(&tn_tf32, on ? 1 : 0, __ATOMIC_RELAXED);
+    return TN_OK;
+}
+int tn_cuda_get_tf32(void) { return __atomic_load_n(&tn_tf32, __ATOMIC_RELAXED); }
 #endif
 
 int tn_has_mpi(void) {

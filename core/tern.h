@@ -162,6 +162,15 @@ tn_status tn_cuda_record_stream(const tn_tensor *t, tn_cuda_stream_t *s);
 /* [OUT] out: the pool figures of device device_index (< 0: the current device). */
 tn_status tn_cuda_memory_stats(tn_pool_stats *out, int32_t device_index);
 tn_status tn_cuda_memory_reset_peak(int32_t device_index);
+/* TF32 tensor cores for f32 matrix products on CUDA (tn_matmul, tn_bmm, tn_gemm; cuda/linalg.cu):
+ * on (nonzero) rounds the f32 inputs of each product to TF32 (10-bit mantissa, relative error
+ * about 1e-3) and accumulates in f32, several times faster on A100 / H100; off computes in full
+ * f32. Default ON (PyTorch's default for cuDNN convolutions; its matmul default is off).
+ * Process-wide, read at each product. Unlike the calls above, a setting: it works in every
+ * build (a CPU build keeps the flag, and the CPU never uses TF32). f16 / bf16 products always
+ * run on tensor cores with f32 accumulation; f64 never uses TF32. */
+tn_status tn_cuda_set_tf32(int on);
+int tn_cuda_get_tf32(void); /* 1 when on */
 
 /* Scalar conversions of the 16-bit float formats (round to nearest even). */
 float tn_f16_to_f32(uint16_t h);

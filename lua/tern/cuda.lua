@@ -38,6 +38,18 @@ end
 
 function M.synchronize() check(C.tn_cuda_synchronize(), 2) end
 
+-- TF32 tensor cores for f32 matmul / bmm / mm on CUDA (default true): inputs rounded to a
+-- 10-bit mantissa, f32 accumulation; false computes in full f32. Process-wide; a setting, so it
+-- also works without a GPU (f16 / bf16 always use tensor cores, f64 never uses TF32).
+function M.set_tf32(on)
+  if type(on) ~= "boolean" then
+    error("tn.cuda.set_tf32: expected a boolean, got " .. type(on), 2)
+  end
+  check(C.tn_cuda_set_tf32(on and 1 or 0), 2)
+end
+
+function M.get_tf32() return C.tn_cuda_get_tf32() ~= 0 end
+
 -- Streams ----------------------------------------------------------------------------------------
 
 local Stream = {}

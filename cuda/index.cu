@@ -1,0 +1,451 @@
+/*
+ * cuda/index.cu — joining and indexing on the GPU: the CUDA backend of core/index.c (tn_gather,
+ * tn_scatter_add, tn_index_select, tn_index_add, tn_cat) and of its index range check.
+ *
+ * Gradient policy: gather and index_select write their output (=); scatter_add and index_add
+ * accumulate into out (+=) and are the backward of gather and index_select. cat writes (=); its
+ * backward is narrow (a view), so it has no kernel.
+ *
+ * core/index.c checks the arguments, prepares the output and describes each launch as a
+ * finished tn_iter (core/iter.h) over an iteration shape; the kernels only walk it. Operands,
+ * in order, with o[k] the element offset of operand k at an iteration element:
+ *   take           (index, d, x):     d[o1] = x[o2 + index[o0] * xdim_stride]
+ *   put_add        (index, d, x):     x[o2 + index[o0] * xdim_stride] += d[o1]       (atomics)
+ *   put_add_ordered (x, index, d, c): x[o0] += d[o2 + j * dstride] for j = 0 .. n-1 in order
+ *                                     where index[o1 + j * istride] == c = o3 (no atomics)
+ *   check          (index):           first row-major position whose value is not in [0, size)
+ *   copy           (dst, src):        dst[o0] = src[o1]
+ * and cat_rows copies contiguous inputs into their column ranges of a contiguous output.
+ *
+ * Determinism. take, check, copy and cat_rows write every element once. put_add_ordered sums
+ * each out element on one thread, in the CPU's order (index positions ascending along dim),
+ * so its results equal the CPU's bit for bit; core/index.c chooses it when the list along dim
+ * is short and the work small. Otherwise put_add uses atomics: integer adds wrap and commute, so
+ * i32, i64 and u8 results still equal the CPU's exactly; f32 and f64 use atomicAdd (f32's
+ * flushes subnormal inputs and results to zero, as PTX atom.add.f32 does), f16 and bf16 a
+ * compare-and-swap loop on the aligned 32-bit word that holds the element (load -> f32 add ->
+ * round-to-nearest-even store, one element at a time as on the CPU), so float results depend on
+ * the order in which the additions land: equal to the CPU's within rounding, not bit for bit.
+ * The 32-bit word of a narrow element (f16, bf16, u8) lies inside its storage block, since the
+ * CUDA pool hands out 512-byte-aligned blocks of a multiple of 512 bytes.
+ *
+ * Values are moved as raw bits of their element size (take, copy, cat_rows), so every dtype
+ * goes through the same kernels; adds run in the dtype through tn_cuda_load / tn_cuda_store
+ * (kernels/half.h for f16 / bf16), as core/index.c's ix_add_run does on the CPU.
+ *
+ * Index values are read as i32 or i64 and widened to int64; element offsets are int64 all
+ * through, so tensors beyond 2^31 elements index correctly. Every launch and copy goes to
+ * tn_cuda_stream_now(); only the range check (an error check) waits for the stream.
+ */
+#include "common.cuh"
+
+#include <stdint.h>
+
+/* ---- element types ------------------------------------------------------------------------ */
+
+/* The unsigned type that moves an element of ES bytes as raw bits. */
+template <int ES> struct ix_raw;
+template <> struct ix_raw<1> { typedef uint8_t type; };
+template <> struct ix_raw<2> { typedef uint16_t type; };
+template <> struct ix_raw<4> { typedef uint32_t type; };
+template <> struct ix_raw<8> { typedef unsigned long long type; };
+template <> struct ix_raw<16> { typedef uint4 type; };
+
+/* a + b in the dtype, as core/index.c's ix_add_run: floats in their type, f16 / bf16 through
+ * f32 with one rounding, integers wrapping (no signed-overflow UB). */
+static __device__ __forceinline__ float ix_add(float a, float b) { return a + b; }
+static __device__ __forceinline__ double ix_add(double a, double b) { return a + b; }
+static __device__ __forceinline__ tn_f16 ix_add(tn_f16 a, tn_f16 b) {
+    tn_f16 r;
+    tn_cuda_store(&r, tn_cuda_load(&a) + tn_cuda_load(&b));
+    return r;
+}
+static __device__ __forceinline__ tn_bf16 ix_add(tn_bf16 a, tn_bf16 b) {
+    tn_bf16 r;
+    tn_cuda_store(&r, tn_cuda_load(&a) + tn_cuda_load(&b));
+    return r;
+}
+static __device__ __forceinline__ int32_t ix_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static __device__ __forceinline__ int64_t ix_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static __device__ __forceinline__ uint8_t ix_add(uint8_t a, uint8_t b) { return (uint8_t)(a + b); }
+
+/* The bits of a narrow element and back. */
+static __device__ __forceinline__ unsigned ix_bits(tn_f16 x) { return x.bits; }
+static __device__ __forceinline__ unsigned ix_bits(tn_bf16 x) { return x.bits; }
+static __device__ __forceinline__ unsigned ix_bits(uint8_t x) { return x; }
+template <typename T> static __device__ __forceinline__ T ix_of_bits(unsigned b);
+template <> __device__ __forceinline__ tn_f16 ix_of_bits<tn_f16>(unsigned b) {
+    tn_f16 r;
+    r.bits = (uint16_t)b;
+    return r;
+}
+template <> __device__ __forceinline__ tn_bf16 ix_of_bits<tn_bf16>(unsigned b) {
+    tn_bf16 r;
+    r.bits = (uint16_t)b;
+    return r;
+}
+template <> __device__ __forceinline__ uint8_t ix_of_bits<uint8_t>(unsigned b) { return (uint8_t)b; }
+
+/* *p += v for a 1- or 2-byte element: compare-and-swap on the aligned 32-bit word holding it,
+ * leaving the word's other bytes as they are. */
+template <typename T> static __device__ __forceinline__ void ix_atomic_add_narrow(T *p, T v) {
+    static_assert(sizeof(T) == 1 || sizeof(T) == 2, "a narrow element");
+    const uintptr_t a = (uintptr_t)p;
+    unsigned int *w = (unsigned int *)(a & ~(uintptr_t)3);
+    const unsigned shift = (unsigned)(a & 3u) * 8u; /* little-endian: byte k holds bits 8k.. */
+    const unsigned mask = (sizeof(T) == 1 ? 0xffu : 0xffffu) << shift;
+    unsigned old = *(volatile unsigned int *)w, seen;
+    do {
+        seen = old;
+        const T cur = ix_of_bits<T>((seen & mask) >> shift);
+        const unsigned nw = (seen & ~mask) | ((ix_bits(ix_add(cur, v)) << shift) & mask);
+        old = atomicCAS(w, seen, nw);
+    } while (old != seen);
+}
+
+static __device__ __forceinline__ void ix_atomic_add(float *p, float v) { atomicAdd(p, v); }
+static __device__ __forceinline__ void ix_atomic_add(double *p, double v) { atomicAdd(p, v); }
+static __device__ __forceinline__ void ix_atomic_add(int32_t *p, int32_t v) {
+    atomicAdd((unsigned int *)p, (unsigned int)v); /* wraps like the CPU's uint32 add */
+}
+static __device__ __forceinline__ void ix_atomic_add(int64_t *p, int64_t v) {
+    atomicAdd((unsigned long long *)p, (unsigned long long)v);
+}
+static __device__ __forceinline__ void ix_atomic_add(tn_f16 *p, tn_f16 v) { ix_atomic_add_narrow(p, v); }
+static __device__ __forceinline__ void ix_atomic_add(tn_bf16 *p, tn_bf16 v) { ix_atomic_add_narrow(p, v); }
+static __device__ __forceinline__ void ix_atomic_add(uint8_t *p, uint8_t v) { ix_atomic_add_narrow(p, v); }
+
+/* ---- kernels -------------------------------------------------------------------------------- */
+
+/* d = x at the index along dim (gather, index_select). U: raw element type; I: index type. */
+template <typename U, typename I>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_take_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the iteration shape;
+                                                      x's stride along dim is 0 in it */
+               int64_t xdim_stride) {              /* x's stride along dim, elements */
+    const I *ip = (const I *)it.data[0];
+    U *dp = (U *)it.data[1];
+    const U *xp = (const U *)it.data[2];
+    TN_CUDA_GRID_LOOP(e, it.numel) {
+        int64_t off[3];
+        tn_cuda_iter_offsets(it, 3, e, off);
+        const int64_t v = (int64_t)ip[off[0]];
+        dp[off[1]] = xp[off[2] + v * xdim_stride];
+    }
+}
+
+/* x at the index along dim += d, with atomics (scatter_add, index_add). T: storage type. */
+template <typename T, typename I>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_put_add_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the index's shape
+                                                         (scatter_add) or src's (index_add);
+                                                         x's stride along dim is 0 in it */
+                  int64_t xdim_stride) {              /* x's stride along dim, elements */
+    const I *ip = (const I *)it.data[0];
+    const T *dp = (const T *)it.data[1];
+    T *xp = (T *)it.data[2];
+    TN_CUDA_GRID_LOOP(e, it.numel) {
+        int64_t off[3];
+        tn_cuda_iter_offsets(it, 3, e, off);
+        const int64_t v = (int64_t)ip[off[0]];
+        ix_atomic_add(xp + off[2] + v * xdim_stride, dp[off[1]]);
+    }
+}
+
+/* One thread per element of x that can receive a sum; it adds the matching d's in list order
+ * (scatter_add, index_add without atomics). */
+template <typename T, typename I>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_put_add_ordered_kernel(const __grid_constant__ tn_iter it, /* (x, index, d, c) over the
+                                  iteration shape with dim's size replaced by x's; index's and
+                                  d's strides along dim are 0, c's is 1 (c = coordinate on dim) */
+                          int64_t n,       /* list length along dim (index's size there) */
+                          int64_t istride, /* index's stride along dim, elements */
+                          int64_t dstride) { /* d's stride along dim, elements */
+    T *xp = (T *)it.data[0];
+    const I *ip = (const I *)it.data[1];
+    const T *dp = (const T *)it.data[2];
+    TN_CUDA_GRID_LOOP(e, it.numel) {
+        int64_t off[4];
+        tn_cuda_iter_offsets(it, 4, e, off);
+        const int64_t c = off[3];
+        const I *irow = ip + off[1];
+        const T *drow = dp + off[2];
+        T acc = T();
+        bool hit = false;
+        for (int64_t j = 0; j < n; j++) {
+            if ((int64_t)irow[j * istride] != c) continue;
+            const T d = drow[j * dstride];
+            if (!hit) {
+                acc = xp[off[0]];
+                hit = true;
+            }
+            acc = ix_add(acc, d);
+        }
+        if (hit) xp[off[0]] = acc;
+    }
+}
+
+/* *first_bad = min(*first_bad, row-major positions of values outside [0, size)). */
+template <typename I>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_check_kernel(const __grid_constant__ tn_iter it, /* (index) over the index's shape */
+                int64_t size,                       /* valid values: [0, size) */
+                unsigned long long *first_bad) {    /* (1) device; ULLONG_MAX when none */
+    const I *ip = (const I *)it.data[0];
+    TN_CUDA_GRID_LOOP(e, it.numel) {
+        int64_t off;
+        tn_cuda_iter_offsets(it, 1, e, &off);
+        const int64_t v = (int64_t)ip[off];
+        if ((uint64_t)v >= (uint64_t)size) atomicMin(first_bad, (unsigned long long)e);
+    }
+}
+
+/* dst = src, both strided, raw elements. */
+template <typename U>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_copy_kernel(const __grid_constant__ tn_iter it) { /* (dst, src) over their shape */
+    U *dp = (U *)it.data[0];
+    const U *sp = (const U *)it.data[1];
+    TN_CUDA_GRID_LOOP(e, it.numel) {
+        int64_t off[2];
+        tn_cuda_iter_offsets(it, 2, e, off);
+        dp[off[0]] = sp[off[1]];
+    }
+}
+
+/* Up to IX_CAT_BATCH contiguous inputs of cat, each (rows, width[k]) units, into columns of a
+ * contiguous out of (rows, pitch) units. */
+enum { IX_CAT_BATCH = 32, IX_CAT_MAX_BLOCKS = 2048 };
+struct ix_cat_batch {
+    const char *src[IX_CAT_BATCH]; /* (count) input k: rows x width[k] units, contiguous */
+    char *dst[IX_CAT_BATCH];       /* (count) input k's first unit in out */
+    int64_t width[IX_CAT_BATCH];   /* (count) units per row of input k */
+    int64_t rows;                  /* rows of every input and of out */
+    int64_t pitch;                 /* units from one row of out to the next */
+    int32_t count;
+};
+
+template <typename U>
+__global__ void __launch_bounds__(TN_CUDA_THREADS)
+ix_cat_rows_kernel(const __grid_constant__ ix_cat_batch b) { /* blockIdx.y: input k */
+    const int k = (int)blockIdx.y;
+    const U *src = (const U *)b.src[k];
+    U *dst = (U *)b.dst[k];
+    const int64_t w = b.width[k], n = b.rows * w, pitch = b.pitch;
+    if (n <= (int64_t)UINT32_MAX) { /* 32-bit division: the common case */
+        const uint32_t w32 = (uint32_t)w;
+        TN_CUDA_GRID_LOOP(e, n) {
+            const uint32_t r = (uint32_t)e / w32, c = (uint32_t)e - r * w32;
+            dst[(int64_t)r * pitch + c] = src[e];
+        }
+    } else {
+        TN_CUDA_GRID_LOOP(e, n) {
+            const int64_t r = e / w, c = e - r * w;
+            dst[r * pitch + c] = src[e];
+        }
+    }
+}
+
+/* ---- launches --------------------------------------------------------------------------------- */
+
+template <typename U> struct ix_take_run {
+    static tn_status run(const tn_iter &it, int64_t xdim_stride, int32_t itype) {
+        const cudaStream_t st = tn_cuda_stream_now();
+        if (itype == TN_I64)
+            ix_take_kernel<U, int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+        else
+            ix_take_kernel<U, int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+        return TN_CUDA_CHECK_LAUNCH();
+    }
+};
+
+template <typename T> struct ix_put_add_run {
+    static tn_status run(const tn_iter &it, int64_t xdim_stride, int32_t itype) {
+        const cudaStream_t st = tn_cuda_stream_now();
+        if (itype == TN_I64)
+            ix_put_add_kernel<T, int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+        else
+            ix_put_add_kernel<T, int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+        return TN_CUDA_CHECK_LAUNCH();
+    }
+};
+
+template <typename T> struct ix_put_add_ordered_run {
+    static tn_status run(const tn_iter &it, int64_t n, int64_t istride, int64_t dstride, int32_t itype) {
+        const cudaStream_t st = tn_cuda_stream_now();
+        if (itype == TN_I64)
+            ix_put_add_ordered_kernel<T, int64_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride);
+        else
+            ix_put_add_ordered_kernel<T, int32_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride);
+        return TN_CUDA_CHECK_LAUNCH();
+    }
+};
+
+template <typename U> struct ix_copy_run {
+    static tn_status run(const tn_iter &it) {
+        ix_copy_kernel<U><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, tn_cuda_stream_now()>>>(it);
+        return TN_CUDA_CHECK_LAUNCH();
+    }
+};
+
+template <typename U> struct ix_cat_rows_run {
+    static tn_status run(const ix_cat_batch &b, int64_t max_units) {
+        unsigned bx = tn_cuda_blocks(max_units);
+        if (bx > IX_CAT_MAX_BLOCKS) bx = IX_CAT_MAX_BLOCKS; /* grid-stride loops cover the rest */
+        const dim3 grid(bx, (unsigned)b.count);
+        ix_cat_rows_kernel<U><<<grid, TN_CUDA_THREADS, 0, tn_cuda_stream_now()>>>(b);
+        return TN_CUDA_CHECK_LAUNCH();
+    }
+};
+
+/* F<raw type of es bytes>::run(args...); es is 1, 2, 4, 8 or 16. */
+#define IX_DISPATCH_RAW(opname, es, F, ...)                                                      \
+    ([&]() -> tn_status {                                                                       \
+        switch (es) {                                                                           \
+        case 1: return F<ix_raw<1>::type>::run(__VA_ARGS__);                                    \
+        case 2: return F<ix_raw<2>::type>::run(__VA_ARGS__);                                    \
+        case 4: return F<ix_raw<4>::type>::run(__VA_ARGS__);                                    \
+        case 8: return F<ix_raw<8>::type>::run(__VA_ARGS__);                                    \
+        case 16: return F<ix_raw<16>::type>::run(__VA_ARGS__);                                  \
+        default: return tn_error(TN_ERR_DTYPE, "%s: invalid element size %lld", (opname),      \
+                                 (long long)(es));                                              \
+        }                                                                                       \
+    }())
+
+static tn_status ix_check_itype(const char *opname, int32_t itype) {
+    if (itype != TN_I64 && itype != TN_I32)
+        return tn_error(TN_ERR_DTYPE, "%s: index dtype %s is not i64 or i32", opname, tn_dtype_name(itype));
+    return TN_OK;
+}
+
+/* ---- entry points (declared in core/index.c) --------------------------------------------------- */
+
+/* [OUT] bad: the row-major position of the first value of index (CUDA, any strides) outside
+ * [0, size), -1 when every value fits; [OUT] badv: that value. Waits for the stream: an error
+ * check. */
+extern "C" tn_status tn_cuda_index_check(int64_t *bad, int64_t *badv, const tn_tensor *index, int64_t size) {
+    static const char *op = "index check";
+    *bad = -1;
+    *badv = 0;
+    TN_TRY(ix_check_itype(op, index->dtype));
+    const int64_t numel = tn_tensor_numel(index);
+    if (numel == 0) return TN_OK;
+    tn_iter it;
+    tn_iter_init(&it, index->ndim, index->shape);
+    tn_iter_add_tensor(&it, index);
+    tn_iter_finish(&it);
+    const cudaStream_t st = tn_cuda_stream_now();
+    const int64_t one = 1;
+    tn_tensor *flag = NULL; /* (1) the first bad position, ULLONG_MAX when none */
+    TN_TRY(tn_tensor_empty(&flag, 1, &one, TN_I64, TN_CUDA));
+    unsigned long long *fp = (unsigned long long *)flag->data;
+    unsigned long long first = ~0ull;
+    tn_status s = TN_CUDA_CHECK(cudaMemsetAsync(fp, 0xff, sizeof *fp, st));
+    if (s == TN_OK) {
+        if (index->dtype == TN_I64)
+            ix_check_kernel<int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
+        else
+            ix_check_kernel<int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
+        s = TN_CUDA_CHECK_LAUNCH();
+    }
+    if (s == TN_OK) s = TN_CUDA_CHECK(cudaMemcpyAsync(&first, fp, sizeof first, cudaMemcpyDeviceToHost, st));
+    if (s == TN_OK) s = TN_CUDA_CHECK(cudaStreamSynchronize(st));
+    tn_tensor_free(flag);
+    TN_TRY(s);
+    if (first == ~0ull) return TN_OK;
+    if (first >= (unsigned long long)numel) /* cannot happen: positions are below numel */
+        return tn_error(TN_ERR_DEVICE, "%s: the device reported position %llu of %lld", op, first, (long long)numel);
+    /* the value at that position, for the message (index's own shape and strides) */
+    int64_t rem = (int64_t)first, off = 0;
+    for (int32_t d = index->ndim - 1; d >= 0; d--) {
+        off += (rem % index->shape[d]) * index->strides[d];
+        rem /= index->shape[d];
+    }
+    const size_t is = tn_dtype_size(index->dtype);
+    int64_t v64 = 0;
+    int32_t v32 = 0;
+    void *dst = index->dtype == TN_I64 ? (void *)&v64 : (void *)&v32;
+    TN_TRY(TN_CUDA_CHECK(cudaMemcpyAsync(dst, index->data + off * (int64_t)is, is, cudaMemcpyDeviceToHost, st)));
+    TN_TRY(TN_CUDA_CHECK(cudaStreamSynchronize(st)));
+    *bad = (int64_t)first;
+    *badv = index->dtype == TN_I64 ? v64 : (int64_t)v32;
+    return TN_OK;
+}
+
+/* Over a finished iterator of (index, d, x), d[o1] = x[o2 + index[o0] * xdim_stride]; itype
+ * i64 or i32; the elements of d and x have it->elsize[1] bytes. Index values are in range
+ * (checked before). */
+extern "C" tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype) {
+    TN_TRY(ix_check_itype(opname, itype));
+    if (it->numel == 0) return TN_OK;
+    return IX_DISPATCH_RAW(opname, it->elsize[1], ix_take_run, *it, xdim_stride, itype);
+}
+
+/* Over a finished iterator of (index, d, x), x[o2 + index[o0] * xdim_stride] += d[o1] in
+ * dtype, with atomics (see the top of the file). */
+extern "C" tn_status tn_cuda_index_put_add(const char *opname, const tn_iter *it, int64_t xdim_stride,
+                                           int32_t itype, int32_t dtype) {
+    TN_TRY(ix_check_itype(opname, itype));
+    if (it->numel == 0) return TN_OK;
+    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_run, *it, xdim_stride, itype);
+}
+
+/* Over a finished iterator of (x, index, d, c), x[o0] += d[o2 + j * dstride] for j = 0 .. n-1
+ * in order where index[o1 + j * istride] == o3; each x element on one thread, no atomics. */
+extern "C" tn_status tn_cuda_index_put_add_ordered(const char *opname, const tn_iter *it, int64_t n,
+                                                   int64_t istride, int64_t dstride, int32_t itype,
+                                                   int32_t dtype) {
+    TN_TRY(ix_check_itype(opname, itype));
+    if (it->numel == 0 || n == 0) return TN_OK;
+    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_ordered_run, *it, n, istride, dstride, itype);
+}
+
+/* Over a finished iterator of (dst, src) with elements of the same size, dst[o0] = src[o1]. */
+extern "C" tn_status tn_cuda_index_copy(const char *opname, const tn_iter *it) {
+    if (it->numel == 0) return TN_OK;
+    if (it->elsize[0] != it->elsize[1])
+        return tn_error(TN_ERR_DTYPE, "%s: copy between elements of %lld and %lld bytes", opname,
+                        (long long)it->elsize[0], (long long)it->elsize[1]);
+    if (tn_cuda_iter_flat(*it))
+        return TN_CUDA_CHECK(cudaMemcpyAsync(it->data[0], it->data[1], (size_t)(it->numel * it->elsize[0]),
+                                             cudaMemcpyDeviceToDevice, tn_cuda_stream_now()));
+    return IX_DISPATCH_RAW(opname, it->elsize[0], ix_copy_run, *it);
+}
+
+/* cat of count contiguous inputs into a contiguous out of rows x pitch bytes: input k is rows x
+ * width[k] bytes and goes to bytes [offset[k], offset[k] + width[k]) of every row of out. */
+extern "C" tn_status tn_cuda_cat_rows(const char *opname,
+                                      char *out,                /* (rows, pitch) bytes */
+                                      int64_t rows, int64_t pitch, int32_t count,
+                                      const char *const *src,   /* (count) each (rows, width[k]) bytes */
+                                      const int64_t *offset,    /* (count) bytes into a row of out */
+                                      const int64_t *width) {   /* (count) bytes per row of input k */
+    if (rows <= 0) return TN_OK;
+    for (int32_t k0 = 0; k0 < count; k0 += IX_CAT_BATCH) {
+        ix_cat_batch b;
+        memset(&b, 0, sizeof b);
+        /* the widest unit (16, 8, 4, 2 or 1 bytes) that divides every address, width and pitch */
+        uint64_t align = rows > 1 ? (uint64_t)pitch : 0;
+        int64_t max_bytes = 0;
+        for (int32_t k = k0; k < count && k - k0 < IX_CAT_BATCH; k++) {
+            if (width[k] <= 0) continue;
+            const int i = b.count++;
+            b.src[i] = src[k];
+            b.dst[i] = out + offset[k];
+            b.width[i] = width[k];
+            align |= (uint64_t)(uintptr_t)src[k] | (uint64_t)(uintptr_t)(out + offset[k]) | (uint64_t)width[k];
+            if (width[k] > max_bytes) max_bytes = width[k];
+        }
+        if (b.count == 0) continue;
+        int64_t unit = 16;
+        while (unit > 1 && (align & (uint64_t)(unit - 1))) unit /= 2;
+        for (int i = 0; i < b.count; i++) b.width[i] /= unit;
+        b.rows = rows;
+        b.pitch = pitch / unit;
+        TN_TRY(IX_DISPATCH_RAW(opname, unit, ix_cat_rows_run, b, rows * (max_bytes / unit)));
+    }
+    return TN_OK;
+}
