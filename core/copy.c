@@ -1,5 +1,6 @@
 /*
- * copy.c — tn_copy, tn_fill, tn_to_dtype, tn_arange on the CPU.
+ * copy.c — tn_copy, tn_fill, tn_to_dtype, tn_arange: argument checks, the CPU loops, and the
+ * dispatch of CUDA tensors to cuda/copy.cu (copies between the CPU and CUDA included).
  *
  * Gradient policy: none here (copies and conversions are identity or casts for the autograd,
  * which handles them in Lua). Ownership: tn_copy and tn_fill write into the caller's dst;
@@ -8,33 +9,47 @@
  * Conversions: float -> integer truncates toward zero and saturates (NaN -> 0); integer ->
  * integer saturates without passing through double (i64 stays exact); float -> f16/bf16
  * rounds to nearest even (f64 -> f16 goes through f32, a double rounding in rare ties).
+ * The per-element conversions and arange's values are kernels/copy.h, shared with the GPU.
  * Fast paths: same-dtype contiguous -> memcpy (split across threads when big); f32 <-> f16,
  * bf16, f64 typed loops; everything else a strided loop over tn_iter.
+ *
+ * Devices: CUDA tensors run the same checks and the same tn_iter here, then cuda/copy.cu.
+ * tn_copy between the CPU and CUDA (builds with CUDA) moves the bytes once, contiguous and in
+ * one dtype (copy_across): broadcasting, strides and conversions happen on the device, a
+ * non-contiguous CPU side goes through a contiguous CPU temporary. Device -> host returns once
+ * the host memory holds the values; host -> device may return before the device is done.
  */
 #include <stdlib.h>
 
 #include "internal.h"
 #include "iter.h"
+#include "kernels/copy.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/copy.cu; every call queues its work on the current stream (tn_cuda_stream_now). */
+/* Device -> device over a finished iterator: operand 0 dst (dst_dtype), operand 1 src
+ * (src_dtype), both CUDA memory that does not overlap (or the same view), src converted as on
+ * the CPU. */
+tn_status tn_cuda_copy_iter(const tn_iter *it, int32_t dst_dtype, int32_t src_dtype);
+/* nbytes from pageable host memory src to device memory dst through pinned buffers; src may be
+ * reused at once, the device may still be copying. */
+tn_status tn_cuda_copy_h2d(void *dst, const void *src, size_t nbytes);
+/* nbytes from device memory src to pageable host memory dst; returns when dst holds them. */
+tn_status tn_cuda_copy_d2h(void *dst, const void *src, size_t nbytes);
+/* Every element of operand 0 of the finished iterator (CUDA memory, elsize 1, 2, 4 or 8 bytes)
+ * = the elsize low bytes of bits. */
+tn_status tn_cuda_fill(const tn_iter *it, uint64_t bits, int32_t elsize);
+/* data[i] = element i of arange for i < n (data: CUDA memory, n elements of dtype): exact_int
+ * ? istart + i * istep saturated : start + i * step rounded to dtype, as arange_kernel. */
+tn_status tn_cuda_arange(void *data, int64_t n, int32_t dtype, double start, double step, int64_t istart,
+                         int64_t istep, int32_t exact_int);
+#endif
 
 /* ---- element conversion kernels (tn_iter_fn; operand 0 = dst, 1 = src) ------------------- */
 
 typedef struct conv_ctx {
     int32_t dst, src; /* dtypes */
 } conv_ctx;
-
-/* Saturating integer store (no double on the way). */
-static inline void store_i64_sat(void *p, int32_t dtype, int64_t v) {
-    switch (dtype) {
-    case TN_I64: *(int64_t *)p = v; break;
-    case TN_I32: *(int32_t *)p = v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v; break;
-    case TN_U8: *(uint8_t *)p = v > 255 ? 255 : v < 0 ? 0 : (uint8_t)v; break;
-    case TN_F32: *(float *)p = (float)v; break;
-    case TN_F64: *(double *)p = (double)v; break;
-    case TN_F16: *(uint16_t *)p = tn_float_to_half((float)v); break;
-    case TN_BF16: *(uint16_t *)p = tn_float_to_bf16((float)v); break;
-    default: break;
-    }
-}
 
 /* Typed conversion loop: contiguous branch vectorises, strided branch is general. */
 #define CONV_KERNEL(name, TD, TS, EXPR)                                                       \
@@ -59,7 +74,7 @@ CONV_KERNEL(conv_f64_f32, double, float, (double)v)
 CONV_KERNEL(conv_f32_i32, float, int32_t, (float)v)
 CONV_KERNEL(conv_f32_u8, float, uint8_t, (float)v)
 CONV_KERNEL(conv_i64_i32, int64_t, int32_t, (int64_t)v)
-CONV_KERNEL(conv_i32_i64, int32_t, int64_t, v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v)
+CONV_KERNEL(conv_i32_i64, int32_t, int64_t, tn_sat_i64_i32(v))
 CONV_KERNEL(copy_1, uint8_t, uint8_t, v)
 CONV_KERNEL(copy_2, uint16_t, uint16_t, v)
 CONV_KERNEL(copy_4, uint32_t, uint32_t, v)
@@ -87,9 +102,9 @@ static void conv_generic(void *ctx, char **p, const int64_t *s, int64_t n) {
     char *d = p[0];
     const char *x = p[1];
     if (tn_is_int_dtype(c->src)) {
-        for (int64_t i = 0; i < n; i++) store_i64_sat(d + i * bd, c->dst, tn_load_i64(x + i * bs, c->src));
+        for (int64_t i = 0; i < n; i++) tn_elem_store_i64(d + i * bd, c->dst, tn_elem_load_i64(x + i * bs, c->src));
     } else {
-        for (int64_t i = 0; i < n; i++) tn_store_f64(d + i * bd, c->dst, tn_load_f64(x + i * bs, c->src));
+        for (int64_t i = 0; i < n; i++) tn_elem_store_f64(d + i * bd, c->dst, tn_elem_load_f64(x + i * bs, c->src));
     }
 }
 
@@ -130,10 +145,18 @@ static int same_view(const tn_tensor *a, const tn_tensor *b) {
     return 1;
 }
 
+#ifdef TERN_HAVE_CUDA
+static tn_status copy_across(tn_tensor *dst, const tn_tensor *src);
+#endif
+
 /* Copy without argument checks (callers validated); src broadcasts to dst. */
 static tn_status copy_impl(tn_tensor *dst, const tn_tensor *src) {
     int64_t n = tn_tensor_numel(dst);
-    if (n == 0 || same_view(dst, src)) return TN_OK;
+    if (n == 0) return TN_OK;
+#ifdef TERN_HAVE_CUDA
+    if (dst->device != src->device) return copy_across(dst, src);
+#endif
+    if (same_view(dst, src)) return TN_OK;
     uintptr_t dlo, dhi, slo, shi;
     byte_span(dst, &dlo, &dhi);
     byte_span(src, &slo, &shi);
@@ -157,11 +180,77 @@ static tn_status copy_impl(tn_tensor *dst, const tn_tensor *src) {
         tn_iter_add_tensor(&it, src);
         tn_iter_finish(&it);
     }
+#ifdef TERN_HAVE_CUDA
+    if (dst->device == TN_CUDA) return tn_cuda_copy_iter(&it, dst->dtype, src->dtype);
+#endif
     /* a memcpy is cheap per byte: only split it across threads when it is large */
     int64_t par = dst->dtype == src->dtype ? (int64_t)(1 << 20) / (int64_t)tn_dtype_size(dst->dtype) : TN_PAR_MIN;
     tn_iter_run(&it, conv_pick(dst->dtype, src->dtype), &c, par);
     return TN_OK;
 }
+
+#ifdef TERN_HAVE_CUDA
+/* src's header with its broadcast dims (stride 0) cut to size 1: it broadcasts to the same dst,
+ * and a contiguous copy of it holds each distinct element once. A header only (no reference
+ * taken), valid while src is. */
+static tn_tensor unbroadcast(const tn_tensor *src) {
+    tn_tensor v = *src;
+    for (int32_t d = 0; d < v.ndim; d++)
+        if (v.strides[d] == 0) v.shape[d] = 1;
+    return v;
+}
+
+/* t can take the n contiguous elements of dtype that cross between the devices as they are. */
+static int takes_flat(const tn_tensor *t, int32_t dtype, int64_t n) {
+    return t->dtype == dtype && tn_tensor_numel(t) == n && tn_tensor_is_contiguous(t);
+}
+
+/* dst and src on different devices (one CPU, one CUDA; n > 0). The bytes cross once, contiguous
+ * and in one dtype: host -> device sends src's dtype and converts, broadcasts and scatters on the
+ * device; device -> host converts to dst's dtype on the device first; a non-contiguous CPU side
+ * goes through a contiguous CPU temporary. */
+static tn_status copy_across(tn_tensor *dst, const tn_tensor *src) {
+    const tn_tensor v = unbroadcast(src);
+    const int64_t n = tn_tensor_numel(&v);
+    tn_tensor *tmp_cpu = NULL, *tmp_dev = NULL;
+    tn_status st = TN_OK;
+    if (dst->device == TN_CUDA) { /* host -> device */
+        const tn_tensor *h = &v; /* contiguous, v's shape and dtype */
+        if (!tn_tensor_is_contiguous(&v)) {
+            st = tn_tensor_empty(&tmp_cpu, v.ndim, v.shape, v.dtype, TN_CPU);
+            if (st == TN_OK) st = copy_impl(tmp_cpu, &v);
+            h = tmp_cpu;
+        }
+        const size_t nbytes = (size_t)n * tn_dtype_size(v.dtype);
+        if (st == TN_OK && takes_flat(dst, v.dtype, n)) {
+            st = tn_cuda_copy_h2d(dst->data, h->data, nbytes);
+        } else if (st == TN_OK) {
+            st = tn_tensor_empty(&tmp_dev, v.ndim, v.shape, v.dtype, TN_CUDA);
+            if (st == TN_OK) st = tn_cuda_copy_h2d(tmp_dev->data, h->data, nbytes);
+            if (st == TN_OK) st = copy_impl(dst, tmp_dev);
+        }
+    } else { /* device -> host */
+        const tn_tensor *dv = &v; /* contiguous, v's shape, dst's dtype */
+        if (!tn_tensor_is_contiguous(&v) || v.dtype != dst->dtype) {
+            st = tn_tensor_empty(&tmp_dev, v.ndim, v.shape, dst->dtype, TN_CUDA);
+            if (st == TN_OK) st = copy_impl(tmp_dev, &v);
+            dv = tmp_dev;
+        }
+        const size_t nbytes = (size_t)n * tn_dtype_size(dst->dtype);
+        if (st == TN_OK && takes_flat(dst, dst->dtype, n)) {
+            st = tn_cuda_copy_d2h(dst->data, dv->data, nbytes);
+        } else if (st == TN_OK) {
+            st = tn_tensor_empty(&tmp_cpu, v.ndim, v.shape, dst->dtype, TN_CPU);
+            if (st == TN_OK) st = tn_cuda_copy_d2h(tmp_cpu->data, dv->data, nbytes);
+            if (st == TN_OK) st = copy_impl(dst, tmp_cpu);
+        }
+    }
+    /* the device reads tmp_dev on the current stream, which the CUDA pool orders a reuse after */
+    tn_tensor_free(tmp_cpu);
+    tn_tensor_free(tmp_dev);
+    return st;
+}
+#endif
 
 static tn_status check_dtype(const char *op, int32_t dtype) {
     if (dtype < 0 || dtype >= TN_NUM_DTYPES) return tn_error(TN_ERR_DTYPE, "%s: invalid dtype %d", op, (int)dtype);
@@ -171,8 +260,16 @@ static tn_status check_dtype(const char *op, int32_t dtype) {
 tn_status tn_copy(tn_tensor *dst, const tn_tensor *src) {
     TN_TRY(tn_check_tensor("copy", "dst", dst));
     TN_TRY(tn_check_tensor("copy", "src", src));
-    TN_TRY(tn_check_same_device("copy", dst, src));
-    TN_TRY(tn_check_cpu("copy", dst));
+#ifdef TERN_HAVE_CUDA
+    /* one CPU and one CUDA tensor is a copy between the devices */
+    const int across = (dst->device == TN_CPU && src->device == TN_CUDA) ||
+                       (dst->device == TN_CUDA && src->device == TN_CPU);
+#else
+    const int across = 0;
+#endif
+    if (!across) TN_TRY(tn_check_same_device("copy", dst, src));
+    TN_TRY(tn_check_backend("copy", dst));
+    TN_TRY(tn_check_backend("copy", src));
     TN_TRY(check_dtype("copy", dst->dtype));
     TN_TRY(check_dtype("copy", src->dtype));
     int ok = src->ndim <= dst->ndim;
@@ -215,15 +312,18 @@ static void fill_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
 
 tn_status tn_fill(tn_tensor *dst, double value) {
     TN_TRY(tn_check_tensor("fill", "dst", dst));
-    TN_TRY(tn_check_cpu("fill", dst));
+    TN_TRY(tn_check_backend("fill", dst));
     TN_TRY(check_dtype("fill", dst->dtype));
     fill_ctx c = {0, (int32_t)tn_dtype_size(dst->dtype)};
-    tn_store_f64(&c.bits, dst->dtype, value); /* exact for integral values in i64 range */
+    tn_elem_store_f64(&c.bits, dst->dtype, value); /* exact for integral values in i64 range */
     tn_iter it;
     tn_iter_init(&it, dst->ndim, dst->shape);
     tn_iter_add_tensor(&it, dst);
     tn_iter_finish(&it);
     if (it.numel == 0) return TN_OK;
+#ifdef TERN_HAVE_CUDA
+    if (dst->device == TN_CUDA) return tn_cuda_fill(&it, c.bits, c.elsize);
+#endif
     tn_iter_run(&it, fill_kernel, &c, (int64_t)(1 << 20) / c.elsize);
     return TN_OK;
 }
@@ -233,7 +333,7 @@ tn_status tn_fill(tn_tensor *dst, double value) {
 tn_status tn_to_dtype(tn_tensor **out, const tn_tensor *src, int32_t dtype) {
     if (!out) return tn_error(TN_ERR_ARG, "to_dtype: out is NULL");
     TN_TRY(tn_check_tensor("to_dtype", "src", src));
-    TN_TRY(tn_check_cpu("to_dtype", src));
+    TN_TRY(tn_check_backend("to_dtype", src));
     TN_TRY(check_dtype("to_dtype", dtype));
     if (dtype == src->dtype && tn_tensor_is_contiguous(src)) {
         *out = tn_tensor_retain((tn_tensor *)src);
@@ -262,18 +362,22 @@ static void arange_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     char *d = p[0];
     if (c->dtype == TN_F32) {
         float *f = (float *)d;
-        for (int64_t i = 0; i < n; i++) f[i] = (float)(c->start + (double)(i0 + i) * c->step);
+        for (int64_t i = 0; i < n; i++) f[i] = (float)tn_arange_f64(c->start, c->step, i0 + i);
     } else if (c->exact_int) {
-        for (int64_t i = 0; i < n; i++) store_i64_sat(d + i * es, c->dtype, c->istart + (i0 + i) * c->istep);
+        for (int64_t i = 0; i < n; i++) tn_elem_store_i64(d + i * es, c->dtype, tn_arange_i64(c->istart, c->istep, i0 + i));
     } else {
-        for (int64_t i = 0; i < n; i++) tn_store_f64(d + i * es, c->dtype, c->start + (double)(i0 + i) * c->step);
+        for (int64_t i = 0; i < n; i++) tn_elem_store_f64(d + i * es, c->dtype, tn_arange_f64(c->start, c->step, i0 + i));
     }
 }
 
 tn_status tn_arange(tn_tensor **out, double start, double end, double step, int32_t dtype, int32_t device) {
     if (!out) return tn_error(TN_ERR_ARG, "arange: out is NULL");
     TN_TRY(check_dtype("arange", dtype));
+#ifdef TERN_HAVE_CUDA
+    if (device != TN_CPU && device != TN_CUDA)
+#else
     if (device != TN_CPU)
+#endif
         return tn_error(TN_ERR_DEVICE, "arange: device %s is not supported by the CPU backend", tn_device_name(device));
     if (!isfinite(start) || !isfinite(end) || !isfinite(step))
         return tn_error(TN_ERR_ARG, "arange: start %g, end %g and step %g must be finite", start, end, step);
@@ -293,6 +397,17 @@ tn_status tn_arange(tn_tensor **out, double start, double end, double step, int3
     int64_t shape[1] = {n};
     tn_tensor *t = NULL;
     TN_TRY(tn_tensor_empty(&t, 1, shape, dtype, device));
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) {
+        tn_status st = n == 0 ? TN_OK : tn_cuda_arange(t->data, n, dtype, start, step, c.istart, c.istep, c.exact_int);
+        if (st != TN_OK) {
+            tn_tensor_free(t);
+            return st;
+        }
+        *out = t;
+        return TN_OK;
+    }
+#endif
     c.base = t->data;
     char *d[1] = {t->data};
     size_t es[1] = {tn_dtype_size(dtype)};

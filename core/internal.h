@@ -11,6 +11,7 @@
 
 #include "tern.h"
 #include "kernels/half.h"
+#include "kernels/copy.h"
 
 #if defined(__GNUC__)
 #define TN_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -62,40 +63,12 @@ tn_status tn_prepare_out(const char *opname, tn_tensor **out, int32_t ndim, cons
 static inline int tn_is_float_dtype(int32_t d) { return d == TN_F32 || d == TN_F64 || d == TN_F16 || d == TN_BF16; }
 static inline int tn_is_int_dtype(int32_t d) { return d == TN_I32 || d == TN_I64 || d == TN_U8; }
 
-/* Element load/store through a dtype switch, for generic (slow-path) loops. */
-static inline double tn_load_f64(const void *p, int32_t dtype) {
-    switch (dtype) {
-    case TN_F32: return *(const float *)p;
-    case TN_F64: return *(const double *)p;
-    case TN_F16: return tn_half_to_float(*(const uint16_t *)p);
-    case TN_BF16: return tn_bf16_to_float(*(const uint16_t *)p);
-    case TN_I32: return *(const int32_t *)p;
-    case TN_I64: return (double)*(const int64_t *)p;
-    case TN_U8: return *(const uint8_t *)p;
-    default: return NAN;
-    }
-}
-static inline int64_t tn_load_i64(const void *p, int32_t dtype) {
-    switch (dtype) {
-    case TN_I32: return *(const int32_t *)p;
-    case TN_I64: return *(const int64_t *)p;
-    case TN_U8: return *(const uint8_t *)p;
-    default: return (int64_t)tn_load_f64(p, dtype);
-    }
-}
-/* Saturating store into integer dtypes (NaN stores 0); round-to-nearest-even into f16/bf16. */
-static inline void tn_store_f64(void *p, int32_t dtype, double v) {
-    switch (dtype) {
-    case TN_F32: *(float *)p = (float)v; break;
-    case TN_F64: *(double *)p = v; break;
-    case TN_F16: *(uint16_t *)p = tn_float_to_half((float)v); break;
-    case TN_BF16: *(uint16_t *)p = tn_float_to_bf16((float)v); break;
-    case TN_I32: *(int32_t *)p = v != v ? 0 : v >= 2147483647.0 ? INT32_MAX : v <= -2147483648.0 ? INT32_MIN : (int32_t)v; break;
-    case TN_I64: *(int64_t *)p = v != v ? 0 : v >= 9223372036854775807.0 ? INT64_MAX : v <= -9223372036854775808.0 ? INT64_MIN : (int64_t)v; break;
-    case TN_U8: *(uint8_t *)p = v != v ? 0 : v >= 255.0 ? 255 : v <= 0.0 ? 0 : (uint8_t)v; break;
-    default: break;
-    }
-}
+/* Element load/store through a dtype switch, for generic (slow-path) loops: the functions of
+ * kernels/copy.h, which cuda/ shares (saturating into integer dtypes, NaN stores 0; round to
+ * nearest even into f16 / bf16). */
+static inline double tn_load_f64(const void *p, int32_t dtype) { return tn_elem_load_f64(p, dtype); }
+static inline int64_t tn_load_i64(const void *p, int32_t dtype) { return tn_elem_load_i64(p, dtype); }
+static inline void tn_store_f64(void *p, int32_t dtype, double v) { tn_elem_store_f64(p, dtype, v); }
 
 /* Memory accounting hooks used by allocators (tensor.c). */
 void tn_memory_note_alloc(int32_t device, size_t nbytes);
@@ -126,6 +99,28 @@ static inline int64_t tn_dims_numel(int32_t ndim, const int64_t *shape) {
     int64_t n = 1;
     for (int32_t i = 0; i < ndim; i++) n *= shape[i];
     return n;
+}
+
+/* BLAS layout of a row-major (rows, cols) matrix with strides (rs, cs): *trans 0 (row-major,
+ * NoTrans / CUBLAS_OP_N, ld = the row stride) or 1 (column-major, Trans / CUBLAS_OP_T, ld = the
+ * column stride); returns 0 when neither describes it. The stride of a size-1 dim is free; every
+ * result meets BLAS's ld >= max(1, stored rows). Shared by core/linalg.c and cuda/linalg.cu. */
+static inline int tn_matrix_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, int *trans, int64_t *ld) {
+    if (rows == 0 || cols == 0) { *trans = 0; *ld = cols > 1 ? cols : 1; return 1; } /* nothing read */
+    if (rows <= 1 && cols <= 1) { *trans = 0; *ld = 1; return 1; }
+    if (rows <= 1) {
+        if (cs == 1) { *trans = 0; *ld = cols; return 1; }
+        if (cs >= 1) { *trans = 1; *ld = cs; return 1; }
+        return 0;
+    }
+    if (cols <= 1) {
+        if (rs == 1) { *trans = 1; *ld = rows; return 1; }
+        if (rs >= 1) { *trans = 0; *ld = rs; return 1; }
+        return 0;
+    }
+    if (cs == 1 && rs >= cols) { *trans = 0; *ld = rs; return 1; }
+    if (rs == 1 && cs >= rows) { *trans = 1; *ld = cs; return 1; }
+    return 0;
 }
 
 /* ---- size classes and the caching pool (tensor.c, pool.c) ---------------------------------- */

@@ -1,13 +1,24 @@
 /*
- * random.c — the global counter-based generator and the CPU random fills.
+ * random.c — the global counter-based generator and the random fills (tn_rand, tn_randn,
+ * tn_randint, tn_bernoulli) on the CPU; CUDA tensors go to cuda/random.cu.
  *
  * The stream layout (key, counter, per-element transforms) is documented in kernels/philox.h.
  * Each call reserves numel counters [offset, offset + numel) atomically and fills element i
- * (logical row-major index over any strided out) from counter offset + i, so results are the
- * same for every thread count and every output layout.
+ * (logical row-major index over any strided out) from counter offset + i with tn_rng_gen
+ * (kernels/random.h), so results are the same for every thread count, every output layout and
+ * both devices.
+ *
+ * Gradient policy: none (random fills write out; nothing is differentiated). Shapes: out is any
+ * tensor; its dtype decides the transform's rounding.
  */
 #include "internal.h"
-#include "kernels/philox.h"
+#include "kernels/random.h" /* tn_rng_gen: the per-element draw, shared with cuda/random.cu */
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/random.cu: fills the CUDA tensor out (any strides) with the draws of counters
+ * base + i, i the logical row-major element index, under seed; queued on the current stream. */
+tn_status tn_cuda_random_fill(tn_tensor *out, tn_rng_params g, uint64_t seed, uint64_t base);
+#endif
 
 /* Global generator state. Read and advanced atomically; setting seed and offset together is
  * not atomic with respect to concurrent draws (set the state from one thread). */
@@ -26,86 +37,20 @@ void tn_rng_set_state(uint64_t seed, uint64_t offset) {
     __atomic_store_n(&rng_offset, offset, __ATOMIC_RELEASE);
 }
 
-/* ---- per-element generation -------------------------------------------------------------- */
-
-typedef enum { GEN_UNIFORM, GEN_NORMAL, GEN_INT, GEN_BERNOULLI } gen_kind;
-
-typedef struct gen_params {
-    gen_kind kind;
-    int32_t dtype;
-    double a, b;        /* uniform: low, high; normal: mean, std; bernoulli: p */
-    int64_t ilow;       /* randint: low */
-    uint64_t irange;    /* randint: high - low (> 0) */
-} gen_params;
-
-/* Next representable value below a 16-bit float given as bits (f16 and bf16 alike: both are
- * sign-magnitude, so stepping the magnitude steps the value). */
-static uint16_t half_bits_below(uint16_t h) {
-    if (h == 0x0000u) return 0x8001u; /* +0 -> smallest negative subnormal */
-    if (h & 0x8000u) return (uint16_t)(h + 1u);
-    return (uint16_t)(h - 1u);
-}
-
-/* Stores low + (high - low) * u rounded to dtype, kept strictly below high when high > low. */
-static void store_uniform(char *p, int32_t dtype, double low, double high, const uint32_t w[4]) {
-    switch (dtype) {
-    case TN_F64: {
-        double v = low + (high - low) * tn_philox_u53(w[0], w[1]);
-        if (v >= high && high > low) v = nextafter(high, -INFINITY);
-        *(double *)p = v;
-        break;
-    }
-    case TN_F32: {
-        float v = (float)(low + (high - low) * (double)tn_philox_u24(w[0]));
-        while ((double)v >= high && high > low) v = nextafterf(v, -INFINITY);
-        *(float *)p = v;
-        break;
-    }
-    case TN_F16:
-    case TN_BF16: {
-        float f = (float)(low + (high - low) * (double)tn_philox_u24(w[0]));
-        int is16 = dtype == TN_F16;
-        uint16_t h = is16 ? tn_float_to_half(f) : tn_float_to_bf16(f);
-        for (int k = 0; k < 4 && high > low &&
-                        (double)(is16 ? tn_half_to_float(h) : tn_bf16_to_float(h)) >= high;
-             k++)
-            h = half_bits_below(h);
-        *(uint16_t *)p = h;
-        break;
-    }
-    default: break;
-    }
-}
-
-static inline void gen_one(char *p, const gen_params *g, uint64_t seed, uint64_t ctr) {
-    uint32_t w[4];
-    tn_philox_at(seed, ctr, w);
-    switch (g->kind) {
-    case GEN_UNIFORM: store_uniform(p, g->dtype, g->a, g->b, w); break;
-    case GEN_NORMAL: tn_store_f64(p, g->dtype, g->a + g->b * tn_philox_normal(w)); break;
-    case GEN_INT: {
-        int64_t v = (int64_t)((uint64_t)g->ilow + tn_philox_u64(w) % g->irange);
-        switch (g->dtype) {
-        case TN_I64: *(int64_t *)p = v; break;
-        case TN_I32: *(int32_t *)p = (int32_t)v; break;
-        case TN_U8: *(uint8_t *)p = (uint8_t)v; break;
-        default: tn_store_f64(p, g->dtype, (double)v); break;
-        }
-        break;
-    }
-    case GEN_BERNOULLI: tn_store_f64(p, g->dtype, tn_philox_u53(w[0], w[1]) < g->a ? 1.0 : 0.0); break;
-    }
-}
+/* ---- fills --------------------------------------------------------------------------------- */
 
 enum { RNG_CHUNK = 1 << 14, RNG_PARALLEL_MIN = 1 << 15 };
 
 /* Fills out (any strides) element by element in logical row-major order, from counters
- * offset .. offset + numel - 1, then advances the global offset by numel. */
-static void gen_fill(tn_tensor *out, const gen_params *g) {
+ * offset .. offset + numel - 1, after advancing the global offset by numel. */
+static tn_status gen_fill(tn_tensor *out, const tn_rng_params *g) {
     int64_t n = tn_tensor_numel(out);
-    if (n == 0) return;
+    if (n == 0) return TN_OK;
     uint64_t seed = __atomic_load_n(&rng_seed, __ATOMIC_ACQUIRE);
     uint64_t base = __atomic_fetch_add(&rng_offset, (uint64_t)n, __ATOMIC_ACQ_REL);
+#ifdef TERN_HAVE_CUDA
+    if (out->device == TN_CUDA) return tn_cuda_random_fill(out, *g, seed, base);
+#endif
     int64_t elsize = (int64_t)tn_dtype_size(out->dtype);
     int32_t nd = out->ndim;
     int64_t nchunks = (n + RNG_CHUNK - 1) / RNG_CHUNK;
@@ -113,8 +58,8 @@ static void gen_fill(tn_tensor *out, const gen_params *g) {
     if (tn_tensor_is_contiguous(out)) {
         char *data = out->data;
 #pragma omp parallel for schedule(static) if (n >= RNG_PARALLEL_MIN)
-        for (int64_t i = 0; i < n; i++) gen_one(data + i * elsize, g, seed, base + (uint64_t)i);
-        return;
+        for (int64_t i = 0; i < n; i++) tn_rng_gen(data + i * elsize, g, seed, base + (uint64_t)i);
+        return TN_OK;
     }
 
 #pragma omp parallel for schedule(static) if (n >= RNG_PARALLEL_MIN)
@@ -128,7 +73,7 @@ static void gen_fill(tn_tensor *out, const gen_params *g) {
             off += idx[d] * out->strides[d];
         }
         for (int64_t i = start; i < end; i++) {
-            gen_one(out->data + off * elsize, g, seed, base + (uint64_t)i);
+            tn_rng_gen(out->data + off * elsize, g, seed, base + (uint64_t)i);
             for (int32_t d = nd - 1; d >= 0; d--) { /* row-major increment */
                 off += out->strides[d];
                 if (++idx[d] < out->shape[d]) break;
@@ -137,11 +82,12 @@ static void gen_fill(tn_tensor *out, const gen_params *g) {
             }
         }
     }
+    return TN_OK;
 }
 
 static tn_status check_out(const char *opname, const tn_tensor *out) {
     TN_TRY(tn_check_tensor(opname, "out", out));
-    return tn_check_cpu(opname, out);
+    return tn_check_backend(opname, out);
 }
 
 tn_status tn_rand(tn_tensor *out, double low, double high) {
@@ -152,9 +98,8 @@ tn_status tn_rand(tn_tensor *out, double low, double high) {
     if (!isfinite(low) || !isfinite(high) || low > high)
         return tn_error(TN_ERR_ARG, "rand: need finite low <= high, got [%g, %g) (out %s %s)", low, high,
                         TN_SHAPE(out), tn_dtype_name(out->dtype));
-    gen_params g = {GEN_UNIFORM, out->dtype, low, high, 0, 0};
-    gen_fill(out, &g);
-    return TN_OK;
+    tn_rng_params g = {TN_RNG_UNIFORM, out->dtype, low, high, 0, 0};
+    return gen_fill(out, &g);
 }
 
 tn_status tn_randn(tn_tensor *out, double mean, double std) {
@@ -165,9 +110,8 @@ tn_status tn_randn(tn_tensor *out, double mean, double std) {
     if (!isfinite(mean) || !isfinite(std) || std < 0)
         return tn_error(TN_ERR_ARG, "randn: need finite mean and std >= 0, got mean %g, std %g (out %s %s)",
                         mean, std, TN_SHAPE(out), tn_dtype_name(out->dtype));
-    gen_params g = {GEN_NORMAL, out->dtype, mean, std, 0, 0};
-    gen_fill(out, &g);
-    return TN_OK;
+    tn_rng_params g = {TN_RNG_NORMAL, out->dtype, mean, std, 0, 0};
+    return gen_fill(out, &g);
 }
 
 tn_status tn_randint(tn_tensor *out, int64_t low, int64_t high) {
@@ -189,9 +133,8 @@ tn_status tn_randint(tn_tensor *out, int64_t low, int64_t high) {
     if (low < lo_ok || high > hi_ok)
         return tn_error(TN_ERR_ARG, "randint: range [%lld, %lld) does not fit dtype %s (out %s)", (long long)low,
                         (long long)high, tn_dtype_name(out->dtype), TN_SHAPE(out));
-    gen_params g = {GEN_INT, out->dtype, 0, 0, low, (uint64_t)high - (uint64_t)low};
-    gen_fill(out, &g);
-    return TN_OK;
+    tn_rng_params g = {TN_RNG_INT, out->dtype, 0, 0, low, (uint64_t)high - (uint64_t)low};
+    return gen_fill(out, &g);
 }
 
 tn_status tn_bernoulli(tn_tensor *out, double p) {
@@ -199,7 +142,6 @@ tn_status tn_bernoulli(tn_tensor *out, double p) {
     if (!(p >= 0.0 && p <= 1.0))
         return tn_error(TN_ERR_ARG, "bernoulli: p must be in [0, 1], got %g (out %s %s)", p, TN_SHAPE(out),
                         tn_dtype_name(out->dtype));
-    gen_params g = {GEN_BERNOULLI, out->dtype, p, 0, 0, 0};
-    gen_fill(out, &g);
-    return TN_OK;
+    tn_rng_params g = {TN_RNG_BERNOULLI, out->dtype, p, 0, 0, 0};
+    return gen_fill(out, &g);
 }

@@ -21,7 +21,11 @@
  *   normal (any float):   u1 = ((((w[1] << 32) | w[0]) >> 11) + 1) * 2^-53  in (0, 1]
  *                         u2 = (((w[3] << 32) | w[2]) >> 11) * 2^-53        in [0, 1)
  *                         z = sqrt(-2 ln u1) cos(2 pi u2)  (Box-Muller, one normal per counter)
- *                         value = mean + std * z
+ *                         value = mean + std * z, in f64, then rounded to the dtype
+ *                         ln and cos are tern's own (tn_philox_log, tn_philox_cos_2pi below:
+ *                         fdlibm's polynomials, < 1 ulp), not the C library's or CUDA's, and
+ *                         every f64 product and sum is rounded on its own (tn_rn_*: no fma), so
+ *                         the CPU and the GPU give the same bits.
  *   randint [low, high):  r = (w[1] << 32) | w[0]; value = low + r mod (high - low)
  *   bernoulli(p):         1 if u53 < p else 0, with u53 the f64 uniform above
  */
@@ -31,6 +35,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "copy.h" /* tn_rn_add, tn_rn_sub, tn_rn_mul */
 
 #define TN_RNG_DEFAULT_SEED 0x5eedULL
 
@@ -75,11 +80,93 @@ static TN_HD double tn_philox_u53(uint32_t lo, uint32_t hi) {
     return (double)((((uint64_t)hi << 32) | lo) >> 11) * 1.1102230246251565404e-16;
 }
 
+static TN_HD uint64_t tn_philox_f64_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+static TN_HD double tn_philox_bits_f64(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+
+/* ln x for a positive normal double x (fdlibm e_log.c: x = 2^k (1 + f), ln(1 + f) from
+ * s = f / (2 + f) and a degree-14 polynomial in s; error < 1 ulp). Each operation is rounded on
+ * its own (tn_rn_*), so every device gets the same bits. */
+static TN_HD double tn_philox_log(double x) {
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
+                 Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
+                 Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
+                 Lg7 = 1.479819860511658591e-01;
+    const uint64_t bits = tn_philox_f64_bits(x);
+    int32_t hx = (int32_t)(bits >> 32);
+    const uint32_t lx = (uint32_t)bits;
+    int32_t k = (hx >> 20) - 1023;
+    hx &= 0x000fffff;
+    int32_t i = (hx + 0x95f64) & 0x100000;
+    /* x or x / 2, normalised into [sqrt(2)/2, sqrt(2)) */
+    x = tn_philox_bits_f64(((uint64_t)(uint32_t)(hx | (i ^ 0x3ff00000)) << 32) | lx);
+    k += i >> 20;
+    const double f = tn_rn_sub(x, 1.0), dk = (double)k;
+    if ((0x000fffff & (2 + hx)) < 3) { /* |f| < 2^-20 */
+        if (f == 0.0) return k == 0 ? 0.0 : tn_rn_add(tn_rn_mul(dk, ln2_hi), tn_rn_mul(dk, ln2_lo));
+        const double R = tn_rn_mul(tn_rn_mul(f, f), tn_rn_sub(0.5, tn_rn_mul(0.33333333333333333, f)));
+        if (k == 0) return tn_rn_sub(f, R);
+        return tn_rn_sub(tn_rn_mul(dk, ln2_hi), tn_rn_sub(tn_rn_sub(R, tn_rn_mul(dk, ln2_lo)), f));
+    }
+    const double s = f / tn_rn_add(2.0, f);
+    const double z = tn_rn_mul(s, s), w = tn_rn_mul(z, z);
+    const int32_t j = 0x6b851 - hx;
+    i = hx - 0x6147a;
+    const double t1 = tn_rn_mul(w, tn_rn_add(Lg2, tn_rn_mul(w, tn_rn_add(Lg4, tn_rn_mul(w, Lg6)))));
+    const double t2 = tn_rn_mul(z, tn_rn_add(Lg1, tn_rn_mul(w, tn_rn_add(Lg3, tn_rn_mul(w, tn_rn_add(Lg5, tn_rn_mul(w, Lg7)))))));
+    const double R = tn_rn_add(t2, t1);
+    if ((i | j) > 0) {
+        const double hfsq = tn_rn_mul(tn_rn_mul(0.5, f), f);
+        const double sr = tn_rn_mul(s, tn_rn_add(hfsq, R));
+        if (k == 0) return tn_rn_sub(f, tn_rn_sub(hfsq, sr));
+        return tn_rn_sub(tn_rn_mul(dk, ln2_hi), tn_rn_sub(tn_rn_sub(hfsq, tn_rn_add(sr, tn_rn_mul(dk, ln2_lo))), f));
+    }
+    const double sr = tn_rn_mul(s, tn_rn_sub(f, R));
+    if (k == 0) return tn_rn_sub(f, sr);
+    return tn_rn_sub(tn_rn_mul(dk, ln2_hi), tn_rn_sub(tn_rn_sub(sr, tn_rn_mul(dk, ln2_lo)), f));
+}
+
+/* sin y and cos y for |y| <= pi/4 (fdlibm k_sin.c / k_cos.c with no tail; error < 1 ulp). */
+static TN_HD double tn_philox_ksin(double y) {
+    const double S1 = -1.66666666666666324348e-01, S2 = 8.33333333332248946124e-03,
+                 S3 = -1.98412698298579493134e-04, S4 = 2.75573137070700676789e-06,
+                 S5 = -2.50507602534068634195e-08, S6 = 1.58969099521155010221e-10;
+    const double z = tn_rn_mul(y, y), v = tn_rn_mul(z, y);
+    const double r = tn_rn_add(S2, tn_rn_mul(z, tn_rn_add(S3, tn_rn_mul(z, tn_rn_add(S4, tn_rn_mul(z, tn_rn_add(S5, tn_rn_mul(z, S6))))))));
+    return tn_rn_add(y, tn_rn_mul(v, tn_rn_add(S1, tn_rn_mul(z, r))));
+}
+static TN_HD double tn_philox_kcos(double y) {
+    const double C1 = 4.16666666666666019037e-02, C2 = -1.38888888888741095749e-03,
+                 C3 = 2.48015872894767294178e-05, C4 = -2.75573143513906633035e-07,
+                 C5 = 2.08757232129817482790e-09, C6 = -1.13596475577881948265e-11;
+    const uint32_t ix = (uint32_t)(tn_philox_f64_bits(y) >> 32) & 0x7fffffffu;
+    if (ix < 0x3e400000u) return 1.0; /* |y| < 2^-27 */
+    const double z = tn_rn_mul(y, y);
+    const double r = tn_rn_mul(z, tn_rn_add(C1, tn_rn_mul(z, tn_rn_add(C2, tn_rn_mul(z, tn_rn_add(C3, tn_rn_mul(z, tn_rn_add(C4, tn_rn_mul(z, tn_rn_add(C5, tn_rn_mul(z, C6)))))))))));
+    const double zr = tn_rn_mul(z, r), hz0 = tn_rn_mul(0.5, z);
+    if (ix < 0x3fd33333u) return tn_rn_sub(1.0, tn_rn_sub(hz0, zr)); /* |y| < 0.3 */
+    const double qx = ix > 0x3fe90000u ? 0.28125 : tn_philox_bits_f64((uint64_t)(ix - 0x00200000u) << 32); /* ~|y| / 4 */
+    return tn_rn_sub(tn_rn_sub(1.0, qx), tn_rn_sub(tn_rn_sub(hz0, qx), zr));
+}
+
+/* cos(2 pi u) for u = m 2^-53, 0 <= m < 2^53 (u from tn_philox_u53). The reduction to a
+ * quarter turn is exact on m: m = q 2^51 + r with |r| <= 2^50, angle r 2^-53 2 pi, |.| <= pi/4. */
+static TN_HD double tn_philox_cos_2pi(uint64_t m) {
+    const uint64_t q = (m + ((uint64_t)1 << 50)) >> 51;                  /* 0..4 quarter turns */
+    const double r = (double)((int64_t)m - (int64_t)(q << 51));          /* exact */
+    const double y = tn_rn_mul(r, 0x1.921fb54442d18p-51); /* 2 pi 2^-53 (2 pi rounded) */
+    switch (q & 3) {
+    case 0: return tn_philox_kcos(y);
+    case 1: return -tn_philox_ksin(y);
+    case 2: return -tn_philox_kcos(y);
+    default: return tn_philox_ksin(y);
+    }
+}
+
 /* A standard normal from the 4 words of one counter (Box-Muller, cosine branch). */
 static TN_HD double tn_philox_normal(const uint32_t w[4]) {
     double u1 = ((double)((((uint64_t)w[1] << 32) | w[0]) >> 11) + 1.0) * 1.1102230246251565404e-16;
-    double u2 = tn_philox_u53(w[2], w[3]);
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586476925 * u2);
+    return tn_rn_mul(sqrt(-2.0 * tn_philox_log(u1)), tn_philox_cos_2pi((((uint64_t)w[3] << 32) | w[2]) >> 11));
 }
 
 /* 64 random bits of one counter, for randint. */
