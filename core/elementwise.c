@@ -1,6 +1,7 @@
 /*
- * elementwise.c — tn_binary, tn_binary_scalar, tn_unary, tn_clamp, tn_where, tn_masked_fill
- * on the CPU.
+ * elementwise.c — tn_binary, tn_binary_scalar, tn_unary, tn_clamp, tn_where, tn_masked_fill:
+ * argument checks and output preparation for every device, the CPU loops, and the dispatch of
+ * CUDA tensors to cuda/elementwise.cu (which gets the same finished tn_iter).
  *
  * Gradient policy: forward only; the autograd (Lua) composes backward passes from these ops.
  * Ownership: `tn_tensor **out` follows tern.h (allocated when *out == NULL, else written in
@@ -15,12 +16,40 @@
  * op switch outside the element loop; the all-contiguous and the scalar-broadcast runs are
  * `omp simd` loops. Contiguous operands of the output's numel skip the broadcast set-up
  * (tn_iter_flat). Below TN_PAR_MIN elements nothing enters an OpenMP region.
+ *
+ * CUDA: the per-element math is the same kernels/elementwise.h; scalars travel as kernel
+ * arguments; the integer-division-by-zero check runs on the device (same message). Host code
+ * here never reads CUDA memory.
  */
 #include <stdlib.h>
 
 #include "internal.h"
 #include "iter.h"
 #include "kernels/elementwise.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/elementwise.cu. Each takes the finished iterator of core (operand 0 the output, then
+ * the inputs in the order given), with numel > 0, and queues its kernel on the current
+ * stream; no host synchronisation except tn_cuda_has_zero. */
+/* operands out (u8 for comparisons, else dtype), a, b (dtype); any op valid for dtype */
+tn_status tn_cuda_binary(const tn_iter *it, int32_t op, int32_t dtype);
+/* operands out, a: out = a op s (reverse 0) or s op a (reverse 1); scalar: the value as the
+ * CPU path stores it (f32 for f32/f16/bf16, f64, or the integer dtype), low bytes first;
+ * not for integer comparisons (tn_cuda_icmp_scalar) */
+tn_status tn_cuda_binary_scalar(const tn_iter *it, int32_t op, int32_t dtype, int32_t reverse, uint64_t scalar);
+/* operands out (u8), a (integer dtype): a op s compared exactly (op a comparison) */
+tn_status tn_cuda_icmp_scalar(const tn_iter *it, int32_t op, int32_t dtype, double s);
+/* operands out (u8 for logical_not, else dtype), a (dtype) */
+tn_status tn_cuda_unary(const tn_iter *it, int32_t op, int32_t dtype);
+/* operands out, a (dtype); floats use lo, hi; integers ilo, ihi (made integral, saturated) */
+tn_status tn_cuda_clamp(const tn_iter *it, int32_t dtype, double lo, double hi, int64_t ilo, int64_t ihi);
+/* operands out, cond (u8), a, b: elements of elsize bytes (1, 2, 4 or 8) */
+tn_status tn_cuda_where(const tn_iter *it, int32_t elsize);
+/* operands out, a, mask (u8): value: the fill value's bytes in the dtype, low bytes first */
+tn_status tn_cuda_masked_fill(const tn_iter *it, int32_t elsize, uint64_t value);
+/* [OUT] found: 1 when the one operand (integer dtype) holds a zero; waits for the stream */
+tn_status tn_cuda_has_zero(int *found, const tn_iter *it, int32_t dtype);
+#endif
 
 static const char *const binop_names[TN_NUM_BINOPS] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum",
                                                        "atan2", "eq", "ne", "lt", "le", "gt", "ge"};
@@ -94,27 +123,23 @@ typedef struct op_ctx {
 BIN_FLOAT_KERNEL(bin_f32, float, f)
 BIN_FLOAT_KERNEL(bin_f64, double, d)
 
-#define BIN_INT_KERNEL(name, T, ADD, SUB, MUL, DIV)                                            \
+#define BIN_INT_KERNEL(name, T, S)                                                             \
     static void name(void *ctx, char **p, const int64_t *s, int64_t n) {                       \
         switch (((const op_ctx *)ctx)->op) {                                                   \
-        case TN_ADD: BIN_LOOP(T, T, ADD(x, y)); break;                                         \
-        case TN_SUB: BIN_LOOP(T, T, SUB(x, y)); break;                                         \
-        case TN_MUL: BIN_LOOP(T, T, MUL(x, y)); break;                                         \
-        case TN_DIV: BIN_LOOP(T, T, DIV(x, y)); break; /* no zero divisor: checked before */   \
-        case TN_MAXIMUM: BIN_LOOP(T, T, x > y ? x : y); break;                                 \
-        case TN_MINIMUM: BIN_LOOP(T, T, x < y ? x : y); break;                                 \
+        case TN_ADD: BIN_LOOP(T, T, tn_add_##S(x, y)); break;                                  \
+        case TN_SUB: BIN_LOOP(T, T, tn_sub_##S(x, y)); break;                                  \
+        case TN_MUL: BIN_LOOP(T, T, tn_mul_##S(x, y)); break;                                  \
+        case TN_DIV: BIN_LOOP(T, T, tn_div_##S(x, y)); break; /* no zero divisor: checked */   \
+        case TN_MAXIMUM: BIN_LOOP(T, T, tn_maximum_##S(x, y)); break;                          \
+        case TN_MINIMUM: BIN_LOOP(T, T, tn_minimum_##S(x, y)); break;                          \
             CMP_CASES(T)                                                                       \
         default: break;                                                                        \
         }                                                                                      \
     }
 
-#define U8_ADD(x, y) ((uint8_t)((x) + (y)))
-#define U8_SUB(x, y) ((uint8_t)((x) - (y)))
-#define U8_MUL(x, y) ((uint8_t)((unsigned)(x) * (unsigned)(y)))
-#define U8_DIV(x, y) ((uint8_t)((x) / (y)))
-BIN_INT_KERNEL(bin_i32, int32_t, tn_add_i32, tn_sub_i32, tn_mul_i32, tn_div_i32)
-BIN_INT_KERNEL(bin_i64, int64_t, tn_add_i64, tn_sub_i64, tn_mul_i64, tn_div_i64)
-BIN_INT_KERNEL(bin_u8, uint8_t, U8_ADD, U8_SUB, U8_MUL, U8_DIV)
+BIN_INT_KERNEL(bin_i32, int32_t, i32)
+BIN_INT_KERNEL(bin_i64, int64_t, i64)
+BIN_INT_KERNEL(bin_u8, uint8_t, u8)
 
 /* ---- f16/bf16: convert chunks to f32, run the f32 kernel, round back ---------------------- */
 
@@ -167,24 +192,32 @@ static void half_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     }
 }
 
-/* Run fn over nops tensors; ts[0] is the output and carries the broadcast shape. When
- * half_wrap is set, fn is an f32 kernel and f16/bf16 operands are staged through f32. */
-static void run_ew(tn_iter_fn fn, void *ctx, int nops, const tn_tensor *const *ts, int half_wrap) {
-    tn_iter it;
+/* The iterator over nops tensors; ts[0] is the output and carries the broadcast shape. Flat
+ * when every operand is contiguous with the output's numel. Returns 0 (iterator unset) when
+ * there is nothing to do. */
+static int ew_iter(tn_iter *it, int nops, const tn_tensor *const *ts) {
     int64_t n = tn_tensor_numel(ts[0]);
-    if (n == 0) return;
+    if (n == 0) return 0;
     int flat = 1;
     for (int k = 0; k < nops && flat; k++) flat = tn_tensor_is_contiguous(ts[k]) && tn_tensor_numel(ts[k]) == n;
     if (flat) {
         char *d[TN_ITER_MAX_OPS];
         size_t es[TN_ITER_MAX_OPS];
         for (int k = 0; k < nops; k++) { d[k] = ts[k]->data; es[k] = tn_dtype_size(ts[k]->dtype); }
-        tn_iter_flat(&it, nops, d, es, n);
+        tn_iter_flat(it, nops, d, es, n);
     } else {
-        tn_iter_init(&it, ts[0]->ndim, ts[0]->shape);
-        for (int k = 0; k < nops; k++) tn_iter_add_tensor(&it, ts[k]);
-        tn_iter_finish(&it);
+        tn_iter_init(it, ts[0]->ndim, ts[0]->shape);
+        for (int k = 0; k < nops; k++) tn_iter_add_tensor(it, ts[k]);
+        tn_iter_finish(it);
     }
+    return 1;
+}
+
+/* Run fn over nops tensors on the CPU (see ew_iter). When half_wrap is set, fn is an f32
+ * kernel and f16/bf16 operands are staged through f32. */
+static void run_ew(tn_iter_fn fn, void *ctx, int nops, const tn_tensor *const *ts, int half_wrap) {
+    tn_iter it;
+    if (!ew_iter(&it, nops, ts)) return;
     if (half_wrap) {
         half_ctx h = {fn, ctx, nops, {0}};
         for (int k = 0; k < nops; k++) h.dtype[k] = ts[k]->dtype;
@@ -198,13 +231,13 @@ static void run_ew(tn_iter_fn fn, void *ctx, int nops, const tn_tensor *const *t
 
 static tn_status check_in(const char *op, const char *arg, const tn_tensor *t) {
     TN_TRY(tn_check_tensor(op, arg, t));
-    TN_TRY(tn_check_cpu(op, t));
+    TN_TRY(tn_check_backend(op, t));
     if (t->dtype < 0 || t->dtype >= TN_NUM_DTYPES) return tn_error(TN_ERR_DTYPE, "%s: %s has invalid dtype %d", op, arg, (int)t->dtype);
     return TN_OK;
 }
 
-/* Two operands: both valid, on the same device (checked before the CPU-only check, so a
- * device mismatch is reported as such), then on the CPU. */
+/* Two operands: both valid, on the same device (checked before the backend check, so a
+ * device mismatch is reported as such), then on a device this build has. */
 static tn_status check_pair(const char *op, const char *an, const tn_tensor *a, const char *bn,
                             const tn_tensor *b) {
     TN_TRY(tn_check_tensor(op, an, a));
@@ -235,23 +268,35 @@ static void zero_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     for (int64_t i = 0; i < n && !z->found; i++) z->found = tn_load_i64(p[0] + i * s[0] * es, z->dtype) == 0;
 }
 
-/* 1 when the integer tensor t holds a zero. */
-static int has_zero(const tn_tensor *t) {
-    zero_ctx z = {t->dtype, 0};
+/* [OUT] found: 1 when the integer tensor t holds a zero (read on the device for CUDA). */
+static tn_status has_zero(int *found, const tn_tensor *t) {
+    *found = 0;
     tn_iter it;
     tn_iter_init(&it, t->ndim, t->shape);
     tn_iter_add_tensor(&it, t);
     tn_iter_finish(&it);
-    if (it.numel > 0) tn_iter_range(&it, 0, it.numel, zero_kernel, &z);
-    return z.found;
+    if (it.numel == 0) return TN_OK;
+#ifdef TERN_HAVE_CUDA
+    if (t->device == TN_CUDA) return tn_cuda_has_zero(found, &it, t->dtype);
+#endif
+    zero_ctx z = {t->dtype, 0};
+    tn_iter_range(&it, 0, it.numel, zero_kernel, &z);
+    *found = z.found;
+    return TN_OK;
 }
 
-/* Output, then the kernel; a is the tensor operand carrying the dtype (b may be a scalar). */
+/* Output, then the kernel; a and b are tensors of dtype on one device. */
 static tn_status binary_run(tn_tensor **out, const tn_tensor *a, const tn_tensor *b, int32_t op, int32_t dtype,
                             int32_t ndim, const int64_t *shape) {
     TN_TRY(tn_prepare_out(binop_names[op], out, ndim, shape, is_cmp(op) ? TN_U8 : dtype, a->device));
-    op_ctx c = {op};
     const tn_tensor *ts[3] = {*out, a, b};
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter it;
+        return ew_iter(&it, 3, ts) ? tn_cuda_binary(&it, op, dtype) : TN_OK;
+    }
+#endif
+    op_ctx c = {op};
     run_ew(bin_kernel(dtype), &c, 3, ts, is_half(dtype));
     return TN_OK;
 }
@@ -275,9 +320,13 @@ tn_status tn_binary(tn_tensor **out, const tn_tensor *a, const tn_tensor *b, int
     int32_t ndim;
     int64_t shape[TN_MAX_DIMS];
     TN_TRY(tn_broadcast_shape(&ndim, shape, a, b, name));
-    if (op == TN_DIV && tn_is_int_dtype(a->dtype) && has_zero(b))
-        return tn_error(TN_ERR_ARG, "div: integer division by zero (a %s %s, b %s %s)", TN_SHAPE(a),
-                        tn_dtype_name(a->dtype), TN_SHAPE(b), tn_dtype_name(b->dtype));
+    if (op == TN_DIV && tn_is_int_dtype(a->dtype)) {
+        int zero;
+        TN_TRY(has_zero(&zero, b));
+        if (zero)
+            return tn_error(TN_ERR_ARG, "div: integer division by zero (a %s %s, b %s %s)", TN_SHAPE(a),
+                            tn_dtype_name(a->dtype), TN_SHAPE(b), tn_dtype_name(b->dtype));
+    }
     return binary_run(out, a, b, op, a->dtype, ndim, shape);
 }
 
@@ -290,26 +339,11 @@ typedef struct icmp_ctx {
 static void icmp_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     const icmp_ctx *c = (const icmp_ctx *)ctx;
     int64_t es = (int64_t)tn_dtype_size(c->dtype);
-    /* x (an integer) against s: compare x with floor(s) and note whether s had a fraction */
-    const int isnan_ = c->s != c->s;
-    const double fl = isnan_ ? 0.0 : floor(c->s);
-    const int frac = !isnan_ && c->s != fl;
-    const int above = fl >= 9.2233720368547758e18, below = fl < -9.2233720368547758e18; /* s beyond int64 */
-    const int64_t si = above || below ? 0 : (int64_t)fl;
+    const tn_icmp_scalar sc = tn_icmp_prepare(c->s);
+    const int k = c->op - TN_EQ;
     for (int64_t i = 0; i < n; i++) {
         int64_t x = tn_load_i64(p[1] + i * s[1] * es, c->dtype);
-        /* cmp: -1 if x < s, 0 if equal, 1 if x > s, 2 unordered (NaN) */
-        int cmp = isnan_ ? 2 : above ? -1 : below ? 1 : x < si ? -1 : x > si ? 1 : (frac ? -1 : 0);
-        uint8_t r;
-        switch (c->op) {
-        case TN_EQ: r = cmp == 0; break;
-        case TN_NE: r = cmp != 0; break;
-        case TN_LT: r = cmp == -1; break;
-        case TN_LE: r = cmp == -1 || cmp == 0; break;
-        case TN_GT: r = cmp == 1; break;
-        default: r = cmp == 1 || cmp == 0; break;
-        }
-        *(uint8_t *)(p[0] + i * s[0]) = r;
+        *(uint8_t *)(p[0] + i * s[0]) = tn_cmp_of_order(k, tn_icmp_order(x, sc));
     }
 }
 
@@ -324,8 +358,14 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
         static const int32_t flip[] = {TN_EQ, TN_NE, TN_GT, TN_GE, TN_LT, TN_LE}; /* s op a == a flip(op) s */
         int32_t cop = reverse ? flip[op - TN_EQ] : op;
         TN_TRY(tn_prepare_out(name, out, a->ndim, a->shape, TN_U8, a->device));
-        icmp_ctx c = {cop, dt, s};
         const tn_tensor *ts[2] = {*out, a};
+#ifdef TERN_HAVE_CUDA
+        if (a->device == TN_CUDA) {
+            tn_iter it;
+            return ew_iter(&it, 2, ts) ? tn_cuda_icmp_scalar(&it, cop, dt, s) : TN_OK;
+        }
+#endif
+        icmp_ctx c = {cop, dt, s};
         run_ew(icmp_kernel, &c, 2, ts, 0);
         return TN_OK;
     }
@@ -347,13 +387,18 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
             return tn_error(TN_ERR_DTYPE, "%s: scalar %g is not an integer, tensor %s has dtype %s (convert it to a float dtype first)",
                             name, s, TN_SHAPE(a), tn_dtype_name(dt));
         int64_t si = (int64_t)s;
-        if (op == TN_DIV && ((!reverse && si == 0) || (reverse && has_zero(a))))
-            return tn_error(TN_ERR_ARG, "div: integer division by zero (tensor %s %s, scalar %g%s)", TN_SHAPE(a),
-                            tn_dtype_name(dt), s, reverse ? " divided by the tensor" : "");
         st.dtype = dt;
         if (dt == TN_I64) v.l = si;
         else if (dt == TN_I32) v.i = (int32_t)(uint32_t)(uint64_t)si; /* wraps like a cast */
         else v.u = (uint8_t)(uint64_t)si;
+        if (op == TN_DIV) { /* the divisor as the dtype holds it: 2^32 wraps to 0 in i32 */
+            int zero = 0;
+            if (reverse) TN_TRY(has_zero(&zero, a));
+            else zero = dt == TN_I64 ? v.l == 0 : dt == TN_I32 ? v.i == 0 : v.u == 0;
+            if (zero)
+                return tn_error(TN_ERR_ARG, "div: integer division by zero (tensor %s %s, scalar %g%s)", TN_SHAPE(a),
+                                tn_dtype_name(dt), s, reverse ? " divided by the tensor" : "");
+        }
     } else if (dt == TN_F64) {
         st.dtype = TN_F64;
         v.d = s;
@@ -361,8 +406,17 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
         st.dtype = TN_F32;
         v.f = (float)s;
     }
-    const tn_tensor *x = reverse ? &st : a, *y = reverse ? a : &st;
     TN_TRY(tn_prepare_out(name, out, a->ndim, a->shape, is_cmp(op) ? TN_U8 : dt, a->device));
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) { /* the scalar goes by value: v is host memory */
+        const tn_tensor *tsc[2] = {*out, a};
+        uint64_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        tn_iter it;
+        return ew_iter(&it, 2, tsc) ? tn_cuda_binary_scalar(&it, op, dt, reverse, bits) : TN_OK;
+    }
+#endif
+    const tn_tensor *x = reverse ? &st : a, *y = reverse ? a : &st;
     op_ctx c = {op};
     const tn_tensor *ts[3] = {*out, x, y};
     run_ew(bin_kernel(dt), &c, 3, ts, is_half(dt));
@@ -411,7 +465,7 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
         case TN_FLOOR: UN_LOOP(T, T, tn_floor_##S(x)); break;                                  \
         case TN_CEIL: UN_LOOP(T, T, tn_ceil_##S(x)); break;                                    \
         case TN_ROUND: UN_LOOP(T, T, tn_round_##S(x)); break;                                  \
-        case TN_LOGICAL_NOT: UN_LOOP(uint8_t, T, x == 0); break;                               \
+        case TN_LOGICAL_NOT: UN_LOOP(uint8_t, T, tn_logical_not_##S(x)); break;                \
         default: break;                                                                        \
         }                                                                                      \
     }
@@ -419,33 +473,25 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
 UN_FLOAT_KERNEL(un_f32, float, f)
 UN_FLOAT_KERNEL(un_f64, double, d)
 
-#define UN_INT_KERNEL(name, T, NEG, MUL)                                                       \
+#define UN_INT_KERNEL(name, T, S)                                                              \
     static void name(void *ctx, char **p, const int64_t *s, int64_t n) {                       \
         switch (((const op_ctx *)ctx)->op) {                                                   \
-        case TN_NEG: UN_LOOP(T, T, NEG(x)); break;                                             \
-        case TN_ABS: UN_LOOP(T, T, x < 0 ? NEG(x) : x); break;                                 \
-        case TN_SIGN: UN_LOOP(T, T, (x > 0) - (x < 0)); break;                                 \
-        case TN_SQUARE: UN_LOOP(T, T, MUL(x, x)); break;                                       \
-        case TN_RELU: UN_LOOP(T, T, x < 0 ? 0 : x); break;                                     \
+        case TN_NEG: UN_LOOP(T, T, tn_neg_##S(x)); break;                                      \
+        case TN_ABS: UN_LOOP(T, T, tn_abs_##S(x)); break;                                      \
+        case TN_SIGN: UN_LOOP(T, T, tn_sign_##S(x)); break;                                    \
+        case TN_SQUARE: UN_LOOP(T, T, tn_square_##S(x)); break;                                \
+        case TN_RELU: UN_LOOP(T, T, tn_relu_##S(x)); break;                                    \
         case TN_FLOOR:                                                                         \
         case TN_CEIL:                                                                          \
-        case TN_ROUND: UN_LOOP(T, T, x); break;                                                \
-        case TN_LOGICAL_NOT: UN_LOOP(uint8_t, T, x == 0); break;                               \
+        case TN_ROUND: UN_LOOP(T, T, x); break; /* the identity on integers */                 \
+        case TN_LOGICAL_NOT: UN_LOOP(uint8_t, T, tn_logical_not_i64(x)); break;                \
         default: break;                                                                        \
         }                                                                                      \
     }
 
-#define U8_NEG(x) ((uint8_t)(0u - (unsigned)(x)))
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wtype-limits" /* u8: x < 0 is always false, by design */
-#endif
-UN_INT_KERNEL(un_i32, int32_t, tn_neg_i32, tn_mul_i32)
-UN_INT_KERNEL(un_i64, int64_t, tn_neg_i64, tn_mul_i64)
-UN_INT_KERNEL(un_u8, uint8_t, U8_NEG, U8_MUL)
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+UN_INT_KERNEL(un_i32, int32_t, i32)
+UN_INT_KERNEL(un_i64, int64_t, i64)
+UN_INT_KERNEL(un_u8, uint8_t, u8)
 
 static int unop_int_ok(int32_t op) {
     switch (op) {
@@ -465,9 +511,15 @@ tn_status tn_unary(tn_tensor **out, const tn_tensor *a, int32_t op) {
         return tn_error(TN_ERR_DTYPE, "%s: not supported for dtype %s (tensor %s; convert to a float dtype first)", name,
                         tn_dtype_name(dt), TN_SHAPE(a));
     TN_TRY(tn_prepare_out(name, out, a->ndim, a->shape, op == TN_LOGICAL_NOT ? TN_U8 : dt, a->device));
+    const tn_tensor *ts[2] = {*out, a};
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter it;
+        return ew_iter(&it, 2, ts) ? tn_cuda_unary(&it, op, dt) : TN_OK;
+    }
+#endif
     tn_iter_fn fn = dt == TN_F64 ? un_f64 : dt == TN_I32 ? un_i32 : dt == TN_I64 ? un_i64 : dt == TN_U8 ? un_u8 : un_f32;
     op_ctx c = {op};
-    const tn_tensor *ts[2] = {*out, a};
     run_ew(fn, &c, 2, ts, is_half(dt));
     return TN_OK;
 }
@@ -493,7 +545,7 @@ static void clamp_f64(void *ctx, char **p, const int64_t *s, int64_t n) {
     static void name(void *ctx, char **p, const int64_t *s, int64_t n) {                       \
         const clamp_ctx *c = (const clamp_ctx *)ctx;                                           \
         const int64_t lo = c->ilo, hi = c->ihi;                                                \
-        UN_LOOP(T, T, (int64_t)x < lo ? lo : (int64_t)x > hi ? hi : (int64_t)x);                \
+        UN_LOOP(T, T, tn_clamp_i64((int64_t)x, lo, hi));                                       \
     }
 CLAMP_INT(clamp_i32, int32_t)
 CLAMP_INT(clamp_i64, int64_t)
@@ -511,8 +563,14 @@ tn_status tn_clamp(tn_tensor **out, const tn_tensor *a, double lo, double hi) {
     clamp_ctx c = {lo, hi, sat_i64(ceil(lo), INT64_MIN), sat_i64(floor(hi), INT64_MAX)};
     if (c.ihi < c.ilo) c.ilo = c.ihi; /* lo > hi: everything becomes hi, like torch */
     TN_TRY(tn_prepare_out("clamp", out, a->ndim, a->shape, dt, a->device));
-    tn_iter_fn fn = dt == TN_F64 ? clamp_f64 : dt == TN_I32 ? clamp_i32 : dt == TN_I64 ? clamp_i64 : dt == TN_U8 ? clamp_u8 : clamp_f32;
     const tn_tensor *ts[2] = {*out, a};
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter it;
+        return ew_iter(&it, 2, ts) ? tn_cuda_clamp(&it, dt, lo, hi, c.ilo, c.ihi) : TN_OK;
+    }
+#endif
+    tn_iter_fn fn = dt == TN_F64 ? clamp_f64 : dt == TN_I32 ? clamp_i32 : dt == TN_I64 ? clamp_i64 : dt == TN_U8 ? clamp_u8 : clamp_f32;
     run_ew(fn, &c, 2, ts, is_half(dt));
     return TN_OK;
 }
@@ -558,6 +616,12 @@ tn_status tn_where(tn_tensor **out, const tn_tensor *cond, const tn_tensor *a, c
     TN_TRY(tn_prepare_out("where", out, ndim, shape, a->dtype, a->device));
     int es = (int)tn_dtype_size(a->dtype);
     const tn_tensor *ts[4] = {*out, cond, a, b};
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter it;
+        return ew_iter(&it, 4, ts) ? tn_cuda_where(&it, es) : TN_OK;
+    }
+#endif
     run_ew(where_kernel, &es, 4, ts, 0);
     return TN_OK;
 }
@@ -609,6 +673,12 @@ tn_status tn_masked_fill(tn_tensor **out, const tn_tensor *a, const tn_tensor *m
     mfill_ctx c = {0, (int)tn_dtype_size(a->dtype)};
     tn_store_f64(&c.bits, a->dtype, value);
     const tn_tensor *ts[3] = {*out, a, mask};
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter it;
+        return ew_iter(&it, 3, ts) ? tn_cuda_masked_fill(&it, c.elsize, c.bits) : TN_OK;
+    }
+#endif
     run_ew(mfill_kernel, &c, 3, ts, 0);
     return TN_OK;
 }

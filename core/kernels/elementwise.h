@@ -155,5 +155,82 @@ static TN_HD int32_t tn_sub_i32(int32_t a, int32_t b) { return (int32_t)((uint32
 static TN_HD int32_t tn_mul_i32(int32_t a, int32_t b) { return (int32_t)((uint32_t)a * (uint32_t)b); }
 static TN_HD int32_t tn_neg_i32(int32_t a) { return (int32_t)(0u - (uint32_t)a); }
 static TN_HD int32_t tn_div_i32(int32_t a, int32_t b) { return b == -1 ? tn_neg_i32(a) : a / b; }
+static TN_HD uint8_t tn_add_u8(uint8_t a, uint8_t b) { return (uint8_t)(a + b); }
+static TN_HD uint8_t tn_sub_u8(uint8_t a, uint8_t b) { return (uint8_t)(a - b); }
+static TN_HD uint8_t tn_mul_u8(uint8_t a, uint8_t b) { return (uint8_t)((unsigned)a * (unsigned)b); }
+static TN_HD uint8_t tn_neg_u8(uint8_t a) { return (uint8_t)(0u - (unsigned)a); }
+static TN_HD uint8_t tn_div_u8(uint8_t a, uint8_t b) { return (uint8_t)(a / b); } /* b != 0 checked */
+
+static TN_HD int64_t tn_maximum_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+static TN_HD int64_t tn_minimum_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+static TN_HD int32_t tn_maximum_i32(int32_t a, int32_t b) { return a > b ? a : b; }
+static TN_HD int32_t tn_minimum_i32(int32_t a, int32_t b) { return a < b ? a : b; }
+static TN_HD uint8_t tn_maximum_u8(uint8_t a, uint8_t b) { return a > b ? a : b; }
+static TN_HD uint8_t tn_minimum_u8(uint8_t a, uint8_t b) { return a < b ? a : b; }
+
+/* abs wraps at the most negative value (abs(INT_MIN) = INT_MIN, like torch); sign is -1/0/1;
+ * floor, ceil and round are the identity on integers. */
+static TN_HD int64_t tn_abs_i64(int64_t x) { return x < 0 ? tn_neg_i64(x) : x; }
+static TN_HD int32_t tn_abs_i32(int32_t x) { return x < 0 ? tn_neg_i32(x) : x; }
+static TN_HD uint8_t tn_abs_u8(uint8_t x) { return x; }
+static TN_HD int64_t tn_sign_i64(int64_t x) { return (int64_t)((x > 0) - (x < 0)); }
+static TN_HD int32_t tn_sign_i32(int32_t x) { return (int32_t)((x > 0) - (x < 0)); }
+static TN_HD uint8_t tn_sign_u8(uint8_t x) { return (uint8_t)(x > 0); }
+static TN_HD int64_t tn_relu_i64(int64_t x) { return x < 0 ? 0 : x; }
+static TN_HD int32_t tn_relu_i32(int32_t x) { return x < 0 ? 0 : x; }
+static TN_HD uint8_t tn_relu_u8(uint8_t x) { return x; }
+static TN_HD int64_t tn_square_i64(int64_t x) { return tn_mul_i64(x, x); }
+static TN_HD int32_t tn_square_i32(int32_t x) { return tn_mul_i32(x, x); }
+static TN_HD uint8_t tn_square_u8(uint8_t x) { return tn_mul_u8(x, x); }
+
+/* Integer clamp in int64 with bounds already made integral (ceil(lo), floor(hi), saturated);
+ * the caller casts the result to the tensor's type. */
+static TN_HD int64_t tn_clamp_i64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* ---- logical_not and comparisons ------------------------------------------------------- */
+
+/* 1 where x is zero (-0 included); NaN is "true", so logical_not(NaN) = 0. */
+static TN_HD uint8_t tn_logical_not_f(float x) { return x == 0.0f; }
+static TN_HD uint8_t tn_logical_not_d(double x) { return x == 0.0; }
+static TN_HD uint8_t tn_logical_not_i64(int64_t x) { return x == 0; }
+
+/* An integer compared exactly with a double scalar s, for every integer and any s (no
+ * rounding of x to double): prepare s once with tn_icmp_prepare, then tn_icmp_order(x, c) is
+ * -1 if x < s, 0 if x == s, 1 if x > s and 2 if s is NaN (unordered). */
+typedef struct tn_icmp_scalar {
+    int64_t si; /* floor(s) when it fits in int64 */
+    int nan_;   /* s is NaN */
+    int frac;   /* s has a fractional part */
+    int above;  /* floor(s) >= 2^63: above every int64 */
+    int below;  /* floor(s) < -2^63: below every int64 */
+} tn_icmp_scalar;
+
+static TN_HD tn_icmp_scalar tn_icmp_prepare(double s) {
+    tn_icmp_scalar c;
+    c.nan_ = s != s;
+    const double fl = c.nan_ ? 0.0 : floor(s);
+    c.frac = !c.nan_ && s != fl;
+    c.above = fl >= 9.2233720368547758e18;
+    c.below = fl < -9.2233720368547758e18;
+    c.si = c.above || c.below ? 0 : (int64_t)fl;
+    return c;
+}
+
+static TN_HD int tn_icmp_order(int64_t x, tn_icmp_scalar c) {
+    return c.nan_ ? 2 : c.above ? -1 : c.below ? 1 : x < c.si ? -1 : x > c.si ? 1 : (c.frac ? -1 : 0);
+}
+
+/* Comparison k of an order from tn_icmp_order: k counts the comparisons of tn_binop from
+ * TN_EQ (0 eq, 1 ne, 2 lt, 3 le, 4 gt, 5 ge). Unordered (2) is only "ne". */
+static TN_HD uint8_t tn_cmp_of_order(int k, int cmp) {
+    switch (k) {
+    case 0: return cmp == 0;
+    case 1: return cmp != 0;
+    case 2: return cmp == -1;
+    case 3: return cmp == -1 || cmp == 0;
+    case 4: return cmp == 1;
+    default: return cmp == 1 || cmp == 0;
+    }
+}
 
 #endif /* TERN_KERNELS_ELEMENTWISE_H */
