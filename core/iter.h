@@ -106,6 +106,29 @@ static inline void tn_iter_finish(tn_iter *it) {
     it->ndim = nd;
 }
 
+/* Reorders a finished iterator's dims by operand k's strides, smallest innermost (stable; broadcast
+ * dims outermost), and merges the dims that become contiguous: the same elements, visited in
+ * another linear order (for kernels where the order is free, e.g. a reduction's). */
+static inline int64_t tn_iter_dim_key(const tn_iter *it, int k, int32_t d) {
+    const int64_t s = it->stride[k][d];
+    return s == 0 ? INT64_MAX : s < 0 ? -s : s;
+}
+static inline void tn_iter_sort_dims(tn_iter *it, int k) {
+    for (int32_t d = 1; d < it->ndim; d++) {
+        for (int32_t e = d; e > 0 && tn_iter_dim_key(it, k, e) < tn_iter_dim_key(it, k, e - 1); e--) {
+            const int64_t n = it->shape[e];
+            it->shape[e] = it->shape[e - 1];
+            it->shape[e - 1] = n;
+            for (int q = 0; q < it->nops; q++) {
+                const int64_t s = it->stride[q][e];
+                it->stride[q][e] = it->stride[q][e - 1];
+                it->stride[q][e - 1] = s;
+            }
+        }
+    }
+    tn_iter_finish(it);
+}
+
 /* A flat iterator: nops contiguous operands of n elements each. */
 static inline void tn_iter_flat(tn_iter *it, int nops, char *const *data, const size_t *elsize,
                                 int64_t n) {

@@ -1,5 +1,5 @@
 /*
- * reduce.c — tn_reduce, tn_max_dim, tn_sum_to on the CPU.
+ * reduce.c — tn_reduce, tn_max_dim, tn_sum_to (CPU; CUDA tensors go to cuda/reduce.cu).
  *
  * Gradient policy: forward only (the autograd builds reduction gradients in Lua; tn_sum_to
  * is itself the gradient of broadcasting and writes = into its preallocated out).
@@ -17,13 +17,31 @@
  * SUM/MEAN/MAX/MIN), I > 1 a column reduction (SUM/MEAN/MAX/MIN/PROD vectorised along I;
  * parallel over (o, column chunk) or, for O == 1 with few columns, over row ranges).
  * Everything else gathers each output's reduced elements (strided, any dtype) into a
- * per-thread buffer of the compute type and runs the row kernel.
+ * per-thread buffer of the compute type and runs the row kernel. The per-element steps and
+ * row results (NaN-propagating max/min, ARG ties, mean, var, logsumexp) are kernels/reduce.h.
+ *
+ * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks and outputs, then the kept and
+ * reduced iterators of the generic path go to cuda/reduce.cu (tn_cuda_reduce).
  */
 #include <stdlib.h>
 
 #include "internal.h"
 #include "iter.h"
 #include "kernels/elementwise.h"
+#include "kernels/reduce.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/reduce.cu: every output of a reduction whose operands are CUDA tensors, on the current
+ * device and stream (asynchronous). kept: the finished iterator over the kept dims, one entry
+ * per output (numel M >= 1), operands 0 = out (odtype: i64 indices for ARGMAX / ARGMIN), 1 = a
+ * (adtype), 2 = values (vdtype, tn_max_dim; vdtype -1 and nops 2 without); reduced: the
+ * finished iterator over a's reduced dims (numel N >= 0, operand 0 = a's strides, data unused),
+ * N >= 1 for MAX / MIN / ARG*. op a tn_redop, correction VAR's. Accumulates as the CPU does
+ * (f32 for f32 / f16 / bf16, f64 for f64, wrapping i64 for integers); integer results are
+ * truncated into an integer out dtype. */
+tn_status tn_cuda_reduce(const tn_iter *kept, const tn_iter *reduced, int32_t op, int32_t correction,
+                         int32_t adtype, int32_t odtype, int32_t vdtype);
+#endif
 
 static const char *const redop_names[TN_NUM_REDOPS] = {"sum", "mean", "max", "min", "prod",
                                                        "logsumexp", "var", "argmax", "argmin"};
@@ -39,9 +57,10 @@ typedef struct red_val {
 /* ---- row kernels on contiguous compute-type arrays ------------------------------------------ */
 
 #define E_ID(v, c) (v)
-#define E_SQ(v, c) (((v) - (c)) * ((v) - (c)))
-#define E_EXPF(v, c) tn_exp_f((v) - (c))
-#define E_EXPD(v, c) tn_exp_d((v) - (c))
+#define E_SQF(v, c) tn_red_sqdev_f((v), (c))
+#define E_SQD(v, c) tn_red_sqdev_d((v), (c))
+#define E_EXPF(v, c) tn_red_expdev_f((v), (c))
+#define E_EXPD(v, c) tn_red_expdev_d((v), (c))
 
 /* Pairwise sum of EXPR(x[i], c): 16 lanes per block of <= 256, blocks combined as a tree. */
 #define PAIRWISE(name, T, EXPR)                                                                \
@@ -62,35 +81,35 @@ typedef struct red_val {
     }
 
 /* NaN-propagating max (is_min = 0) or min of x[0..n), n >= 1. A NaN lane stays NaN. */
-#define MAXMIN(name, T)                                                                        \
+#define MAXMIN(name, T, S)                                                                     \
     static T name(const T *x, int64_t n, int is_min) {                                         \
         T m[16];                                                                               \
         for (int j = 0; j < 16; j++) m[j] = x[0];                                              \
         int64_t i = 0;                                                                         \
         if (is_min) {                                                                          \
             for (; i + 16 <= n; i += 16)                                                       \
-                for (int j = 0; j < 16; j++) m[j] = (x[i + j] < m[j] || x[i + j] != x[i + j]) ? x[i + j] : m[j]; \
-            for (; i < n; i++) m[0] = (x[i] < m[0] || x[i] != x[i]) ? x[i] : m[0];             \
-            for (int j = 1; j < 16; j++) m[0] = (m[j] < m[0] || m[j] != m[j]) ? m[j] : m[0];   \
+                for (int j = 0; j < 16; j++) m[j] = tn_red_min_##S(m[j], x[i + j]);            \
+            for (; i < n; i++) m[0] = tn_red_min_##S(m[0], x[i]);                              \
+            for (int j = 1; j < 16; j++) m[0] = tn_red_min_##S(m[0], m[j]);                    \
         } else {                                                                               \
             for (; i + 16 <= n; i += 16)                                                       \
-                for (int j = 0; j < 16; j++) m[j] = (x[i + j] > m[j] || x[i + j] != x[i + j]) ? x[i + j] : m[j]; \
-            for (; i < n; i++) m[0] = (x[i] > m[0] || x[i] != x[i]) ? x[i] : m[0];             \
-            for (int j = 1; j < 16; j++) m[0] = (m[j] > m[0] || m[j] != m[j]) ? m[j] : m[0];   \
+                for (int j = 0; j < 16; j++) m[j] = tn_red_max_##S(m[j], x[i + j]);            \
+            for (; i < n; i++) m[0] = tn_red_max_##S(m[0], x[i]);                              \
+            for (int j = 1; j < 16; j++) m[0] = tn_red_max_##S(m[0], m[j]);                    \
         }                                                                                      \
         return m[0];                                                                           \
     }
 
-#define ROW_REDUCE(name, T, S, EXPF)                                                           \
+#define ROW_REDUCE(name, T, S, SQF, EXPF)                                                      \
     PAIRWISE(psum_##S, T, E_ID)                                                                \
-    PAIRWISE(psq_##S, T, E_SQ)                                                                 \
+    PAIRWISE(psq_##S, T, SQF)                                                                  \
     PAIRWISE(pexp_##S, T, EXPF)                                                                \
-    MAXMIN(maxmin_##S, T)                                                                      \
+    MAXMIN(maxmin_##S, T, S)                                                                   \
     static red_val name(const T *x, int64_t n, int32_t op, int32_t corr) {                     \
         red_val r = {0, 0, 0};                                                                 \
         switch (op) {                                                                          \
         case TN_RED_SUM: r.f = psum_##S(x, n, 0); break;                                       \
-        case TN_RED_MEAN: r.f = psum_##S(x, n, 0) / (T)n; break; /* n == 0: NaN */             \
+        case TN_RED_MEAN: r.f = tn_red_mean_##S(psum_##S(x, n, 0), n); break; /* n == 0: NaN */ \
         case TN_RED_PROD: {                                                                    \
             T p = 1;                                                                           \
             for (int64_t i = 0; i < n; i++) p *= x[i];                                         \
@@ -102,20 +121,19 @@ typedef struct red_val {
         case TN_RED_LOGSUMEXP: {                                                               \
             if (n == 0) { r.f = -INFINITY; break; }                                            \
             T m = maxmin_##S(x, n, 0);                                                         \
-            r.f = isinf(m) || m != m ? m : m + log((double)pexp_##S(x, n, m));                 \
+            r.f = tn_red_lse_##S(m, tn_red_lse_direct_##S(m) ? 0 : pexp_##S(x, n, m));         \
             break;                                                                             \
         }                                                                                      \
         case TN_RED_VAR: {                                                                     \
-            T mean = psum_##S(x, n, 0) / (T)n;                                                 \
-            int64_t d = n - corr;                                                              \
-            r.f = psq_##S(x, n, mean) / (T)(d > 0 ? d : 0);                                    \
+            T mean = tn_red_mean_##S(psum_##S(x, n, 0), n);                                    \
+            r.f = tn_red_var_##S(psq_##S(x, n, mean), n, corr);                                \
             break;                                                                             \
         }                                                                                      \
         default: { /* ARGMAX / ARGMIN: first extreme; the first NaN wins, like torch */        \
             int64_t b = 0;                                                                     \
             int is_min = op == TN_RED_ARGMIN;                                                  \
             for (int64_t i = 1; i < n && x[b] == x[b]; i++)                                    \
-                if (x[i] != x[i] || (is_min ? x[i] < x[b] : x[i] > x[b])) b = i;               \
+                if (tn_red_arg_later_##S(x[i], x[b], is_min)) b = i;                            \
             r.arg = b;                                                                         \
             r.f = n > 0 ? x[b] : 0;                                                            \
             break;                                                                             \
@@ -124,8 +142,8 @@ typedef struct red_val {
         return r;                                                                              \
     }
 
-ROW_REDUCE(row_f32, float, f, E_EXPF)
-ROW_REDUCE(row_f64, double, d, E_EXPD)
+ROW_REDUCE(row_f32, float, f, E_SQF, E_EXPF)
+ROW_REDUCE(row_f64, double, d, E_SQD, E_EXPD)
 
 static red_val row_i64(const int64_t *x, int64_t n, int32_t op) {
     red_val r = {0, 0, 0};
@@ -145,14 +163,14 @@ static red_val row_i64(const int64_t *x, int64_t n, int32_t op) {
     case TN_RED_MAX:
     case TN_RED_MIN: {
         int64_t m = x[0];
-        for (int64_t i = 1; i < n; i++) m = op == TN_RED_MIN ? (x[i] < m ? x[i] : m) : (x[i] > m ? x[i] : m);
+        for (int64_t i = 1; i < n; i++) m = op == TN_RED_MIN ? tn_red_min_i64(m, x[i]) : tn_red_max_i64(m, x[i]);
         r.i = m;
         break;
     }
     default: { /* ARG */
         int64_t b = 0;
         for (int64_t i = 1; i < n; i++)
-            if (op == TN_RED_ARGMIN ? x[i] < x[b] : x[i] > x[b]) b = i;
+            if (tn_red_arg_later_i64(x[i], x[b], op == TN_RED_ARGMIN)) b = i;
         r.arg = b;
         r.i = n > 0 ? x[b] : 0;
         break;
@@ -165,7 +183,7 @@ static red_val row_i64(const int64_t *x, int64_t n, int32_t op) {
 
 enum { COLW = 512, COLBLK = 64 };
 
-#define COL_REDUCE(name, T)                                                                    \
+#define COL_REDUCE(name, T, S)                                                                 \
     static void name(T *dst, const T *a, int64_t R, int64_t ld, int64_t cw, int32_t op) {      \
         if (op == TN_RED_SUM || op == TN_RED_MEAN) {                                           \
             T blk[COLW];                                                                       \
@@ -193,23 +211,23 @@ enum { COLW = 512, COLBLK = 64 };
                 const T *row = a + r * ld;                                                     \
                 if (is_min) {                                                                  \
                     _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) dst[j] =              \
-                        (row[j] < dst[j] || row[j] != row[j]) ? row[j] : dst[j];               \
+                        tn_red_min_##S(dst[j], row[j]);                                        \
                 } else {                                                                       \
                     _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) dst[j] =              \
-                        (row[j] > dst[j] || row[j] != row[j]) ? row[j] : dst[j];               \
+                        tn_red_max_##S(dst[j], row[j]);                                        \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
     }
 
-COL_REDUCE(col_f32, float)
-COL_REDUCE(col_f64, double)
+COL_REDUCE(col_f32, float, f)
+COL_REDUCE(col_f64, double, d)
 
 static double combine(double x, double y, int32_t op) {
     switch (op) {
     case TN_RED_PROD: return x * y;
-    case TN_RED_MAX: return (y > x || y != y) ? y : x;
-    case TN_RED_MIN: return (y < x || y != y) ? y : x;
+    case TN_RED_MAX: return tn_red_max_d(x, y);
+    case TN_RED_MIN: return tn_red_min_d(x, y);
     default: return x + y;
     }
 }
@@ -311,7 +329,7 @@ static void run_rows(const red_plan *P, int64_t O, int64_t R) {
         }
         double acc = part[0];
         for (int t = 1; t < used; t++) acc = dbl ? combine(acc, part[t], pop) : (double)(float)combine(acc, part[t], pop);
-        red_val r = {op == TN_RED_MEAN ? (dbl ? acc / (double)R : (double)((float)acc / (float)R)) : acc, 0, 0};
+        red_val r = {op == TN_RED_MEAN ? (dbl ? tn_red_mean_d(acc, R) : (double)tn_red_mean_f((float)acc, R)) : acc, 0, 0};
         store_val(P, P->odata, NULL, r, 0);
         return;
     }
@@ -348,11 +366,11 @@ static tn_status run_cols(const red_plan *P, int64_t O, int64_t R, int64_t I) {
             if (dbl) {
                 double *q = (double *)part, acc = q[j];
                 for (int t = 1; t < used; t++) acc = combine(acc, q[t * I + j], op);
-                ((double *)P->odata)[j] = op == TN_RED_MEAN ? acc / (double)R : acc;
+                ((double *)P->odata)[j] = op == TN_RED_MEAN ? tn_red_mean_d(acc, R) : acc;
             } else {
                 float *q = (float *)part, acc = q[j];
                 for (int t = 1; t < used; t++) acc = (float)combine(acc, q[t * I + j], op);
-                ((float *)P->odata)[j] = op == TN_RED_MEAN ? acc / (float)R : acc;
+                ((float *)P->odata)[j] = op == TN_RED_MEAN ? tn_red_mean_f(acc, R) : acc;
             }
         }
         free(part);
@@ -364,11 +382,11 @@ static tn_status run_cols(const red_plan *P, int64_t O, int64_t R, int64_t I) {
         if (dbl) {
             double *dst = (double *)P->odata + o * I + j0;
             col_f64(dst, (const double *)P->a->data + o * R * I + j0, R, I, cw, op);
-            if (op == TN_RED_MEAN) for (int64_t j = 0; j < cw; j++) dst[j] /= (double)R;
+            if (op == TN_RED_MEAN) for (int64_t j = 0; j < cw; j++) dst[j] = tn_red_mean_d(dst[j], R);
         } else {
             float *dst = (float *)P->odata + o * I + j0;
             col_f32(dst, (const float *)P->a->data + o * R * I + j0, R, I, cw, op);
-            if (op == TN_RED_MEAN) for (int64_t j = 0; j < cw; j++) dst[j] /= (float)R;
+            if (op == TN_RED_MEAN) for (int64_t j = 0; j < cw; j++) dst[j] = tn_red_mean_f(dst[j], R);
         }
     });
     return TN_OK;
@@ -433,22 +451,30 @@ static void gen_kernel(void *ctx, char **p, const int64_t *s, int64_t n) {
     }
 }
 
-static tn_status run_generic(const red_plan *P) {
+/* The two iterators of a reduction: kit over the kept dims (one entry per output; operands
+ * 0 = output, 1 = a, 2 = values when P->vdata) and rit over the reduced dims of a (operand 0 =
+ * a; linear element r is the row-major position among the reduced dims, the ARG index). */
+static void build_iters(const red_plan *P, tn_iter *kit, tn_iter *rit) {
     const tn_tensor *a = P->a;
     int64_t kshape[TN_MAX_DIMS], rshape[TN_MAX_DIMS];
     for (int32_t d = 0; d < a->ndim; d++) {
         kshape[d] = P->red[d] ? 1 : a->shape[d];
         rshape[d] = P->red[d] ? a->shape[d] : 1;
     }
+    tn_iter_init(kit, a->ndim, kshape);
+    tn_iter_add(kit, P->odata, tn_dtype_size(P->odt), a->ndim, kshape, P->ostr);
+    tn_iter_add(kit, a->data, tn_dtype_size(a->dtype), a->ndim, kshape, a->strides);
+    if (P->vdata) tn_iter_add(kit, P->vdata, tn_dtype_size(P->vdt), a->ndim, kshape, P->vstr);
+    tn_iter_finish(kit);
+    tn_iter_init(rit, a->ndim, rshape);
+    tn_iter_add(rit, a->data, tn_dtype_size(a->dtype), a->ndim, rshape, a->strides);
+    tn_iter_finish(rit);
+}
+
+static tn_status run_generic(const red_plan *P) {
+    const tn_tensor *a = P->a;
     tn_iter kit, rit;
-    tn_iter_init(&kit, a->ndim, kshape);
-    tn_iter_add(&kit, P->odata, tn_dtype_size(P->odt), a->ndim, kshape, P->ostr);
-    tn_iter_add(&kit, a->data, tn_dtype_size(a->dtype), a->ndim, kshape, a->strides);
-    if (P->vdata) tn_iter_add(&kit, P->vdata, tn_dtype_size(P->vdt), a->ndim, kshape, P->vstr);
-    tn_iter_finish(&kit);
-    tn_iter_init(&rit, a->ndim, rshape);
-    tn_iter_add(&rit, a->data, tn_dtype_size(a->dtype), a->ndim, rshape, a->strides);
-    tn_iter_finish(&rit);
+    build_iters(P, &kit, &rit);
 
     int32_t ctype = tn_is_int_dtype(a->dtype) ? TN_I64 : a->dtype == TN_F64 ? TN_F64 : TN_F32;
     size_t bufbytes = ((size_t)(P->N > 0 ? P->N : 1) * tn_dtype_size(ctype) + 63) & ~(size_t)63;
@@ -481,6 +507,13 @@ static tn_status reduce_run(red_plan *P) {
         return tn_error(TN_ERR_SHAPE, "%s: cannot reduce over an empty dim (a %s %s)", redop_names[P->op], TN_SHAPE(a),
                         tn_dtype_name(a->dtype));
     if (P->M == 0) return TN_OK;
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        tn_iter kit, rit;
+        build_iters(P, &kit, &rit);
+        return tn_cuda_reduce(&kit, &rit, P->op, P->corr, a->dtype, P->odt, P->vdata ? P->vdt : -1);
+    }
+#endif
     int64_t O, R, I;
     if ((a->dtype == TN_F32 || a->dtype == TN_F64) && P->N > 0 && tn_tensor_is_contiguous(a) &&
         contiguous_kept(a, P->red, P->ostr) && (!P->vdata || contiguous_kept(a, P->red, P->vstr)) &&
@@ -497,7 +530,7 @@ static tn_status reduce_run(red_plan *P) {
 
 static tn_status check_a(const char *op, const tn_tensor *a) {
     TN_TRY(tn_check_tensor(op, "a", a));
-    TN_TRY(tn_check_cpu(op, a));
+    TN_TRY(tn_check_backend(op, a));
     if (a->dtype < 0 || a->dtype >= TN_NUM_DTYPES) return tn_error(TN_ERR_DTYPE, "%s: invalid dtype %d", op, (int)a->dtype);
     return TN_OK;
 }
@@ -542,6 +575,9 @@ tn_status tn_reduce(tn_tensor **out, const tn_tensor *a, int32_t ndims, const in
     }
     int allocated = *out == NULL;
     TN_TRY(tn_prepare_out(name, out, ondim, oshape, odt, a->device));
+#ifdef TERN_HAVE_CUDA
+    if (!allocated && a->device == TN_CUDA) TN_TRY(tn_check_same_device(name, *out, a)); /* the same GPU */
+#endif
     int64_t ostr[TN_MAX_DIMS];
     map_strides(ostr, a, red, *out, keepdim);
     red_plan P = {a, red, op, correction, (*out)->data, odt, ostr, NULL, 0, NULL, 0, 0};
@@ -569,6 +605,12 @@ tn_status tn_max_dim(tn_tensor **values, tn_tensor **indices, const tn_tensor *a
     int av = *values == NULL, ai = *indices == NULL;
     TN_TRY(tn_prepare_out(name, values, ondim, oshape, a->dtype, a->device));
     tn_status st = tn_prepare_out(name, indices, ondim, oshape, TN_I64, a->device);
+#ifdef TERN_HAVE_CUDA
+    if (st == TN_OK && a->device == TN_CUDA) { /* preallocated outputs on the same GPU */
+        st = tn_check_same_device(name, *values, a);
+        if (st == TN_OK) st = tn_check_same_device(name, *indices, a);
+    }
+#endif
     if (st == TN_OK) {
         int64_t vstr[TN_MAX_DIMS], istr[TN_MAX_DIMS];
         map_strides(vstr, a, red, *values, keepdim);
@@ -587,7 +629,8 @@ tn_status tn_max_dim(tn_tensor **values, tn_tensor **indices, const tn_tensor *a
 tn_status tn_sum_to(tn_tensor *out, const tn_tensor *a) {
     TN_TRY(tn_check_tensor("sum_to", "out", out));
     TN_TRY(check_a("sum_to", a));
-    TN_TRY(tn_check_cpu("sum_to", out));
+    TN_TRY(tn_check_backend("sum_to", out));
+    TN_TRY(tn_check_same_device("sum_to", out, a));
     if (out->dtype != a->dtype)
         return tn_error(TN_ERR_DTYPE, "sum_to: out dtype %s differs from a dtype %s (out %s, a %s)",
                         tn_dtype_name(out->dtype), tn_dtype_name(a->dtype), TN_SHAPE(out), TN_SHAPE(a));

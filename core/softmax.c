@@ -1,5 +1,6 @@
 /*
- * softmax.c — tn_softmax and tn_softmax_backward (softmax and log_softmax) on the CPU.
+ * softmax.c — tn_softmax and tn_softmax_backward (softmax and log_softmax): CPU; CUDA tensors go
+ * to cuda/softmax.cu.
  *
  * Gradient policy: tn_softmax_backward writes (=) grad_in, an activation gradient:
  *   softmax:      grad_in = y * (grad_out - sum(grad_out * y))
@@ -10,13 +11,33 @@
  * f32/f64 compute natively; f16/bf16 are converted to f32, computed, and rounded back.
  * Inputs are viewed as contiguous (O, D, I) with D the softmax dim: I == 1 (the last dim,
  * the common case) runs row by row, rows in parallel; I > 1 runs on column chunks
- * vectorised along I. Non-contiguous inputs are copied to contiguous first.
+ * vectorised along I. Non-contiguous inputs are copied to contiguous first. The per-element
+ * steps are kernels/reduce.h.
+ *
+ * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks and output, then cuda/softmax.cu
+ * (tn_cuda_softmax / _backward) reads and writes the tensors in place with their strides (no
+ * contiguous or f32 copies).
  */
 #include <stdlib.h>
 
 #include "internal.h"
 #include "iter.h"
 #include "kernels/elementwise.h"
+#include "kernels/reduce.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/softmax.cu, on the current device and stream (asynchronous). rows: the finished
+ * iterator over every dim but the softmax dim (one entry per row, numel >= 1), operands of one
+ * float dtype and of the same shape; dstride: each operand's stride along the softmax dim of
+ * D >= 1 elements. tn_cuda_softmax: operands 0 = out, 1 = a; out = softmax / log_softmax (log)
+ * of a along the dim. tn_cuda_softmax_backward: operands 0 = grad_in, 1 = grad_out, 2 = y (the
+ * forward output); grad_in (=) per the formulas above. f16 / bf16 compute in f32. out / grad_in
+ * may be the same tensor as an input (each element is read before it is written, by the same
+ * thread). */
+tn_status tn_cuda_softmax(const tn_iter *rows, const int64_t *dstride, int64_t D, int32_t dtype, int32_t log);
+tn_status tn_cuda_softmax_backward(const tn_iter *rows, const int64_t *dstride, int64_t D, int32_t dtype,
+                                   int32_t log);
+#endif
 
 enum { SM_COLW = 256 };
 
@@ -27,13 +48,14 @@ enum { SM_COLW = 256 };
             const T *xr = x + o * D;                                                           \
             T *yr = y + o * D;                                                                 \
             T m = -INFINITY;                                                                   \
-            for (int64_t i = 0; i < D; i++) m = (xr[i] > m || xr[i] != xr[i]) ? xr[i] : m;     \
+            for (int64_t i = 0; i < D; i++) m = tn_red_max_##S(m, xr[i]);                      \
             T s = 0;                                                                           \
             if (log_) {                                                                        \
                 _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s +=      \
                     tn_exp_##S(xr[i] - m);                                                     \
-                const T ls = (T)log((double)s); /* y = (x - m) - log(s): x - m first */       \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] = (xr[i] - m) - ls;  \
+                const T ls = tn_softmax_lognorm_##S(s); /* y = (x - m) - log(s): x - m first */ \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] =                    \
+                    tn_log_softmax_##S(xr[i], m, ls);                                          \
             } else {                                                                           \
                 _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) {         \
                     T e = tn_exp_##S(xr[i] - m);                                               \
@@ -58,7 +80,7 @@ enum { SM_COLW = 256 };
             for (int64_t d = 0; d < D; d++) {                                                  \
                 const T *xr = xb + d * I;                                                      \
                 _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) m[j] =                    \
-                    (xr[j] > m[j] || xr[j] != xr[j]) ? xr[j] : m[j];                           \
+                    tn_red_max_##S(m[j], xr[j]);                                               \
             }                                                                                  \
             for (int64_t d = 0; d < D; d++) {                                                  \
                 const T *xr = xb + d * I;                                                      \
@@ -73,12 +95,13 @@ enum { SM_COLW = 256 };
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-            for (int64_t j = 0; j < cw; j++) s[j] = log_ ? (T)log((double)s[j]) : (T)1 / s[j];   \
+            for (int64_t j = 0; j < cw; j++) s[j] = log_ ? tn_softmax_lognorm_##S(s[j]) : (T)1 / s[j]; \
             for (int64_t d = 0; d < D; d++) {                                                  \
                 const T *xr = xb + d * I;                                                      \
                 T *yr = yb + d * I;                                                            \
                 if (log_) {                                                                    \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) yr[j] = (xr[j] - m[j]) - s[j]; \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) yr[j] =               \
+                        tn_log_softmax_##S(xr[j], m[j], s[j]);                                 \
                 } else {                                                                       \
                     _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) yr[j] *= s[j];        \
                 }                                                                              \
@@ -94,10 +117,12 @@ enum { SM_COLW = 256 };
                 T s = 0;                                                                       \
                 if (log_) {                                                                    \
                     _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i]; \
-                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] = gr[i] - tn_exp_##S(yr[i]) * s; \
+                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] =                \
+                        tn_log_softmax_bwd_##S(gr[i], yr[i], s);                               \
                 } else {                                                                       \
                     _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i] * yr[i]; \
-                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] = yr[i] * (gr[i] - s); \
+                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] =                \
+                        tn_softmax_bwd_##S(gr[i], yr[i], s);                                   \
                 }                                                                              \
             });                                                                                \
             return;                                                                            \
@@ -121,9 +146,11 @@ enum { SM_COLW = 256 };
                 const T *gr = g + base + d * I, *yr = y + base + d * I;                        \
                 T *ir = gi + base + d * I;                                                     \
                 if (log_) {                                                                    \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] = gr[j] - tn_exp_##S(yr[j]) * s[j]; \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] =               \
+                        tn_log_softmax_bwd_##S(gr[j], yr[j], s[j]);                            \
                 } else {                                                                       \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] = yr[j] * (gr[j] - s[j]); \
+                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] =               \
+                        tn_softmax_bwd_##S(gr[j], yr[j], s[j]);                                \
                 }                                                                              \
             }                                                                                  \
         });                                                                                    \
@@ -143,7 +170,7 @@ static void split_dim(const tn_tensor *a, int32_t dim, int64_t *O, int64_t *D, i
 
 static tn_status check_sm(const char *name, const tn_tensor *a, int32_t dim) {
     TN_TRY(tn_check_tensor(name, "a", a));
-    TN_TRY(tn_check_cpu(name, a));
+    TN_TRY(tn_check_backend(name, a));
     TN_TRY(tn_check_float(name, "a", a));
     if (dim < 0 || dim >= (a->ndim > 0 ? a->ndim : 1))
         return tn_error(TN_ERR_INDEX, "%s: dim %lld out of range for a %s (%s)", name, TN_D(dim), TN_SHAPE(a),
@@ -174,11 +201,44 @@ static tn_status compute_copy(tn_tensor **c, const tn_tensor *t) {
     return tn_contiguous(c, t);
 }
 
+#ifdef TERN_HAVE_CUDA
+/* The CUDA path: ops (nops, all of ops[0]'s shape and dtype) = {out, a} (forward, nops 2) or
+ * {grad_in, grad_out, y} (backward, nops 3); rows over every dim but dim, strides along dim. */
+static tn_status run_cuda(const tn_tensor *const *ops, int nops, int32_t dim, int32_t log) {
+    const tn_tensor *t = ops[0];
+    int64_t O, D, I;
+    split_dim(t, dim, &O, &D, &I);
+    if (O * D * I == 0) return TN_OK;
+    int64_t kshape[TN_MAX_DIMS], ds[TN_ITER_MAX_OPS] = {0};
+    for (int32_t d = 0; d < t->ndim; d++) kshape[d] = d == dim ? 1 : t->shape[d];
+    tn_iter rows;
+    tn_iter_init(&rows, t->ndim, kshape);
+    for (int k = 0; k < nops; k++) {
+        tn_iter_add(&rows, ops[k]->data, tn_dtype_size(ops[k]->dtype), t->ndim, kshape, ops[k]->strides);
+        ds[k] = t->ndim > 0 ? ops[k]->strides[dim] : 0;
+    }
+    tn_iter_finish(&rows);
+    return nops == 2 ? tn_cuda_softmax(&rows, ds, D, t->dtype, log) : tn_cuda_softmax_backward(&rows, ds, D, t->dtype, log);
+}
+#endif
+
 tn_status tn_softmax(tn_tensor **out, const tn_tensor *a, int32_t dim, int32_t log) {
     const char *name = log ? "log_softmax" : "softmax";
     if (!out) return tn_error(TN_ERR_ARG, "%s: out is NULL", name);
     TN_TRY(check_sm(name, a, dim));
     int allocated = *out == NULL;
+#ifdef TERN_HAVE_CUDA
+    if (a->device == TN_CUDA) {
+        TN_TRY(tn_prepare_out(name, out, a->ndim, a->shape, a->dtype, a->device));
+        tn_status st = tn_check_same_device(name, *out, a);
+        if (st == TN_OK) {
+            const tn_tensor *ops[2] = {*out, a};
+            st = run_cuda(ops, 2, dim, log);
+        }
+        if (st != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+        return st;
+    }
+#endif
     tn_tensor *x = NULL, *dst = NULL;
     TN_TRY(compute_copy(&x, a));
     int32_t ct = x->dtype;
@@ -215,13 +275,26 @@ tn_status tn_softmax_backward(tn_tensor **grad_in, const tn_tensor *grad_out, co
     if (!grad_in) return tn_error(TN_ERR_ARG, "%s: grad_in is NULL", name);
     TN_TRY(check_sm(name, grad_out, dim));
     TN_TRY(tn_check_tensor(name, "y", y));
-    TN_TRY(tn_check_cpu(name, y));
+    TN_TRY(tn_check_backend(name, y));
+    TN_TRY(tn_check_same_device(name, grad_out, y));
     int same = grad_out->ndim == y->ndim && grad_out->dtype == y->dtype;
     for (int32_t d = 0; same && d < y->ndim; d++) same = grad_out->shape[d] == y->shape[d];
     if (!same)
         return tn_error(TN_ERR_SHAPE, "%s: grad_out %s (%s) and y %s (%s) must match", name, TN_SHAPE(grad_out),
                         tn_dtype_name(grad_out->dtype), TN_SHAPE(y), tn_dtype_name(y->dtype));
     int allocated = *grad_in == NULL;
+#ifdef TERN_HAVE_CUDA
+    if (y->device == TN_CUDA) {
+        TN_TRY(tn_prepare_out(name, grad_in, y->ndim, y->shape, y->dtype, y->device));
+        tn_status st = tn_check_same_device(name, *grad_in, y);
+        if (st == TN_OK) {
+            const tn_tensor *ops[3] = {*grad_in, grad_out, y};
+            st = run_cuda(ops, 3, dim, log);
+        }
+        if (st != TN_OK && allocated) { tn_tensor_free(*grad_in); *grad_in = NULL; }
+        return st;
+    }
+#endif
     tn_tensor *g = NULL, *yc = NULL, *dst = NULL;
     tn_status st = compute_copy(&g, grad_out);
     if (st == TN_OK) st = compute_copy(&yc, y);
