@@ -141,25 +141,14 @@ typedef struct mm_plan {
     double alpha, beta;
 } mm_plan;
 
-/* BLAS layout of a (rows, cols) matrix with strides (rs, cs); returns 0 when neither NoTrans
- * (row-major) nor Trans (column-major) describes it. The stride of a size-1 dim is free. */
+/* BLAS layout of a (rows, cols) matrix with strides (rs, cs) (tn_matrix_layout); 0 when neither
+ * NoTrans (row-major) nor Trans (column-major) describes it. */
 static int mm_classify(int64_t rows, int64_t cols, int64_t rs, int64_t cs,
                        enum CBLAS_TRANSPOSE *tr, int64_t *ld) {
-    if (rows == 0 || cols == 0) { *tr = CblasNoTrans; *ld = cols > 1 ? cols : 1; return 1; } /* nothing read */
-    if (rows <= 1 && cols <= 1) { *tr = CblasNoTrans; *ld = 1; return 1; }
-    if (rows <= 1) {
-        if (cs == 1) { *tr = CblasNoTrans; *ld = cols; return 1; }
-        if (cs >= 1) { *tr = CblasTrans; *ld = cs; return 1; }
-        return 0;
-    }
-    if (cols <= 1) {
-        if (rs == 1) { *tr = CblasTrans; *ld = rows; return 1; }
-        if (rs >= 1) { *tr = CblasNoTrans; *ld = rs; return 1; }
-        return 0;
-    }
-    if (cs == 1 && rs >= cols) { *tr = CblasNoTrans; *ld = rs; return 1; }
-    if (rs == 1 && cs >= rows) { *tr = CblasTrans; *ld = cs; return 1; }
-    return 0;
+    int t = 0;
+    const int ok = tn_matrix_layout(rows, cols, rs, cs, &t, ld);
+    *tr = t ? CblasTrans : CblasNoTrans;
+    return ok;
 }
 
 /* The BLAS call for one matrix product with resolved layouts. c has n rows (row stride crs). */

@@ -242,25 +242,13 @@ static tn_status scale_c(int32_t dtype, void *c, int64_t rows, int64_t m, int64_
 /* ---- layouts ------------------------------------------------------------------------------------ */
 
 /* cuBLAS operation and leading dimension of a row-major (rows, cols) matrix with strides (rs,
- * cs); 0 when neither a row-major nor a column-major layout describes it. The same cases as
- * mm_classify in core/linalg.c (CBLAS NoTrans = CUBLAS_OP_N, Trans = CUBLAS_OP_T). Each result
- * meets cuBLAS's ld >= max(1, stored rows): NoTrans ld >= cols, Trans ld >= rows. */
+ * cs): tn_matrix_layout (core/internal.h), the same cases as the CPU's; 0 when neither a
+ * row-major nor a column-major layout describes it. */
 static int la_classify(int64_t rows, int64_t cols, int64_t rs, int64_t cs, cublasOperation_t *op, int64_t *ld) {
-    if (rows == 0 || cols == 0) { *op = CUBLAS_OP_N; *ld = cols > 1 ? cols : 1; return 1; } /* nothing read */
-    if (rows <= 1 && cols <= 1) { *op = CUBLAS_OP_N; *ld = 1; return 1; }
-    if (rows <= 1) {
-        if (cs == 1) { *op = CUBLAS_OP_N; *ld = cols; return 1; }
-        if (cs >= 1) { *op = CUBLAS_OP_T; *ld = cs; return 1; }
-        return 0;
-    }
-    if (cols <= 1) {
-        if (rs == 1) { *op = CUBLAS_OP_T; *ld = rows; return 1; }
-        if (rs >= 1) { *op = CUBLAS_OP_N; *ld = rs; return 1; }
-        return 0;
-    }
-    if (cs == 1 && rs >= cols) { *op = CUBLAS_OP_N; *ld = rs; return 1; }
-    if (rs == 1 && cs >= rows) { *op = CUBLAS_OP_T; *ld = cs; return 1; }
-    return 0;
+    int t = 0;
+    const int ok = tn_matrix_layout(rows, cols, rs, cs, &t, ld);
+    *op = t ? CUBLAS_OP_T : CUBLAS_OP_N;
+    return ok;
 }
 
 /* The matrix strides of operand t (its last two dims, swapped when trans; a 1-D t is a row
