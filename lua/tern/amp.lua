@@ -48,6 +48,11 @@
 --
 -- scaler:get_scale(), scaler.skipped (steps skipped so far), scaler.steps (scaler steps so
 -- far), scaler:state_dict() / load_state_dict(sd): a plain table of numbers and strings.
+--
+-- Devices: the scaler holds no tensors, so it serves a model on any device unchanged (and its
+-- state saves and restores as it is). scale() multiplies on the loss's device; found_inf and
+-- amax reach it as host values from opt:unscale_ (tn_amp_unscale_check over the gradients on
+-- their device): the one device-to-host read of a mixed-precision step.
 local Tensor = require "tern.tensor"
 
 local fmt = string.format

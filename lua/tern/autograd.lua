@@ -132,6 +132,9 @@ function M.backward(root, grad, opts)
   elseif not shape_equal(grad._c, root._c) then
     error(string.format("backward: gradient of shape %s given for output of shape %s",
       grad:shape_string(), root:shape_string()), 2)
+  elseif grad._c.device ~= root._c.device then
+    error(string.format("backward: the gradient is on %s but the output is on %s; pass it on %s",
+      grad:device(), root:device(), root:device()), 2)
   end
   local node = root._node
   local seed = grad
@@ -219,10 +222,18 @@ end
 -- that require grad must be f64. Returns true, or raises (opts.raise == false: returns false
 -- and the message) naming the input, the element, both values.
 -- opts: eps = 1e-6, atol = 1e-5, rtol = 1e-3, raise = true.
+-- Inputs and outputs may live on a device: values are read through CPU copies and the
+-- perturbations written with t:set (no device pointer is dereferenced).
 function M.gradcheck(fn, inputs, opts)
   opts = opts or {}
   local eps, atol, rtol = opts.eps or 1e-6, opts.atol or 1e-5, opts.rtol or 1e-3
   local ffi = require "ffi"
+  -- f64 values of tensor t, contiguous and on the CPU (t itself when it already is)
+  local function host_f64(t)
+    local c = t:detach():double()
+    if c:device() ~= "cpu" then c = c:cpu() end
+    return c:contiguous()
+  end
   local function fail(msg)
     if opts.raise == false then return false, msg end
     error("gradcheck: " .. msg, 3)
@@ -253,9 +264,10 @@ function M.gradcheck(fn, inputs, opts)
     local vals = {}
     M.no_grad(function()
       for _, o in ipairs(outs) do
-        local c = o:double():contiguous()
+        local c = host_f64(o)
+        vals.keep = c -- c stays alive while p is read
         local p = ffi.cast("double *", c._c.data)
-        for j = 0, c:numel() - 1 do vals[#vals + 1] = p[j] end
+        for j = 0, c:numel() - 1 do vals[#vals + 1] = tonumber(p[j]) end
       end
     end)
     return vals
@@ -285,7 +297,8 @@ function M.gradcheck(fn, inputs, opts)
         local g = rawget(inputs[idx], "grad")
         local col = analytic[w]
         if g then
-          local gc = M.no_grad(function() return g:double():contiguous() end)
+          local gc = M.no_grad(host_f64, g)
+          col.keep = gc -- gc stays alive while p is read
           local p = ffi.cast("double *", gc._c.data)
           for k = 0, gc:numel() - 1 do
             col[k + 1] = col[k + 1] or {}
@@ -301,14 +314,18 @@ function M.gradcheck(fn, inputs, opts)
   -- numeric: central differences
   for w, idx in ipairs(wrt) do
     local x = inputs[idx]
-    local p = ffi.cast("double *", x._c.data)
+    -- element k of x (contiguous f64): through its pointer on the CPU, t:get/t:set elsewhere
+    local xp, flat = nil, x:detach():view(-1)
+    if x:device() == "cpu" then xp = ffi.cast("double *", x._c.data) end
+    local function get(k) if xp then return xp[k] end return flat:get({ k + 1 }) end
+    local function set(k, v) if xp then xp[k] = v else flat:set({ k + 1 }, v) end end
     for k = 0, x:numel() - 1 do
-      local orig = p[k]
-      p[k] = orig + eps
+      local orig = get(k)
+      set(k, orig + eps)
       local plus = M.no_grad(function() return flat_values(outputs()) end)
-      p[k] = orig - eps
+      set(k, orig - eps)
       local minus = M.no_grad(function() return flat_values(outputs()) end)
-      p[k] = orig
+      set(k, orig)
       for jj = 1, nout do
         local num = (plus[jj] - minus[jj]) / (2 * eps)
         local ana = analytic[w][k + 1] and analytic[w][k + 1][jj] or 0

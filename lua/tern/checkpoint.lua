@@ -64,10 +64,14 @@ local function fnv64(ptr, nbytes)
   return bit.tohex(h, 16)
 end
 
-local function tensor_checksum(t) -- t: contiguous, on the CPU
+local function tensor_checksum(t) -- t: contiguous, on the CPU (never a device pointer)
+  if t._c.device ~= 0 or not t:is_contiguous() then
+    error("tn.checkpoint: internal error: checksum of a " .. t:device()
+      .. " tensor that is not a contiguous CPU tensor", 0)
+  end
   local n = t:numel() * tonumber(lib.C.tn_dtype_size(t._c.dtype))
   if n == 0 then return fnv64(nil, 0) end
-  return fnv64(t._c.data, n)
+  return fnv64(t._c.data, n) -- callers keep t (ctx.tensors, the loaded table) while it reads
 end
 
 local function string_checksum(s) return fnv64(s, #s) end
@@ -172,7 +176,14 @@ function encode(v, path, ctx, buf)
       name = path .. "~" .. k
     end
     local t = v:detach()
-    if t:device() ~= "cpu" then t = t:cpu() end
+    if t._c.device ~= 0 then
+      -- saved through a CPU copy (contiguous); Lua never reads device memory
+      local h, err = Tensor._host_copy(t)
+      if not h then
+        error(fmt("%s: cannot copy the %s tensor at '%s' to the host: %s", ctx.where, t:device(), path, err), 0)
+      end
+      t = h
+    end
     if not t:is_contiguous() then t = t:contiguous() end
     ctx.tensors[name] = t
     ctx.checksums[name] = tensor_checksum(t)

@@ -1,6 +1,7 @@
 -- tern.format: tostring(t) — values laid out like PyTorch prints them (one format for all
 -- elements, chosen from their range; more than 1000 elements are elided to 3 at each edge),
--- followed by a line with dtype, shape, device and autograd state.
+-- followed by a line with dtype, shape, device and autograd state. A tensor on a device is
+-- printed from a CPU copy (one transfer, which waits for the device).
 local lib = require "tern.lib"
 local Tensor = require "tern.tensor"
 
@@ -80,13 +81,17 @@ function M.tostring(t)
   end
   local foot = "[" .. table.concat(footer, ", ") .. "]"
   if c.device ~= 0 then
-    return "tensor(<values on " .. t:device() .. ">)\n" .. foot
+    -- the values of a CPU copy (never the device pointer); without one, none are shown
+    local h = Tensor._host_copy(t)
+    if not h then return "tensor(<values on " .. t:device() .. ">)\n" .. foot end
+    c = h._c
   end
 
   local summarize = numel > M.threshold
   local p = ffi.cast(lib.ptr_types[c.dtype], c.data)
   local dt = c.dtype
-  local strides = t:stride()
+  local strides = {}
+  for i = 0, nd - 1 do strides[i + 1] = tonumber(c.strides[i]) end
   local read = Tensor._read_elem
 
   -- indices printed along a dim of size n
@@ -122,8 +127,8 @@ function M.tostring(t)
   end
 
   local prefix = "tensor("
-  local function render(d, off, indent)
-    if d == nd then
+  local function render(d, off, indent) -- refers to c: a host copy stays alive while p is read
+    if d == c.ndim then
       local parts, line, lines = {}, "", {}
       for _, i in ipairs(indices(shape[d])) do
         parts[#parts + 1] = i and f(read(p, dt, off + (i - 1) * strides[d])) or "..."

@@ -136,26 +136,28 @@ end
 
 -- native memory and the Lua GC ----------------------------------------------------------------
 -- Lua sees a tensor as a small table and cdata; its native bytes are invisible to the GC.
--- After each allocation we compare the bytes tern holds with a threshold and run a GC cycle
--- when they doubled since the last one, so loops need no manual collectgarbage().
+-- After each allocation we compare the bytes tern holds (CPU and CUDA storages together: a
+-- dead CUDA tensor holds device memory until its finalizer runs) with a threshold and run a GC
+-- cycle when they doubled since the last one, so loops need no manual collectgarbage().
 
 local memory_current = C.tn_memory_current
 local gc_floor = 64 * 1024 * 1024
 local gc_threshold = gc_floor
 
+local function held() return tonumber(memory_current(0)) + tonumber(memory_current(1)) end
+
 local function nudge_gc()
-  local cur = tonumber(memory_current(0))
+  local cur = held()
   if cur > gc_threshold then
     collectgarbage("collect")
-    cur = tonumber(memory_current(0))
-    gc_threshold = math.max(gc_floor, 2 * cur)
+    gc_threshold = math.max(gc_floor, 2 * held())
   end
 end
 M.nudge_gc = nudge_gc
 
 function M.set_gc_floor(bytes)
   gc_floor = bytes
-  gc_threshold = math.max(gc_floor, 2 * tonumber(memory_current(0)))
+  gc_threshold = math.max(gc_floor, 2 * held())
 end
 
 -- wrapping ---------------------------------------------------------------------------------

@@ -331,15 +331,16 @@ local function back_where(g, ctx)
   return ga, gb
 end
 
--- where(cond, a, b): a and b tensors or numbers
+-- where(cond, a, b): a and b tensors or numbers (numbers become 0-d tensors on cond's device)
 function Tensor.where(cond, a, b)
   as_tensor_arg(cond, "where", "condition")
   if cond._c.dtype ~= U8 then cond = cond:ne(0) end
+  local device = cond._c.device
   if type(a) == "number" and type(b) == "number" then
-    a = Tensor.tensor(a)
+    a = Tensor.tensor(a, { device = device })
   end
-  if type(a) == "number" then a = Tensor.tensor(a, { dtype = b._c.dtype }) end
-  if type(b) == "number" then b = Tensor.tensor(b, { dtype = a._c.dtype }) end
+  if type(a) == "number" then a = Tensor.tensor(a, { dtype = b._c.dtype, device = device }) end
+  if type(b) == "number" then b = Tensor.tensor(b, { dtype = a._c.dtype, device = device }) end
   as_tensor_arg(a, "where", "input")
   as_tensor_arg(b, "where", "other")
   if a._c.dtype ~= b._c.dtype then
@@ -813,6 +814,10 @@ function M.embedding(weight, indices)
   if weight._c.ndim ~= 2 then
     error(fmt("embedding: weight must be 2-d (num_embeddings, dim), got shape %s",
       weight:shape_string()), 2)
+  end
+  if indices._c.device ~= weight._c.device then
+    error(fmt("embedding: indices are on %s but the weight is on %s; move the indices (indices:to(\"%s\"))",
+      indices:device(), weight:device(), weight:device()), 2)
   end
   local s = indices:shape()
   s[#s + 1] = tonumber(weight._c.shape[1])

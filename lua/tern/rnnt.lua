@@ -35,6 +35,10 @@
 -- the call had to convert or copy (f16/bf16, non-contiguous) are always overwritten, being
 -- private to the loss.
 --
+-- Devices: every tensor of a call must be on one device (the C kernels run there); symbols,
+-- boundary and ranges given as Lua tables are made on the device of the float inputs. Outputs
+-- and gradients are made on that device.
+--
 -- Errors name the function, the argument and the shapes; checks of values (symbols in [0, C),
 -- boundaries inside the tensors, T_b >= S_b for modified / constrained, finiteness) come from
 -- the C kernels, with the same prefix.
@@ -104,6 +108,14 @@ local function float_arg(fname, args, key, ndim, desc)
   return t
 end
 
+-- t (argument key) must be on the device of ref (argument ref_key).
+local function same_device(fname, key, t, ref_key, ref)
+  if t._c.device ~= ref._c.device then
+    fail(fname, "'%s' is on %s but '%s' is on %s; put every tensor of the call on one device",
+      key, t:device(), ref_key, ref:device())
+  end
+end
+
 -- The dtype the kernels run in for these float tensors: f64 if any is f64, else f32.
 local function kernel_dtype(...)
   for i = 1, select("#", ...) do
@@ -121,15 +133,17 @@ local function prepare(t, dt)
   return r, r ~= t
 end
 
--- An index tensor (i64 or i32; a Lua table becomes i64) of the given shape.
-local function index_arg(fname, key, t, shape, desc, ref)
+-- An index tensor (i64 or i32; a Lua table becomes i64) of the given shape, on the device of
+-- the float argument on (named on_key).
+local function index_arg(fname, key, t, shape, desc, ref, on_key, on)
   if t == nil then fail(fname, "argument '%s' %s is required", key, desc) end
   if type(t) == "table" and not is_tensor(t) then
-    local ok, r = pcall(Tensor.tensor, t, { dtype = "i64" })
+    local ok, r = pcall(Tensor.tensor, t, { dtype = "i64", device = on._c.device })
     if not ok then fail(fname, "'%s' must be an i64 tensor %s: %s", key, desc, tostring(r)) end
     t = r
   end
   if not is_tensor(t) then fail(fname, "'%s' must be an i64 tensor %s, got %s", key, desc, type(t)) end
+  same_device(fname, key, t, on_key, on)
   local dt = t:dtype()
   if dt ~= "i64" and dt ~= "i32" then
     fail(fname, "'%s' must be an i64 (or i32) tensor %s, got %s of shape %s", key, desc, dt, shape_str(t))
@@ -143,10 +157,10 @@ local function index_arg(fname, key, t, shape, desc, ref)
   return t:contiguous()
 end
 
-local function boundary_arg(fname, args, B, ref)
+local function boundary_arg(fname, args, B, ref, on_key, on)
   if args.boundary == nil then return nil end
   return index_arg(fname, "boundary", args.boundary, { B, 4 },
-    "(B, 4) = [begin_symbol, begin_frame, end_symbol, end_frame] per utterance", ref)
+    "(B, 4) = [begin_symbol, begin_frame, end_symbol, end_frame] per utterance", ref, on_key, on)
 end
 
 local function int_arg(fname, args, key, default)
@@ -211,17 +225,17 @@ local function px_shape(B, S, T, rtype)
   return { B, S, rtype == TYPES.regular and T + 1 or T }
 end
 
--- a gradient reaching px or py (nil: zeros of shape), contiguous, in dtype dt
-local function grad_or_zeros(g, shape, dt)
-  if g == nil then return Tensor.zeros(shape, { dtype = dt }) end
+-- a gradient reaching px or py (nil: zeros of shape on device), contiguous, in dtype dt
+local function grad_or_zeros(g, shape, dt, device)
+  if g == nil then return Tensor.zeros(shape, { dtype = dt, device = device }) end
   if g:dtype() ~= dt then g = g:to(dt) end
   return g:contiguous()
 end
 
 -- simple / smoothed logprobs: px, py of the additive joiner lm + am
 local function back_simple(gs, ctx)
-  local gpx = grad_or_zeros(gs[1], ctx.px_shape, ctx.dtype)
-  local gpy = grad_or_zeros(gs[2], ctx.py_shape, ctx.dtype)
+  local gpx = grad_or_zeros(gs[1], ctx.px_shape, ctx.dtype, ctx.device)
+  local gpy = grad_or_zeros(gs[2], ctx.py_shape, ctx.dtype, ctx.device)
   local glm = ctx.need_lm and ctx.lm:empty_like() or nil
   local gam = ctx.need_am and ctx.am:empty_like() or nil
   ccheck("rnnt backward", C.tn_rnnt_logprobs_simple_backward(cptr(glm), cptr(gam), gpx._c, gpy._c,
@@ -232,7 +246,7 @@ end
 
 local function logprobs_simple(fname, lm, am, symbols, boundary, term, rtype, lm_only, am_only, dp)
   local B, S, T = lm:size(1), lm:size(2) - 1, am:size(2)
-  local dt = { dtype = lm:dtype() }
+  local dt = { dtype = lm:dtype(), device = lm:device() }
   local px = Tensor.empty(px_shape(B, S, T, rtype), dt)
   local py = Tensor.empty({ B, S + 1, T }, dt)
   ccheck(fname, C.tn_rnnt_logprobs_simple(px._c, py._c, lm._c, am._c, symbols._c, cptr(boundary),
@@ -241,7 +255,7 @@ local function logprobs_simple(fname, lm, am, symbols, boundary, term, rtype, lm
     record_multi({ px, py }, "rnnt_logprobs_simple", back_simple, {
       lm = lm, am = am, symbols = symbols, boundary = boundary, term = term, rtype = rtype,
       lm_only = lm_only, am_only = am_only, need_lm = needs(lm), need_am = needs(am),
-      px_shape = px:shape(), py_shape = py:shape(), dtype = px:dtype(),
+      px_shape = px:shape(), py_shape = py:shape(), dtype = px:dtype(), device = px:device(),
     }, lm, am)
   end
   return px, py
@@ -255,8 +269,8 @@ local OVERWRITTEN = "rnnt backward: the logits of this loss were overwritten by 
 local function back_band(gs, ctx)
   local lg = ctx.logits
   if lg == nil then error(OVERWRITTEN, 0) end
-  local gpx = grad_or_zeros(gs[1], ctx.px_shape, ctx.dtype)
-  local gpy = grad_or_zeros(gs[2], ctx.py_shape, ctx.dtype)
+  local gpx = grad_or_zeros(gs[1], ctx.px_shape, ctx.dtype, ctx.device)
+  local gpy = grad_or_zeros(gs[2], ctx.py_shape, ctx.dtype, ctx.device)
   local gl
   if ctx.inplace then
     gl = lg
@@ -278,7 +292,7 @@ end
 local function logprobs_band(fname, logits, symbols, ranges, boundary, term, rtype, dp, inplace)
   local B, T, R = logits:size(1), logits:size(2), logits:size(3)
   local S = symbols:size(2)
-  local dt = { dtype = logits:dtype() }
+  local dt = { dtype = logits:dtype(), device = logits:device() }
   local px = Tensor.empty(px_shape(B, S, T, rtype), dt)
   local py = Tensor.empty({ B, S + 1, T }, dt)
   local need = grad_enabled() and needs(logits)
@@ -294,7 +308,7 @@ local function logprobs_band(fname, logits, symbols, ranges, boundary, term, rty
     record_multi({ px, py }, ranges and "rnnt_logprobs_pruned" or "rnnt_logprobs_joint", back_band, {
       logits = logits, lse = lse, symbols = symbols, ranges = ranges, boundary = boundary,
       term = term, rtype = rtype, inplace = inplace and logits._node ~= nil,
-      px_shape = px:shape(), py_shape = py:shape(), dtype = px:dtype(),
+      px_shape = px:shape(), py_shape = py:shape(), dtype = px:dtype(), device = px:device(),
     }, logits)
   end
   return px, py
@@ -310,7 +324,7 @@ end
 
 local function mutual_information(fname, px, py, boundary, want_grads)
   local B = px:size(1)
-  local scores = Tensor.empty({ B }, { dtype = px:dtype() })
+  local scores = Tensor.empty({ B }, { dtype = px:dtype(), device = px:device() })
   local need = grad_enabled() and (needs(px) or needs(py))
   local pxg, pyg
   if need or want_grads then
@@ -338,7 +352,7 @@ local function back_pruning(g, ctx)
   local gdt = gk:dtype()
   if gdt ~= "f32" and gdt ~= "f64" then gk = gk:to("f32") end
   gk = gk:contiguous()
-  local gl = Tensor.empty(ctx.lm_shape, { dtype = gk:dtype() })
+  local gl = Tensor.empty(ctx.lm_shape, { dtype = gk:dtype(), device = gk:device() })
   ccheck("rnnt backward", C.tn_rnnt_do_pruning_backward(gl._c, gk._c, ctx.ranges._c))
   if gl:dtype() ~= ctx.dtype then gl = gl:to(ctx.dtype) end
   return gl
@@ -353,10 +367,11 @@ local function simple_inputs(fname, args)
   if lm:size(1) ~= am:size(1) or lm:size(3) ~= am:size(3) then
     fail(fname, "lm (B, S+1, C) and am (B, T, C) must agree in B and C, got %s", tensors_of("lm", lm, "am", am))
   end
+  same_device(fname, "am", am, "lm", lm)
   local B, S = lm:size(1), lm:size(2) - 1
   local ref = " (from " .. tensors_of("lm", lm, "am", am) .. ")"
-  local symbols = index_arg(fname, "symbols", args.symbols, { B, S }, "(B, S)", ref)
-  local boundary = boundary_arg(fname, args, B, ref)
+  local symbols = index_arg(fname, "symbols", args.symbols, { B, S }, "(B, S)", ref, "lm", lm)
+  local boundary = boundary_arg(fname, args, B, ref, "lm", lm)
   local term = int_arg(fname, args, "termination_symbol")
   local rtype = type_arg(fname, args)
   local dt = kernel_dtype(lm, am)
@@ -412,7 +427,8 @@ M.mutual_information_recursion = api("mutual_information_recursion",
     local px = float_arg(fname, args, "px", 3, "(B, S, T+1) or (B, S, T)")
     local py = float_arg(fname, args, "py", 3, "(B, S+1, T)")
     local B = px_py_shapes(fname, px, py, "px", "py")
-    local boundary = boundary_arg(fname, args, B, " (from " .. tensors_of("px", px, "py", py) .. ")")
+    same_device(fname, "py", py, "px", px)
+    local boundary = boundary_arg(fname, args, B, " (from " .. tensors_of("px", px, "py", py) .. ")", "px", px)
     local want = bool_arg(fname, args, "return_grad")
     local dt = kernel_dtype(px, py)
     local scores, pxg, pyg = mutual_information(fname, prepare(px, dt), prepare(py, dt), boundary, want)
@@ -430,8 +446,9 @@ M.get_prune_ranges = api("get_prune_ranges", { "px_grad", "py_grad", "boundary",
     local pxg = float_arg(fname, args, "px_grad", 3, "(B, S, T+1) or (B, S, T)")
     local pyg = float_arg(fname, args, "py_grad", 3, "(B, S+1, T)")
     local B, _, T = px_py_shapes(fname, pxg, pyg, "px_grad", "py_grad")
+    same_device(fname, "py_grad", pyg, "px_grad", pxg)
     local boundary = boundary_arg(fname, args, B,
-      " (from " .. tensors_of("px_grad", pxg, "py_grad", pyg) .. ")")
+      " (from " .. tensors_of("px_grad", pxg, "py_grad", pyg) .. ")", "px_grad", pxg)
     local s_range = int_arg(fname, args, "s_range")
     if s_range < 1 then fail(fname, "s_range must be a positive integer, got %d", s_range) end
     local dt = kernel_dtype(pxg, pyg)
@@ -445,7 +462,7 @@ M.get_prune_ranges = api("get_prune_ranges", { "px_grad", "py_grad", "boundary",
       M.warn(fmt("%s: s_range = %d cannot cover every utterance (regular RNN-T needs "
         .. "(s_range - 1) * T_b + 1 >= S_b + 1); using s_range = %d (warned once)", fname, s_range, R))
     end
-    local ranges = Tensor.empty({ B, T, R }, { dtype = "i64" })
+    local ranges = Tensor.empty({ B, T, R }, { dtype = "i64", device = pxg:device() })
     ccheck(fname, C.tn_rnnt_prune_ranges(ranges._c, pxg._c, pyg._c, cptr(boundary)))
     return ranges
   end)
@@ -458,13 +475,14 @@ local function pruning_args(fname, args)
   if lm:size(1) ~= B or lm:size(3) ~= D then
     fail(fname, "am (B, T, D) and lm (B, S+1, D) must agree in B and D, got %s", tensors_of("am", am, "lm", lm))
   end
+  same_device(fname, "lm", lm, "am", am)
   local r = args.ranges
   if not is_tensor(r) or r:dim() ~= 3 then
     fail(fname, "'ranges' must be an i64 tensor (B, T, s_range), got %s",
       is_tensor(r) and shape_str(r) or type(r))
   end
   local ranges = index_arg(fname, "ranges", r, { B, T, r:size(3) }, "(B, T, s_range)",
-    " (from " .. tensors_of("am", am, "lm", lm) .. ")")
+    " (from " .. tensors_of("am", am, "lm", lm) .. ")", "am", am)
   return am, lm, ranges, B, T, D
 end
 
@@ -476,7 +494,7 @@ M.do_pruning = api("do_pruning", { "am", "lm", "ranges" }, function(fname, args)
   end
   local am_pruned = am:unsqueeze(3):expand(B, T, R, D)
   local lmc = lm:contiguous()
-  local lm_pruned = Tensor.empty({ B, T, R, D }, { dtype = lmc:dtype() })
+  local lm_pruned = Tensor.empty({ B, T, R, D }, { dtype = lmc:dtype(), device = lmc:device() })
   ccheck(fname, C.tn_rnnt_do_pruning(lm_pruned._c, lmc._c, ranges._c))
   if grad_enabled() and needs(lmc) then
     record(lm_pruned, "rnnt_do_pruning", back_pruning, {
@@ -492,8 +510,9 @@ local function back_pruned_tanh(g, ctx)
   local gk = g
   if gk:dtype() ~= h:dtype() then gk = gk:to(h:dtype()) end
   gk = gk:contiguous()
-  local ga = ctx.need_am and Tensor.empty(ctx.am:shape(), { dtype = h:dtype() }) or nil
-  local gl = ctx.need_lm and Tensor.empty(ctx.lm:shape(), { dtype = h:dtype() }) or nil
+  local o = { dtype = h:dtype(), device = h:device() }
+  local ga = ctx.need_am and Tensor.empty(ctx.am:shape(), o) or nil
+  local gl = ctx.need_lm and Tensor.empty(ctx.lm:shape(), o) or nil
   ccheck("rnnt backward", C.tn_rnnt_pruned_tanh_backward(cptr(ga), cptr(gl), gk._c, h._c,
     ctx.am._c, ctx.lm._c, ctx.ranges._c))
   return ga, gl
@@ -503,7 +522,7 @@ M.pruned_tanh = api("pruned_tanh", { "am", "lm", "ranges" }, function(fname, arg
   local am, lm, ranges, B, T, D = pruning_args(fname, args)
   local dt = kernel_dtype(am, lm)
   local amc, lmc = prepare(am, dt), prepare(lm, dt)
-  local h = Tensor.empty({ B, T, ranges:size(3), D }, { dtype = dt })
+  local h = Tensor.empty({ B, T, ranges:size(3), D }, { dtype = dt, device = am:device() })
   ccheck(fname, C.tn_rnnt_pruned_tanh(h._c, amc._c, lmc._c, ranges._c))
   if grad_enabled() and (needs(amc) or needs(lmc)) then
     record(h, "rnnt_pruned_tanh", back_pruned_tanh, {
@@ -520,7 +539,7 @@ local function band_loss(fname, args, pruned)
   local B, T, R = logits:size(1), logits:size(2), logits:size(3)
   local sym = args.symbols
   if type(sym) == "table" and not is_tensor(sym) then
-    local ok, r = pcall(Tensor.tensor, sym, { dtype = "i64" })
+    local ok, r = pcall(Tensor.tensor, sym, { dtype = "i64", device = logits:device() })
     if not ok then fail(fname, "'symbols' must be an i64 tensor (B, S): %s", tostring(r)) end
     sym = r
   end
@@ -529,16 +548,16 @@ local function band_loss(fname, args, pruned)
   end
   local S = sym:size(2)
   local ref = " (from logits " .. shape_str(logits) .. ")"
-  local symbols = index_arg(fname, "symbols", sym, { B, S }, "(B, S)", ref)
+  local symbols = index_arg(fname, "symbols", sym, { B, S }, "(B, S)", ref, "logits", logits)
   if not pruned and R ~= S + 1 then
     fail(fname, "logits must be (B, T, S+1, C) with S+1 = %d for symbols %s, got logits %s", S + 1,
       shape_str(symbols), shape_str(logits))
   end
   local ranges
   if pruned then
-    ranges = index_arg(fname, "ranges", args.ranges, { B, T, R }, "(B, T, s_range)", ref)
+    ranges = index_arg(fname, "ranges", args.ranges, { B, T, R }, "(B, T, s_range)", ref, "logits", logits)
   end
-  local boundary = boundary_arg(fname, args, B, ref)
+  local boundary = boundary_arg(fname, args, B, ref, "logits", logits)
   local term = int_arg(fname, args, "termination_symbol")
   local rtype = type_arg(fname, args)
   local dp = number_arg(fname, args, "delay_penalty", 0)

@@ -1,6 +1,8 @@
 -- tern.serialize: safetensors files. tn.save(path, {name = tensor, ...}, metadata) writes
--- atomically (temporary file, fsync, rename); tn.load(path) returns {name = tensor}, metadata;
--- read_header(path) checks and returns the header alone (tern.checkpoint reads it first).
+-- atomically (temporary file, fsync, rename); tn.load(path, {device=}) returns {name = tensor},
+-- metadata; read_header(path) checks and returns the header alone (tern.checkpoint reads it
+-- first). Tensors on a device are saved from a CPU copy; load reads into CPU tensors and moves
+-- them to opts.device afterwards.
 --
 -- Layout (https://github.com/huggingface/safetensors): u64 little-endian header length N,
 -- N bytes of JSON {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...,
@@ -159,7 +161,13 @@ function M.save(path, tensors, metadata)
     if not Tensor.is_tensor(t) then
       error(fmt("save: '%s' is a %s, not a tensor", name, type(t)), 2)
     end
-    if t._c.device ~= 0 then t = t:cpu() end
+    if t._c.device ~= 0 then
+      local h, err = Tensor._host_copy(t)
+      if not h then
+        error(fmt("save: '%s': cannot copy the %s tensor to the host: %s", name, t:device(), err), 2)
+      end
+      t = h
+    end
     local nbytes = t:numel() * tonumber(C.tn_dtype_size(t._c.dtype))
     local shape = t:shape()
     parts[#parts + 1] = fmt('%s:{"dtype":"%s","shape":[%s],"data_offsets":[%d,%d]}',
@@ -219,7 +227,12 @@ function M.read_header(path, level)
   return hdr, 8 + n, size
 end
 
-function M.load(path)
+function M.load(path, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("load: opts must be a table {device =}, got " .. type(opts), 2)
+  end
+  local device, index = 0, nil
+  if opts and opts.device ~= nil then device, index = Tensor._device_arg(opts.device, "load: device", 2) end
   local hdr, data_start = M.read_header(path, 2)
   local out, metadata = {}, hdr.__metadata__
   for name, info in pairs(hdr) do
@@ -247,6 +260,7 @@ function M.load(path)
       end
       local t = Tensor.empty(shape, { dtype = dt })
       if nbytes > 0 then lib.check(C.tn_io_read(t._c, path, data_start + offs[1]), 2) end
+      if device ~= 0 then t = Tensor._to_device(t, device, index, 2) end
       out[name] = t
     end
   end

@@ -89,9 +89,33 @@ local function opts_dtype(opts, default)
   if type(opts) == "table" and opts.dtype ~= nil then return dtype_of(opts.dtype, "dtype", 2) end
   return default
 end
-local function opts_device(opts, default)
-  if type(opts) == "table" and opts.device ~= nil then return lib.device_of(opts.device, "device", 2) end
-  return default or 0
+-- A device argument: "cpu", "cuda", "cuda:N" or the enum number -> the device type and the
+-- CUDA index asked for (nil when none was named). "cuda:N" must name the current CUDA device
+-- (tensors are made on the current device; tn.cuda.set_device(N) switches it). argname names
+-- the argument in errors; level counts from the caller of device_arg (1 = that caller).
+local cuda_index = ffi.new("int32_t[1]")
+local function device_arg(d, argname, level)
+  level = (level or 1) + 1
+  local dev = lib.device_of(d, argname, level)
+  if type(d) ~= "string" then return dev, nil end
+  local rest = d:match("^%a+(.*)$")
+  if rest == "" then return dev, nil end
+  local idx = tonumber(rest:match("^:(%d+)$"))
+  if idx == nil or (dev == 0 and idx ~= 0) then
+    error(fmt("%s: unknown device %s (expected \"cpu\", \"cuda\" or \"cuda:N\")", argname or "device", d), level)
+  end
+  if dev ~= 0 and C.tn_cuda_get_device(cuda_index) == 0 and cuda_index[0] ~= idx then
+    error(fmt("%s: device %s is not the current CUDA device (cuda:%d); call tn.cuda.set_device(%d) first, "
+      .. "or say \"cuda\"", argname or "device", d, cuda_index[0], idx), level)
+  end -- without a GPU the allocation that follows says so
+  return dev, dev ~= 0 and idx or nil
+end
+Tensor._device_arg = device_arg
+
+-- opts.device (or default) -> device type, CUDA index; level as device_arg's (it is tail-called).
+local function opts_device(opts, default, level)
+  if type(opts) == "table" and opts.device ~= nil then return device_arg(opts.device, "device", level or 2) end
+  return default or 0, nil
 end
 
 local function last_opts(...)
@@ -149,10 +173,12 @@ function Tensor.full(shape, value, opts)
 end
 
 -- like-constructors take the source's shape, dtype and device unless opts say otherwise
+-- (called by the public *_like functions, not tail-called: their caller is level 3)
 local function like(t, opts)
   local c = t._c
+  local dtype, device = opts_dtype(opts, c.dtype), opts_device(opts, c.device, 3)
   for i = 0, c.ndim - 1 do SHAPE[i] = c.shape[i] end
-  return new_empty(c.ndim, SHAPE, opts_dtype(opts, c.dtype), opts_device(opts, c.device))
+  return new_empty(c.ndim, SHAPE, dtype, device)
 end
 
 function Tensor.empty_like(t, opts) return finish_opts(like(t, opts), opts) end
@@ -176,15 +202,18 @@ function Tensor.arange(a, b, c, opts)
   for _, v in ipairs({ start, stop, step }) do
     if type(v) ~= "number" then error("arange: start, stop and step must be numbers", 2) end
   end
+  local dtype = opts_dtype(opts, 0)
+  local device = opts_device(opts) -- checks a "cuda:N" too
   OUT[0] = nil
-  check(C.tn_arange(OUT, start, stop, step, opts_dtype(opts, 0), opts_device(opts)), 2)
+  check(C.tn_arange(OUT, start, stop, step, dtype, device), 2)
   return finish_opts(wrap(OUT[0]), opts)
 end
 
 function Tensor.eye(n, m, opts)
   if type(m) == "table" then opts, m = m, nil end
   m = m or n
-  local t = filled("eye", 0, { n, m }, opts)
+  local ok, t = pcall(filled, "eye", 0, { n, m }, opts)
+  if not ok then error((tostring(t):gsub("^[^:\n]*:%d+: ", "")), 2) end -- at the caller's line
   local k = math.min(n, m)
   if k > 0 then
     -- the diagonal is a strided view with stride m + 1
@@ -315,18 +344,34 @@ local function read_elem(p, dtype, i)
 end
 Tensor._read_elem = read_elem
 
--- tn.tensor(nested_table | number | tensor, {dtype=, device=, requires_grad=})
+-- tn.tensor(nested_table | number | tensor, {dtype=, device=, requires_grad=}): a new leaf.
+-- Values are written on the CPU; on another device a number is filled there (tn_fill) and a
+-- table is built on the CPU and copied over.
 function Tensor.tensor(data, opts)
+  local device, index = opts_device(opts, nil, 2)
   if is_tensor(data) then
-    local r = data:to(opts_dtype(opts, data._c.dtype)):clone():detach()
-    return finish_opts(r, opts)
+    local r = data:detach()
+    local dtype = opts_dtype(opts, r._c.dtype)
+    if not (type(opts) == "table" and opts.device ~= nil) then device = r._c.device end
+    local out
+    if device == 0 then -- to the CPU: move first, convert there
+      out = Tensor._to_dtype(Tensor._to_device(r, device, index, 2), dtype, 2)
+    else
+      out = Tensor._to_device(Tensor._to_dtype(r, dtype, 2), device, index, 2)
+    end
+    if out == r then out = Tensor.clone(r) end
+    return finish_opts(out, opts)
   end
   local dtype = opts_dtype(opts, 0)
   if type(data) == "number" or type(data) == "boolean" then
-    local t = new_empty(0, SHAPE, dtype, 0)
-    write_elem(ffi.cast(ptr_types[dtype], t._c.data), dtype, 0,
-      data == true and 1 or data == false and 0 or data)
-    return finish_opts(opts and opts.device and t:to(opts.device) or t, opts)
+    local v = data == true and 1 or data == false and 0 or data
+    local t = new_empty(0, SHAPE, dtype, device)
+    if device == 0 then
+      write_elem(ffi.cast(ptr_types[dtype], t._c.data), dtype, 0, v)
+    else
+      check(C.tn_fill(t._c, v), 2) -- the same conversion as write_elem's, on the device
+    end
+    return finish_opts(t, opts)
   end
   if type(data) ~= "table" then
     error("tensor: expected a nested table of numbers, a number or a tensor, got " .. type(data), 2)
@@ -366,11 +411,7 @@ function Tensor.tensor(data, opts)
   end
   local ok, err = pcall(fill, data, 1, "data")
   if not ok then error(err, 2) end
-  if opts and opts.device and lib.device_of(opts.device, "device", 2) ~= 0 then
-    local ok, r = pcall(t.to, t, opts.device)
-    if not ok then error((tostring(r):gsub("^[^:\n]*:%d+: ", "")), 2) end -- at the caller's line
-    t = r
-  end
+  if device ~= 0 then t = Tensor._to_device(t, device, index, 2) end
   return finish_opts(t, opts)
 end
 
@@ -398,6 +439,8 @@ function Tensor.dtype(t) return dtype_names[t._c.dtype] end
 function Tensor.device(t) return lib.device_names[t._c.device] end
 function Tensor.is_contiguous(t) return C.tn_tensor_is_contiguous(t._c) ~= 0 end
 function Tensor.is_floating_point(t) return lib.is_float[t._c.dtype] end
+-- The address of the first element: a device address for a tensor on a device (pass it to
+-- C/CUDA code; never read it from Lua).
 function Tensor.data_ptr(t) return t._c.data end
 function Tensor.storage_offset(t) return tonumber(t._c.offset) end
 function Tensor.is_leaf(t) return t._node == nil end
@@ -624,7 +667,28 @@ function Tensor.copy_(t, src)
     return t
   end
   if not is_tensor(src) then error("copy_: expected a tensor or a number, got " .. type(src), 2) end
-  check(C.tn_copy(t._c, src._c), 2)
+  local tc, sc = t._c, src._c
+  if tc.device ~= sc.device then
+    -- between devices the bytes move as they are (contiguous, one dtype); the conversion,
+    -- the broadcasting and t's strides are dealt with on one side: the CPU's when the source
+    -- is there, else the destination's
+    if sc.device == 0 and sc.dtype ~= tc.dtype then
+      src = Tensor._to_dtype(src:detach(), tc.dtype, 2)
+      sc = src._c
+    end
+    if sc.dtype == tc.dtype and C.tn_tensor_is_contiguous(tc) ~= 0 and lib.same_shape(sc, tc) then
+      if C.tn_tensor_is_contiguous(sc) == 0 then
+        OUT[0] = nil
+        check(C.tn_contiguous(OUT, sc), 2)
+        sc = wrap(OUT[0])._c
+      end
+      check(C.tn_copy(tc, sc), 2)
+    else
+      check(C.tn_copy(tc, Tensor._to_device(src:detach(), tc.device, nil, 2)._c), 2)
+    end
+    return t
+  end
+  check(C.tn_copy(tc, sc), 2)
   return t
 end
 
@@ -651,39 +715,87 @@ end
 
 local function back_to(g, dtype_or_device) return g:to(dtype_or_device) end
 
-local function to_dtype(t, dtype)
+-- level: where errors are raised, counted from the caller of to_dtype / to_device (1 = that
+-- caller; the public methods tail-call them, so 1 is the user's line there).
+local function to_dtype(t, dtype, level)
   local c = t._c
   if c.dtype == dtype then return t end
   OUT[0] = nil
-  check(C.tn_to_dtype(OUT, c, dtype), 2) -- tail-called by to, float, half, ...
+  check(C.tn_to_dtype(OUT, c, dtype), (level or 1) + 1)
   local out = wrap(OUT[0])
   if grad_enabled() and needs(t) and lib.is_float[dtype] then
     record(out, "to", back_to, c.dtype, t)
   end
   return out
 end
+Tensor._to_dtype = to_dtype
 
-local function to_device(t, device)
+-- A copy of t on device (type; index: the CUDA index asked for, nil = any), same dtype. The
+-- copy between devices always sees a contiguous source and a new contiguous destination of
+-- one dtype: a plain transfer of bytes (tn_copy), whatever strides t has.
+local function to_device(t, device, index, level)
   local c = t._c
-  if c.device == device then return t end
-  local out = like(t, { device = device })
-  check(C.tn_copy(out._c, c), 2) -- tail-called by to, cpu, cuda
+  if c.device == device and (index == nil or c.device_index == index) then return t end
+  level = (level or 1) + 1
+  local src = c
+  if C.tn_tensor_is_contiguous(c) == 0 then
+    OUT[0] = nil
+    check(C.tn_contiguous(OUT, c), level) -- on t's own device
+    src = wrap(OUT[0])._c -- the cdata carries the finalizer: holding it keeps the copy alive
+  end
+  for i = 0, c.ndim - 1 do SHAPE2[i] = c.shape[i] end
+  OUT[0] = nil
+  check(C.tn_tensor_empty(OUT, c.ndim, SHAPE2, c.dtype, device), level)
+  local out = wrap(OUT[0])
+  check(C.tn_copy(out._c, src), level)
   if grad_enabled() and needs(t) then
     record(out, "to", back_to, lib.device_names[c.device], t)
   end
   return out
 end
+Tensor._to_device = to_device
 
--- t:to("f16"), t:to("cuda"), t:to{dtype=, device=}
+-- A contiguous CPU copy of t outside autograd (t itself when it is on the CPU), or nil and
+-- the C message: how element reads, printing and saving see the values of a tensor on a
+-- device.
+local function host_copy(t)
+  local c = t._c
+  if c.device == 0 then return t end
+  local src = c
+  if C.tn_tensor_is_contiguous(c) == 0 then
+    OUT[0] = nil
+    if C.tn_contiguous(OUT, c) ~= 0 then return nil, lib.last_error() end
+    src = wrap(OUT[0])._c
+  end
+  for i = 0, c.ndim - 1 do SHAPE2[i] = c.shape[i] end
+  OUT[0] = nil
+  if C.tn_tensor_empty(OUT, c.ndim, SHAPE2, c.dtype, 0) ~= 0 then return nil, lib.last_error() end
+  local h = wrap(OUT[0])
+  if C.tn_copy(h._c, src) ~= 0 then return nil, lib.last_error() end
+  return h
+end
+Tensor._host_copy = host_copy
+
+-- t:to("f16"), t:to("cuda"), t:to("cuda:0"), t:to{dtype=, device=}. With both, the dtype
+-- conversion runs on the CPU side of the move (before an upload, after a download).
 function Tensor.to(t, x)
   if type(x) == "table" then
+    local device, index
+    if x.device ~= nil then device, index = device_arg(x.device, "to", 2) end
+    local dtype = x.dtype ~= nil and dtype_of(x.dtype, "to", 2) or nil
     local r = t
-    if x.device ~= nil then r = to_device(r, lib.device_of(x.device, "to", 2)) end
-    if x.dtype ~= nil then r = to_dtype(r, dtype_of(x.dtype, "to", 2)) end
+    if device == 0 then
+      r = to_device(r, device, index, 2)
+      if dtype then r = to_dtype(r, dtype, 2) end
+    else
+      if dtype then r = to_dtype(r, dtype, 2) end
+      if device then r = to_device(r, device, index, 2) end
+    end
     return r
   end
   if type(x) == "string" and lib.devices[x:match("^(%a+)") or ""] then
-    return to_device(t, lib.device_of(x, "to", 2))
+    local device, index = device_arg(x, "to", 2)
+    return to_device(t, device, index)
   end
   return to_dtype(t, dtype_of(x, "to", 2))
 end
@@ -729,54 +841,79 @@ local function element_offset(t, idx, opname)
   return off
 end
 
-local function check_cpu(t, opname)
-  if t._c.device ~= 0 then
-    error(opname .. ": element access needs a cpu tensor; call :cpu() first", 3)
+-- The values of a tensor on a device are read through a CPU copy (host_copy: one transfer,
+-- which waits for the device's pending work) and written through tn_fill on a one-element
+-- view: Lua never dereferences a device pointer. A failed copy raises at level 3 (the caller
+-- of the method that called host_values).
+local function host_values(t, opname)
+  local h, err = host_copy(t)
+  if not h then
+    error(fmt("%s: element access needs a cpu tensor; call :cpu() first (the implicit copy of this %s "
+      .. "tensor to the host failed: %s)", opname, lib.device_names[t._c.device], err), 3)
   end
+  return h
+end
+
+-- The one-element view of t at element offset off (from element_offset), on t's device.
+local function element_view(t, off)
+  local c = t._c
+  OUT[0] = nil
+  check(C.tn_as_strided(OUT, c, 0, SHAPE2, SHAPE2, c.offset + off), 3)
+  return wrap(OUT[0])
 end
 
 -- t:get{i, j} -> number (1-based)
 function Tensor.get(t, idx)
-  check_cpu(t, "get")
   local off = element_offset(t, idx, "get")
-  local dt = t._c.dtype
-  return read_elem(ffi.cast(ptr_types[dt], t._c.data), dt, off)
+  local c = t._c
+  local dt = c.dtype
+  if c.device ~= 0 then
+    local h = host_values(element_view(t, off), "get")
+    return read_elem(ffi.cast(ptr_types[dt], h._c.data), dt, 0)
+  end
+  return read_elem(ffi.cast(ptr_types[dt], c.data), dt, off)
 end
 
--- t:set({i, j}, v)
+-- t:set({i, j}, v); on a device one tn_fill of that element (a kernel launch, no transfer)
 function Tensor.set(t, idx, v)
-  check_cpu(t, "set")
   check_inplace(t, "set")
   if type(v) ~= "number" then error("set: value must be a number, got " .. type(v), 2) end
   local off = element_offset(t, idx, "set")
-  local dt = t._c.dtype
-  write_elem(ffi.cast(ptr_types[dt], t._c.data), dt, off, v)
+  local c = t._c
+  local dt = c.dtype
+  if c.device ~= 0 then
+    check(C.tn_fill(element_view(t, off)._c, v), 2)
+    return t
+  end
+  write_elem(ffi.cast(ptr_types[dt], c.data), dt, off, v)
   return t
 end
 
--- The value of a one-element tensor.
+-- The value of a one-element tensor (on a device: copied to the host, which waits for the
+-- device; keep it out of the training step).
 function Tensor.item(t)
   local c = t._c
   if C.tn_tensor_numel(c) ~= 1 then
     error(fmt("item: needs a one-element tensor, got shape %s", shape_string(shape_table(c))), 2)
   end
-  check_cpu(t, "item")
+  if c.device ~= 0 then c = host_values(t, "item")._c end
   return read_elem(ffi.cast(ptr_types[c.dtype], c.data), c.dtype, 0)
 end
 
--- Nested Lua table of the values (a number for a 0-d tensor).
+-- Nested Lua table of the values (a number for a 0-d tensor); a tensor on a device is read
+-- through one CPU copy.
 function Tensor.totable(t)
-  check_cpu(t, "totable")
   local c = t._c
+  if c.device ~= 0 then c = host_values(t, "totable")._c end
   local p, dt = ffi.cast(ptr_types[c.dtype], c.data), c.dtype
   local nd = c.ndim
   if nd == 0 then return read_elem(p, dt, 0) end
   local shape, strides = shape_table(c), {}
   for i = 0, nd - 1 do strides[i + 1] = tonumber(c.strides[i]) end
-  local function build(d, off)
+  local function build(d, off) -- refers to c: a host copy stays alive while p is read
     local r = {}
     local st = strides[d]
-    if d == nd then
+    if d == c.ndim then
       for i = 1, shape[d] do r[i] = read_elem(p, dt, off + (i - 1) * st) end
     else
       for i = 1, shape[d] do r[i] = build(d + 1, off + (i - 1) * st) end
@@ -785,6 +922,7 @@ function Tensor.totable(t)
   end
   return build(1, 0)
 end
+Tensor.tolist = Tensor.totable
 
 -- metatable plumbing -------------------------------------------------------------------------
 

@@ -183,7 +183,8 @@ function M.Batches(args)
       error("tn.data.Batches: cmvn must be FeatureCache:cmvn()'s table, {mean=, std=} or a (2, dim) tensor "
         .. "of mean and 1/std", 2)
     end
-    self.cmvn = self.cmvn:float():contiguous()
+    -- the loader's threads read it on the CPU
+    self.cmvn = self.cmvn:detach():cpu():float():contiguous()
   end
   local sa = args.spec_augment
   if sa == true then sa = {} end

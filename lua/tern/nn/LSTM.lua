@@ -64,8 +64,9 @@ function LSTM:init(input_size, hidden_size, opts)
 end
 
 function LSTM:forward(input, hx, opts)
+  local device = self.weight_ih_l0:device()
   local x, L, B = R.check_input("LSTM", input, self.batch_first, self.input_size,
-    self.weight_ih_l0:dtype(), 2)
+    self.weight_ih_l0:dtype(), 2, device)
   local D = self.bidirectional and 2 or 1
   local H = self.hidden_size
   local P = self.proj_size > 0 and self.proj_size or H
@@ -88,8 +89,11 @@ function LSTM:forward(input, hx, opts)
     if h0:dtype() ~= input:dtype() or c0:dtype() ~= input:dtype() then
       error(fmt("LSTM: h0 and c0 must be %s like the input, got %s and %s", input:dtype(), h0:dtype(), c0:dtype()), 2)
     end
+    if h0:device() ~= device or c0:device() ~= device then
+      error(fmt("LSTM: h0 and c0 must be on %s like the input, got %s and %s", device, h0:device(), c0:device()), 2)
+    end
   end
-  local lengths = R.check_lengths("LSTM", opts and opts.lengths, L, B, 2)
+  local lengths = R.check_lengths("LSTM", opts and opts.lengths, L, B, 2, device)
 
   local layer_in = x
   local hs, cs = {}, {}

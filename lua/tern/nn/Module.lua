@@ -355,8 +355,11 @@ end
 
 -- conversion ------------------------------------------------------------------------------------
 
--- to("f64"), to("f16"), to("cuda"), to{dtype=, device=}: float parameters and float buffers
--- change dtype, everything changes device. Tensor objects keep their identity.
+-- to("f64"), to("f16"), to("cuda"), to("cpu"), to{dtype=, device=}: float parameters and float
+-- buffers change dtype, everything changes device. Tensor objects keep their identity.
+-- Parameters move one flat buffer at a time (one transfer per (dtype, device) group, gradients
+-- included): each parameter and its .grad become views of the new group's data and grad, so
+-- the flat-buffer invariant holds on the new device without a second copy.
 function Module:to(x)
   local opts = type(x) == "table" and x or nil
   local dtype, device
@@ -367,31 +370,61 @@ function Module:to(x)
   else
     dtype = x
   end
-  if dtype ~= nil then lib.dtype_of(dtype, "to", 2) end
-  if device ~= nil then lib.device_of(device, "to", 2) end
-  local function convert(t, is_param)
-    local r = t:detach()
-    if device ~= nil then r = r:to(device) end
-    if dtype ~= nil and t:is_floating_point() then r = r:to(dtype) end
-    if r._c ~= t._c then
-      local keep = rawget(r, "_c")
-      rawset(t, "_c", keep)
-      if is_param then
-        local gr = rawget(t, "grad")
-        rawset(t, "grad", gr and convert(gr) or nil)
-      end
+  local dt = dtype ~= nil and lib.dtype_of(dtype, "to", 2) or nil
+  if device ~= nil then Tensor._device_arg(device, "to", 2) end
+  -- first every copy (where an allocation or a transfer can fail), then the rebinding: a
+  -- failure leaves the module as it was
+  local groups, news, bufs = self:flat_buffers(), {}, {}
+  local ok, err = pcall(autograd.no_grad, function()
+    for i, g in ipairs(groups) do
+      local target = { dtype = (dt ~= nil and lib.is_float[g.data._c.dtype]) and dt or nil, device = device }
+      local data = g.data:to(target)
+      if data ~= g.data then news[i] = { data = data, grad = g.grad:to(target) } end
     end
-    return t
-  end
-  autograd.no_grad(function()
-    for _, p in ipairs(self:parameters()) do convert(p, true) end
-    for _, b in ipairs(collect_tensors(self, "_buffers", "_buffer_names")) do convert(b[2]) end
+    for i, b in ipairs(collect_tensors(self, "_buffers", "_buffer_names")) do
+      local t = b[2]
+      bufs[i] = { t, t:detach():to({ device = device, dtype = t:is_floating_point() and dt or nil }) }
+    end
   end)
-  rawset(self, "_flat", nil)
+  if not ok then error((tostring(err):gsub("^[^:\n]*:%d+: ", "")), 2) end
+  local moved = {} -- key -> group, or false when two groups land on one key
+  for i, g in ipairs(groups) do
+    local n = news[i]
+    if n then
+      local off = 1
+      for _, p in ipairs(g.params) do
+        local k = p:numel()
+        local shape = p:shape()
+        rebind(p, n.data:narrow(1, off, k):view(shape))
+        rawset(p, "grad", n.grad:narrow(1, off, k):view(shape))
+        off = off + k
+      end
+      g = { dtype = n.data:dtype(), device = n.data:device(), data = n.data, grad = n.grad, params = g.params,
+        names = g.names }
+    end
+    local key = group_key(g.data)
+    if moved[key] == nil then moved[key] = g else moved[key] = false end
+  end
+  for _, e in ipairs(bufs) do
+    local t, r = e[1], e[2]
+    if r._c ~= t._c then rawset(t, "_c", rawget(r, "_c")) end
+  end
+  -- the moved groups become the cache; flat_buffers() checks them and rebuilds a group that
+  -- two old ones fell into (f32 and f16 parameters after to("f16"))
+  local cache = {}
+  for key, g in pairs(moved) do
+    if g then
+      cache[#cache + 1] = g
+      cache[key] = g
+    end
+  end
+  rawset(self, "_flat", cache)
   self:flat_buffers()
   return self
 end
 
+function Module:cuda() return self:to("cuda") end
+function Module:cpu() return self:to("cpu") end
 function Module:float() return self:to("f32") end
 function Module:double() return self:to("f64") end
 function Module:half() return self:to("f16") end

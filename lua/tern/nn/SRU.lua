@@ -102,13 +102,13 @@ end
 
 local function dropout_mask(like, shape, p)
   return autograd.no_grad(function()
-    return Tensor.empty(shape, { dtype = like:dtype() }):bernoulli_(1 - p):div_(1 - p)
+    return Tensor.empty(shape, { dtype = like:dtype(), device = like:device() }):bernoulli_(1 - p):div_(1 - p)
   end)
 end
 
 -- x (L, B, input_size), c0 (B, output_size) or nil, mask_pad (L, B) u8 or nil
 function SRUCell:forward(x, c0, mask_pad)
-  local _, L, B = R.check_input("SRUCell", x, false, self.input_size, self.weight:dtype(), 2)
+  local _, L, B = R.check_input("SRUCell", x, false, self.input_size, self.weight:dtype(), 2, self.weight:device())
   local residual = x
   local input = x
   if self.layer_norm and not self.normalize_after then input = self.layer_norm(input) end
@@ -179,7 +179,7 @@ end
 
 function SRU:forward(input, c0, opts)
   local x, L, B = R.check_input("SRU", input, self.batch_first, self.input_size,
-    self.rnn_lst[1].weight:dtype(), 2)
+    self.rnn_lst[1].weight:dtype(), 2, self.rnn_lst[1].weight:device())
   if c0 ~= nil then
     local want = { self.num_layers, B, self.output_size }
     if not Tensor.is_tensor(c0) or table.concat(c0:shape(), ",") ~= table.concat(want, ",") then
@@ -188,6 +188,9 @@ function SRU:forward(input, c0, opts)
     end
     if c0:dtype() ~= input:dtype() then
       error(fmt("SRU: c0 is %s but the input is %s", c0:dtype(), input:dtype()), 2)
+    end
+    if c0:device() ~= input:device() then
+      error(fmt("SRU: c0 is on %s but the input is on %s", c0:device(), input:device()), 2)
     end
   end
   local mask_pad = opts and opts.mask_pad
@@ -199,6 +202,9 @@ function SRU:forward(input, c0, opts)
     if table.concat(mask_pad:shape(), ",") ~= table.concat(want, ",") then
       error(fmt("SRU: mask_pad must have shape {%s} for input %s, got %s", table.concat(want, ", "),
         shape_str(input), shape_str(mask_pad)), 2)
+    end
+    if mask_pad:device() ~= input:device() then
+      error(fmt("SRU: mask_pad is on %s but the input is on %s", mask_pad:device(), input:device()), 2)
     end
     if self.batch_first then mask_pad = mask_pad:t() end
     mask_pad = mask_pad:ne(0):contiguous()

@@ -33,6 +33,13 @@ function F.linear(x, weight, bias)
     error(fmt("linear: input is %s but the weight is %s; convert one of them (x:to(\"%s\"))",
       x:dtype(), weight:dtype(), weight:dtype()), 2)
   end
+  if x._c.device ~= weight._c.device then
+    error(fmt("linear: input is on %s but the weight is on %s; move one of them (x:to(\"%s\") or module:to(\"%s\"))",
+      x:device(), weight:device(), weight:device(), x:device()), 2)
+  end
+  if bias and bias._c.device ~= weight._c.device then
+    error(fmt("linear: the bias is on %s but the weight is on %s", bias:device(), weight:device()), 2)
+  end
   if not bias or x:dim() < 2 then
     local y = x:matmul(weight:t())
     if bias then y = y + bias end

@@ -48,7 +48,7 @@ function M.lstm(xproj, w_hh, w_hr, h0, c0, lengths, reverse)
   local L, B, H4 = xproj:size(1), xproj:size(2), xproj:size(3)
   local H = H4 / 4
   local P = w_hr and w_hr:size(1) or H
-  local opts = { dtype = xproj:dtype() }
+  local opts = { dtype = xproj:dtype(), device = xproj:device() }
   xproj = xproj:contiguous()
   local out = Tensor.empty({ L, B, P }, opts)
   local h_n = Tensor.empty({ B, P }, opts)
@@ -103,7 +103,7 @@ function M.sru(U, x, weight_c, bias, c0, mask_c, mask_pad, opts)
   local L, B = U:size(1), U:size(2)
   local D = opts.bidirectional and 2 or 1
   local Dd = bias:numel() / 2
-  local dt = { dtype = U:dtype() }
+  local dt = { dtype = U:dtype(), device = U:device() }
   U = U:contiguous()
   if x then x = x:contiguous() end
   if c0 then c0 = c0:contiguous() end
@@ -127,8 +127,11 @@ end
 
 -- argument checks shared by the modules ------------------------------------------------------
 
--- lengths given as a Lua table or a tensor -> i64 tensor (B), checked against L and B.
-function M.check_lengths(name, lengths, L, B, level)
+-- lengths given as a Lua table or a tensor -> i64 tensor (B) on device (default: the CPU),
+-- checked against L and B. The checks read the values on the CPU (a tensor on a device is
+-- copied there once: that waits for the device; pass lengths from the CPU, e.g. the loader's
+-- batch or a Lua table, to keep the step free of it).
+function M.check_lengths(name, lengths, L, B, level, device)
   if lengths == nil then return nil end
   if type(lengths) == "table" and not Tensor.is_tensor(lengths) then
     -- as f64 first: a fractional length must not be truncated silently
@@ -137,6 +140,8 @@ function M.check_lengths(name, lengths, L, B, level)
   if not Tensor.is_tensor(lengths) then
     error(fmt("%s: lengths must be a tensor or a table of numbers, got %s", name, type(lengths)), level + 1)
   end
+  lengths = lengths:detach()
+  if lengths:device() ~= "cpu" then lengths = lengths:cpu() end
   if lengths:dim() ~= 1 or lengths:size(1) ~= B then
     error(fmt("%s: lengths must have shape {%d} (one per sequence), got %s", name, B,
       shape_str(lengths)), level + 1)
@@ -154,12 +159,13 @@ function M.check_lengths(name, lengths, L, B, level)
   if mx > L then
     error(fmt("%s: lengths must be <= the sequence length %d, got %d", name, L, mx), level + 1)
   end
+  if device ~= nil and device ~= "cpu" then lengths = lengths:to(device) end
   return lengths
 end
 
 -- The sequence input of a recurrent module: a 3-d tensor with input_size features, of the
--- parameters' dtype. Returns the time-major view x (L, B, in), L and B.
-function M.check_input(name, input, batch_first, input_size, dtype, level)
+-- parameters' dtype (and device, when given). Returns the time-major view x (L, B, in), L and B.
+function M.check_input(name, input, batch_first, input_size, dtype, level, device)
   level = (level or 2) + 1
   if not Tensor.is_tensor(input) then
     error(fmt("%s: input must be a tensor, got %s", name, type(input)), level)
@@ -175,6 +181,10 @@ function M.check_input(name, input, batch_first, input_size, dtype, level)
   end
   if input:dtype() ~= dtype then
     error(fmt("%s: input is %s but the parameters are %s", name, input:dtype(), dtype), level)
+  end
+  if device ~= nil and input:device() ~= device then
+    error(fmt("%s: input is on %s but the parameters are on %s; move one of them (input:to(\"%s\") or "
+      .. "module:to(\"%s\"))", name, input:device(), device, device, input:device()), level)
   end
   return x, x:size(1), x:size(2)
 end

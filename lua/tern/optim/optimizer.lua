@@ -338,11 +338,30 @@ local function make_list(ts)
   return { n = #ts, arr = arr, ts = ts }
 end
 
+-- When every parameter of bucket b moved to one other device with dtype and sizes unchanged
+-- (model:to("cuda") after the optimizer was built, or a checkpoint restored onto a moved
+-- model), the bucket's state, masters and master gradients follow them there (one copy each).
+local function follow_device(b)
+  local c1 = rawget(b.params[1], "_c")
+  if c1 == nil or c1.device == b.device then return end
+  local dev = tonumber(c1.device)
+  for i, p in ipairs(b.params) do
+    local c = rawget(p, "_c")
+    if c == nil or c.device ~= dev or c.dtype ~= b.dtype or p:numel() ~= b.numel[i] then return end
+  end
+  local name = lib.device_names[dev]
+  local state = {}
+  for k, t in pairs(b.state) do state[k] = k == "step" and t or t:to(name) end -- every copy first
+  local mg = b.master_grad and b.master_grad:to(name)
+  b.state, b.master_grad, b.device = state, mg, dev
+end
+
 -- (Re)build the segment and per-parameter lists of bucket b from the current parameters and
 -- gradients. Raises when a parameter changed dtype, size or contiguity since construction.
 function Optimizer:_layout(b, level)
   local pc, pg, pgc = {}, {}, {}
   local where = fmt("param_groups[%d].", b.group)
+  follow_device(b)
   for i, p in ipairs(b.params) do
     local c = rawget(p, "_c")
     if c == nil then fail(self, level, "%sparams[%d] was freed", where, i) end
@@ -402,16 +421,17 @@ function Optimizer:_layout(b, level)
     end
   end
   local want_pp = self._spec.per_param or self._per_param_lists
+  local empty_opts = { dtype = b.mdtype, device = lib.device_names[b.device] } -- state of an empty parameter
   if want_pp then
     for i, p in ipairs(b.params) do
       local off, n = b.offset[i], b.numel[i]
       pp.g[i] = pg[i]
       for _, kind in ipairs(self._spec.state) do
-        pp[kind][i] = n > 0 and b.state[kind]:narrow(1, off + 1, n) or Tensor.empty({ 0 }, { dtype = b.mdtype })
+        pp[kind][i] = n > 0 and b.state[kind]:narrow(1, off + 1, n) or Tensor.empty({ 0 }, empty_opts)
       end
       if b.half then
-        pp.w[i] = n > 0 and b.state.master:narrow(1, off + 1, n) or Tensor.empty({ 0 }, { dtype = b.mdtype })
-        pp.wg[i] = n > 0 and b.master_grad:narrow(1, off + 1, n) or Tensor.empty({ 0 }, { dtype = b.mdtype })
+        pp.w[i] = n > 0 and b.state.master:narrow(1, off + 1, n) or Tensor.empty({ 0 }, empty_opts)
+        pp.wg[i] = n > 0 and b.master_grad:narrow(1, off + 1, n) or Tensor.empty({ 0 }, empty_opts)
         pp.model[i] = p
       else
         pp.w[i], pp.wg[i] = p, pg[i]
