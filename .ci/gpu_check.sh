@@ -45,12 +45,17 @@ grep -E "^not ok" "$OUT/gpu_specs.log" | head -n 40
 grep -A6 -E "^not ok" "$OUT/gpu_specs.log" | head -n 120 >"$OUT/gpu_failures.log"
 
 stamp "benchmarks"
-for b in recipes/bench_tensor.lua recipes/bench_rnn.lua recipes/bench_rnnt.lua; do
+# bench_tensor.lua --device=cuda with its torch peer (the plain python3 here holds torch; TERN_PYTHON
+# overrides): JSON lines to bench.jsonl, progress (and any peer traceback) to bench.log
+timeout 230 luajit recipes/bench_tensor.lua --device=cuda --peer=torch >>"$OUT/bench.jsonl" 2>>"$OUT/bench.log" \
+    || echo "gpu_check: recipes/bench_tensor.lua failed or timed out (exit $?)"
+tail -n 5 "$OUT/bench.log"
+for b in recipes/bench_rnn.lua recipes/bench_rnnt.lua; do
     if grep -q -- "--device" "$b" 2>/dev/null; then
         timeout 120 luajit "$b" --device=cuda --peer=none >>"$OUT/bench.jsonl" 2>&1 || echo "gpu_check: $b failed or timed out"
     fi
 done
-[ -s "$OUT/bench.jsonl" ] && tail -n 30 "$OUT/bench.jsonl"
+[ -s "$OUT/bench.jsonl" ] && grep -E '"(compare|error)"' "$OUT/bench.jsonl" | tail -n 30
 
 stamp "done"
 echo "ctest exit $c_rc; #gpu specs: $(grep -c '^ok' "$OUT/gpu_specs.log") ok, $(grep -c '^not ok' "$OUT/gpu_specs.log") not ok (busted exit $b_rc)"
