@@ -1,8 +1,14 @@
 /*
  * optim.c — fused optimizer updates over multi-tensor lists (tn_optim_sgd, tn_optim_adam,
  * tn_optim_novograd, tn_optim_larc), per-tensor norms, global-norm clipping, the
- * mixed-precision unscale-and-check (tn_amp_unscale_check) and zeroing. CPU only; f32
- * parameters (with f16/bf16 gradients and model copies for mixed precision) and f64.
+ * mixed-precision unscale-and-check (tn_amp_unscale_check) and zeroing. f32 parameters (with
+ * f16/bf16 gradients and model copies for mixed precision) and f64.
+ *
+ * Devices: every entry of every list (and grad_ema, the out tensor of tn_optim_norms) must be
+ * on the device of the first entry of the leading list; lists of CUDA tensors go, after the
+ * same checks, to the tn_cuda_* functions of cuda/optim.cu (fused multi-tensor kernels, no
+ * host synchronisation except the read-back of the host outputs total_norm, found_inf and
+ * amax, once per call). The rest of this comment is about the CPU backend.
  *
  * Gradient policy: the optimizers update params and their state in place (=) and only read
  * grads; tn_optim_larc, tn_grad_clip_norm and tn_amp_unscale_check (when out == grads) rescale
@@ -38,6 +44,37 @@
 #include "internal.h"
 #include "iter.h"
 #include "kernels/optim.h"
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/optim.cu. Called after the checks of the entry points below, with n > 0 and every
+ * tensor on CUDA; each queues its kernels on the current stream and returns without waiting,
+ * except tn_cuda_grad_clip_norm and tn_cuda_amp_unscale_check, which read their host outputs
+ * back once (cudaMemcpyAsync + cudaStreamSynchronize). Coefficients as the CPU computes them. */
+tn_status tn_cuda_optim_sgd(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
+                            tn_tensor *const *momentum_buf /* [OPTIONAL] used when cd->has_momentum */,
+                            tn_tensor *const *model /* [OPTIONAL] */, int32_t pdt, int32_t gdt, int32_t mdt,
+                            const tn_sgd_coef_f *cf, const tn_sgd_coef_d *cd);
+tn_status tn_cuda_optim_adam(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
+                             tn_tensor *const *exp_avg, tn_tensor *const *exp_avg_sq,
+                             tn_tensor *const *model /* [OPTIONAL] */, int32_t pdt, int32_t gdt, int32_t mdt,
+                             const tn_adam_coef_f *cf, const tn_adam_coef_d *cd);
+/* grad_ema: (n) params' dtype on the device, updated there */
+tn_status tn_cuda_optim_novograd(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
+                                 tn_tensor *const *exp_avg, tn_tensor *grad_ema,
+                                 tn_tensor *const *model /* [OPTIONAL] */, int32_t pdt, int32_t gdt, int32_t mdt,
+                                 const tn_optim_hparams *h);
+tn_status tn_cuda_optim_larc(int32_t n, tn_tensor *const *grads, tn_tensor *const *params, int32_t pdt,
+                             double eta, double eps, double weight_decay, double lr, int32_t clip,
+                             double grad_scale);
+/* out: (n) f64 on the device */
+tn_status tn_cuda_optim_norms(tn_tensor *out, int32_t n, tn_tensor *const *ts);
+tn_status tn_cuda_grad_clip_norm(double *total_norm, int32_t n, tn_tensor *const *grads, double max_norm,
+                                 double grad_scale);
+tn_status tn_cuda_amp_unscale_check(int32_t *found_inf, double *amax, int32_t n, tn_tensor *const *out,
+                                    tn_tensor *const *grads, double inv_scale);
+tn_status tn_cuda_amp_sync_masters(int32_t n, tn_tensor *const *masters, tn_tensor *const *model);
+tn_status tn_cuda_optim_zero(int32_t n, tn_tensor *const *ts);
+#endif
 
 #define TN_OPTIM_UNIT ((int64_t)8192) /* elements per work unit (and per reduction partial) */
 enum { TN_OPTIM_BLK = 256 };           /* elements per block inside a unit (stack buffers) */
@@ -97,18 +134,43 @@ static const char *dtype_set_str(unsigned mask, char *buf, size_t len) {
     return buf;
 }
 
-/* Checks list `name`: n non-NULL contiguous CPU tensors with a dtype in mask, all of one
- * dtype when same_dtype, and numel[i] elements each when numel is given (ref names the list
- * the sizes come from). Stores the first entry's dtype in *dt (-1 for n = 0). */
+/* "cpu" or "cuda:<index>" into buf. */
+static const char *device_str(const tn_tensor *t, char *buf, size_t len) {
+    if (t->device == TN_CPU) snprintf(buf, len, "%s", tn_device_name(t->device));
+    else snprintf(buf, len, "%s:%d", tn_device_name(t->device), (int)t->device_index);
+    return buf;
+}
+
+/* Error unless t is on the device (type and index) of d; names both. */
+static tn_status check_same_device(const char *op, const char *name, int32_t i, const tn_tensor *t,
+                                   const char *dname, const tn_tensor *d) {
+    if (t->device == d->device && (t->device == TN_CPU || t->device_index == d->device_index)) return TN_OK;
+    char a[48], b[48];
+    return tn_error(TN_ERR_DEVICE, "%s: %s[%lld] is on %s but %s is on %s (one device per call)", op, name,
+                    TN_D(i), device_str(t, a, sizeof a), dname, device_str(d, b, sizeof b));
+}
+
+/* Checks list `name`: n non-NULL contiguous tensors of a backend that has these ops
+ * (tn_check_backend: CPU, or CUDA in CUDA builds), all on the device of dev (dev NULL: of
+ * ts[0]; dev_name names it in messages), with a dtype in mask, all of one dtype when
+ * same_dtype, and numel[i] elements each when numel is given (ref names the list the sizes
+ * come from). Stores the first entry's dtype in *dt (-1 for n = 0). */
 static tn_status check_list(const char *op, const char *name, int32_t n, tn_tensor *const *ts,
                             unsigned mask, int same_dtype, const int64_t *numel, const char *ref,
-                            int32_t *dt) {
+                            int32_t *dt, const tn_tensor *dev, const char *dev_name) {
     if (n < 0) return tn_error(TN_ERR_ARG, "%s: n must be >= 0, got %d", op, (int)n);
     if (n > 0 && !ts) return tn_error(TN_ERR_ARG, "%s: list '%s' is NULL", op, name);
     for (int32_t i = 0; i < n; i++) {
         const tn_tensor *t = ts[i];
         if (!t) return tn_error(TN_ERR_ARG, "%s: %s[%lld] is NULL", op, name, TN_D(i));
-        TN_TRY(tn_check_cpu(op, t));
+        TN_TRY(tn_check_backend(op, t));
+        if (dev) {
+            TN_TRY(check_same_device(op, name, i, t, dev_name, dev));
+        } else {
+            char r[64];
+            snprintf(r, sizeof r, "%s[%lld]", name, TN_D(0));
+            TN_TRY(check_same_device(op, name, i, t, r, ts[0]));
+        }
         if (!(mask & DT_BIT(t->dtype))) {
             char b[64];
             return tn_error(TN_ERR_DTYPE, "%s: %s[%lld] has dtype %s, expected %s", op, name, TN_D(i),
@@ -368,18 +430,20 @@ static tn_status check_opt(const char *op, opt_lists *o, int32_t n, tn_tensor *c
     if (!h) return tn_error(TN_ERR_ARG, "%s: hyperparameters are NULL", op);
     if (h->step < 1) return tn_error(TN_ERR_ARG, "%s: step must be >= 1, got %lld", op, (long long)h->step);
     TN_TRY(check_list(op, "params", n, params, DT_BIT(TN_F32) | DT_BIT(TN_F64), 1,
-                      NULL, NULL, &o->pdt));
+                      NULL, NULL, &o->pdt, NULL, NULL));
     TN_TRY(tlist_init(op, &o->L, n, params));
     o->gdt = o->mdt = -1;
     if (n == 0) return TN_OK;
     tn_status s = TN_OK;
     unsigned gmask = DT_BIT(o->pdt) | (o->pdt == TN_F32 ? DT_HALF : 0);
-    s = check_list(op, "grads", n, grads, gmask, 1, o->L.numel, "params", &o->gdt);
+    char p0[64];
+    snprintf(p0, sizeof p0, "params[%lld]", TN_D(0));
+    s = check_list(op, "grads", n, grads, gmask, 1, o->L.numel, "params", &o->gdt, params[0], p0);
     for (int k = 0; s == TN_OK && k < nstate; k++) {
         if (!states[k]) continue;
         int32_t d;
         s = check_list(op, state_names[k], n, states[k], DT_BIT(o->pdt), 1,
-                       o->L.numel, "params", &d);
+                       o->L.numel, "params", &d, params[0], p0);
     }
     if (s == TN_OK && model) {
         if (o->pdt != TN_F32)
@@ -387,7 +451,7 @@ static tn_status check_opt(const char *op, opt_lists *o, int32_t n, tn_tensor *c
                          tn_dtype_name(o->pdt));
         else
             s = check_list(op, "model", n, model, DT_HALF, 1, o->L.numel, "params",
-                           &o->mdt);
+                           &o->mdt, params[0], p0);
     }
     if (s != TN_OK) tlist_free(&o->L);
     return s;
@@ -465,6 +529,13 @@ tn_status tn_optim_sgd(int32_t n, tn_tensor *const *params, tn_tensor *const *gr
     x.cf = (tn_sgd_coef_f){ (float)x.cd.grad_scale, (float)x.cd.weight_decay, (float)x.cd.momentum,
                             (float)x.cd.one_minus_dampening, (float)x.cd.neg_lr,
                             x.cd.has_wd, x.cd.has_momentum, x.cd.nesterov, x.cd.first };
+#ifdef TERN_HAVE_CUDA
+    if (n > 0 && params[0]->device == TN_CUDA) {
+        tn_status s = tn_cuda_optim_sgd(n, params, grads, momentum_buf, model, o.pdt, o.gdt, o.mdt, &x.cf, &x.cd);
+        tlist_free(&o.L);
+        return s;
+    }
+#endif
     run_units(&o.L, o.pdt == TN_F64 ? sgd_unit_f64 : pick_sgd_unit_f32(), &x);
     tlist_free(&o.L);
     return TN_OK;
@@ -538,6 +609,14 @@ tn_status tn_optim_adam(int32_t n, tn_tensor *const *params, tn_tensor *const *g
                              (float)x.cd.beta1, (float)x.cd.one_minus_beta1, (float)x.cd.beta2,
                              (float)x.cd.one_minus_beta2, (float)x.cd.bias_correction2_sqrt, (float)x.cd.eps,
                              (float)x.cd.neg_step_size, x.cd.has_wd, x.cd.decoupled };
+#ifdef TERN_HAVE_CUDA
+    if (n > 0 && params[0]->device == TN_CUDA) {
+        tn_status s = tn_cuda_optim_adam(n, params, grads, exp_avg, exp_avg_sq, model, o.pdt, o.gdt, o.mdt, &x.cf,
+                                         &x.cd);
+        tlist_free(&o.L);
+        return s;
+    }
+#endif
     run_units(&o.L, o.pdt == TN_F64 ? adam_unit_f64 : pick_adam_unit_f32(), &x);
     tlist_free(&o.L);
     return TN_OK;
@@ -625,15 +704,28 @@ tn_status tn_optim_novograd(int32_t n, tn_tensor *const *params, tn_tensor *cons
     const char *const names[1] = { "exp_avg" };
     if (n > 0 && !exp_avg) return tn_error(TN_ERR_ARG, "%s: exp_avg is required", op);
     TN_TRY(tn_check_tensor(op, "grad_ema", grad_ema));
+    TN_TRY(tn_check_backend(op, grad_ema));
     opt_lists o;
     TN_TRY(check_opt(op, &o, n, params, grads, 1, states, names, model, h));
     tn_status s = TN_OK;
     int32_t pdt = n > 0 ? o.pdt : TN_F32;
-    if (grad_ema->device != TN_CPU || grad_ema->dtype != pdt || !tn_tensor_is_contiguous(grad_ema) ||
-        tn_tensor_numel(grad_ema) != n)
-        s = tn_error(TN_ERR_SHAPE, "%s: grad_ema must be a contiguous %s CPU tensor of %d elements (one per "
-                     "entry), got %s %s on %s", op, tn_dtype_name(pdt), (int)n, tn_dtype_name(grad_ema->dtype),
-                     TN_SHAPE(grad_ema), tn_device_name(grad_ema->device));
+    int32_t pdev = n > 0 ? params[0]->device : grad_ema->device;
+    if ((n > 0 && (grad_ema->device != pdev ||
+                   (pdev != TN_CPU && grad_ema->device_index != params[0]->device_index))) ||
+        grad_ema->dtype != pdt || !tn_tensor_is_contiguous(grad_ema) || tn_tensor_numel(grad_ema) != n) {
+        char d[48] = "cpu";
+        if (n > 0) device_str(params[0], d, sizeof d);
+        s = tn_error(TN_ERR_SHAPE, "%s: grad_ema must be a contiguous %s tensor of %d elements (one per "
+                     "entry) on the params' device %s, got %s %s on %s", op, tn_dtype_name(pdt), (int)n, d,
+                     tn_dtype_name(grad_ema->dtype), TN_SHAPE(grad_ema), tn_device_name(grad_ema->device));
+    }
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && n > 0 && pdev == TN_CUDA) {
+        s = tn_cuda_optim_novograd(n, params, grads, exp_avg, grad_ema, model, pdt, o.gdt, o.mdt, h);
+        tlist_free(&o.L);
+        return s;
+    }
+#endif
     double *sums = s == TN_OK ? malloc(sizeof(double) * (size_t)(2 * n + 1)) : NULL;
     if (s == TN_OK && !sums) s = tn_error(TN_ERR_OOM, "%s: out of memory", op);
     if (s == TN_OK) s = sumsq_lists(op, &o.L, grads, NULL, sums, NULL);
@@ -694,13 +786,23 @@ tn_status tn_optim_larc(int32_t n, tn_tensor *const *grads, tn_tensor *const *pa
                         double eps, double weight_decay, double lr, int32_t clip, double grad_scale) {
     const char *op = "tn_optim_larc";
     int32_t pdt, gdt;
-    TN_TRY(check_list(op, "params", n, params, DT_BIT(TN_F32) | DT_BIT(TN_F64), 1, NULL, NULL, &pdt));
+    TN_TRY(check_list(op, "params", n, params, DT_BIT(TN_F32) | DT_BIT(TN_F64), 1, NULL, NULL, &pdt, NULL,
+                      NULL));
     tlist L;
     TN_TRY(tlist_init(op, &L, n, params));
+    char p0[64];
+    snprintf(p0, sizeof p0, "params[%lld]", TN_D(0));
     tn_status s = check_list(op, "grads", n, grads, n > 0 ? DT_BIT(pdt) : DT_FLOAT, 1,
-                             L.numel, "params", &gdt);
+                             L.numel, "params", &gdt, n > 0 ? params[0] : NULL, p0);
     if (s == TN_OK && clip && !(lr > 0))
         s = tn_error(TN_ERR_ARG, "%s: clip mode divides by lr, which must be > 0, got %g", op, lr);
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && n > 0 && params[0]->device == TN_CUDA) {
+        s = tn_cuda_optim_larc(n, grads, params, pdt, eta, eps, weight_decay, lr, clip, grad_scale);
+        tlist_free(&L);
+        return s;
+    }
+#endif
     double *buf = s == TN_OK ? malloc(sizeof(double) * (size_t)(3 * n + 1)) : NULL;
     uint8_t *has = s == TN_OK ? malloc((size_t)n + 1) : NULL;
     if (s == TN_OK && (!buf || !has)) s = tn_error(TN_ERR_OOM, "%s: out of memory", op);
@@ -730,11 +832,21 @@ tn_status tn_optim_norms(tn_tensor *out, int32_t n, tn_tensor *const *ts) {
     const char *op = "tn_optim_norms";
     int32_t dt;
     TN_TRY(tn_check_tensor(op, "out", out));
-    TN_TRY(check_list(op, "ts", n, ts, DT_FLOAT, 0, NULL, NULL, &dt));
-    if (out->device != TN_CPU || out->dtype != TN_F64 || !tn_tensor_is_contiguous(out) ||
-        tn_tensor_numel(out) != n)
-        return tn_error(TN_ERR_SHAPE, "%s: out must be a contiguous f64 CPU tensor of %d elements, got %s %s",
+    TN_TRY(tn_check_backend(op, out));
+    TN_TRY(check_list(op, "ts", n, ts, DT_FLOAT, 0, NULL, NULL, &dt, NULL, NULL));
+    if (out->dtype != TN_F64 || !tn_tensor_is_contiguous(out) || tn_tensor_numel(out) != n)
+        return tn_error(TN_ERR_SHAPE, "%s: out must be a contiguous f64 tensor of %d elements, got %s %s",
                         op, (int)n, tn_dtype_name(out->dtype), TN_SHAPE(out));
+    if (n > 0) {
+        char t0[64];
+        snprintf(t0, sizeof t0, "ts[%lld]", TN_D(0));
+        TN_TRY(check_same_device(op, "out", 0, out, t0, ts[0]));
+    } else if (out->device != TN_CPU) {
+        return TN_OK; /* nothing to compute */
+    }
+#ifdef TERN_HAVE_CUDA
+    if (n > 0 && ts[0]->device == TN_CUDA) return tn_cuda_optim_norms(out, n, ts);
+#endif
     tlist L;
     TN_TRY(tlist_init(op, &L, n, ts));
     tn_status s = sumsq_lists(op, &L, ts, NULL, (double *)out->data, NULL);
@@ -790,7 +902,10 @@ tn_status tn_grad_clip_norm(double *total_norm, int32_t n, tn_tensor *const *gra
     int32_t dt;
     if (!total_norm) return tn_error(TN_ERR_ARG, "%s: total_norm is NULL", op);
     if (!(max_norm > 0)) return tn_error(TN_ERR_ARG, "%s: max_norm must be > 0, got %g", op, max_norm);
-    TN_TRY(check_list(op, "grads", n, grads, DT_FLOAT, 0, NULL, NULL, &dt));
+    TN_TRY(check_list(op, "grads", n, grads, DT_FLOAT, 0, NULL, NULL, &dt, NULL, NULL));
+#ifdef TERN_HAVE_CUDA
+    if (n > 0 && grads[0]->device == TN_CUDA) return tn_cuda_grad_clip_norm(total_norm, n, grads, max_norm, grad_scale);
+#endif
     tlist L;
     TN_TRY(tlist_init(op, &L, n, grads));
     double *sums = malloc(sizeof(double) * (size_t)(n + 1));
@@ -880,11 +995,13 @@ tn_status tn_amp_unscale_check(int32_t *found_inf, double *amax, int32_t n, tn_t
     const char *op = "tn_amp_unscale_check";
     int32_t dt;
     if (!found_inf || !amax) return tn_error(TN_ERR_ARG, "%s: found_inf and amax must not be NULL", op);
-    TN_TRY(check_list(op, "grads", n, grads, DT_FLOAT, 0, NULL, NULL, &dt));
+    TN_TRY(check_list(op, "grads", n, grads, DT_FLOAT, 0, NULL, NULL, &dt, NULL, NULL));
     tlist L;
     TN_TRY(tlist_init(op, &L, n, grads));
+    char g0[64];
+    snprintf(g0, sizeof g0, "grads[%lld]", TN_D(0));
     tn_status s = check_list(op, "out", n, out, DT_BIT(TN_F32) | DT_BIT(TN_F64), 0,
-                             L.numel, "grads", &dt);
+                             L.numel, "grads", &dt, n > 0 ? grads[0] : NULL, g0);
     for (int32_t i = 0; s == TN_OK && i < n; i++) {
         int32_t want = grads[i]->dtype == TN_F64 ? TN_F64 : TN_F32;
         if (out[i]->dtype != want)
@@ -892,6 +1009,13 @@ tn_status tn_amp_unscale_check(int32_t *found_inf, double *amax, int32_t n, tn_t
                          tn_dtype_name(out[i]->dtype), tn_dtype_name(want), tn_dtype_name(grads[i]->dtype),
                          TN_D(i));
     }
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && n > 0 && grads[0]->device == TN_CUDA) {
+        s = tn_cuda_amp_unscale_check(found_inf, amax, n, out, grads, inv_scale);
+        tlist_free(&L);
+        return s;
+    }
+#endif
     int64_t U = L.ustart[n];
     double *amx = s == TN_OK ? malloc(sizeof(double) * (size_t)(U + 1)) : NULL;
     uint8_t *bad = s == TN_OK ? malloc((size_t)U + 1) : NULL;
@@ -933,10 +1057,20 @@ UNIT_COPIES(sync_unit)
 tn_status tn_amp_sync_masters(int32_t n, tn_tensor *const *masters, tn_tensor *const *model) {
     const char *op = "tn_amp_sync_masters";
     int32_t dt;
-    TN_TRY(check_list(op, "masters", n, masters, DT_BIT(TN_F32), 1, NULL, NULL, &dt));
+    TN_TRY(check_list(op, "masters", n, masters, DT_BIT(TN_F32), 1, NULL, NULL, &dt, NULL, NULL));
     tlist L;
     TN_TRY(tlist_init(op, &L, n, masters));
-    tn_status s = check_list(op, "model", n, model, DT_HALF, 1, L.numel, "masters", &dt);
+    char m0[64];
+    snprintf(m0, sizeof m0, "masters[%lld]", TN_D(0));
+    tn_status s = check_list(op, "model", n, model, DT_HALF, 1, L.numel, "masters", &dt,
+                             n > 0 ? masters[0] : NULL, m0);
+#ifdef TERN_HAVE_CUDA
+    if (s == TN_OK && n > 0 && masters[0]->device == TN_CUDA) {
+        s = tn_cuda_amp_sync_masters(n, masters, model);
+        tlist_free(&L);
+        return s;
+    }
+#endif
     if (s == TN_OK) {
         sync_ctx x = { masters, model };
         run_units(&L, pick_sync_unit(), &x);
@@ -961,7 +1095,10 @@ static void zero_unit(void *vctx, int32_t i, int64_t a, int64_t len, int64_t u) 
 tn_status tn_optim_zero(int32_t n, tn_tensor *const *ts) {
     const char *op = "tn_optim_zero";
     int32_t dt;
-    TN_TRY(check_list(op, "ts", n, ts, 0x7fu, 0, NULL, NULL, &dt));
+    TN_TRY(check_list(op, "ts", n, ts, 0x7fu, 0, NULL, NULL, &dt, NULL, NULL));
+#ifdef TERN_HAVE_CUDA
+    if (n > 0 && ts[0]->device == TN_CUDA) return tn_cuda_optim_zero(n, ts);
+#endif
     tlist L;
     TN_TRY(tlist_init(op, &L, n, ts));
     zero_ctx x = { ts };
