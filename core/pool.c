@@ -128,8 +128,12 @@ static void block_destroy(tn_pool *p, pool_block *b) {
     free(b);
 }
 
-/* Moves pending blocks whose events have all completed to their free lists. Locked. */
+static void pool_trim(tn_pool *p, int64_t keep);
+
+/* Moves pending blocks whose events have all completed to their free lists (then trims the
+ * cache down to the limit, as a release does). Locked. */
 static void pool_poll(tn_pool *p) {
+    int moved = 0;
     for (pool_block **pp = &p->pending; *pp;) {
         pool_block *b = *pp;
         int done = 1;
@@ -148,7 +152,9 @@ static void pool_poll(tn_pool *p) {
         p->free_lists[b->cls] = b;
         p->st.pending -= (int64_t)b->size;
         p->st.cached += (int64_t)b->size;
+        moved = 1;
     }
+    if (moved && p->limit >= 0 && p->st.cached > p->limit) pool_trim(p, p->limit);
 }
 
 /* Returns the cached blocks (all, or down to `keep` bytes) to the raw allocator. Locked. */

@@ -172,30 +172,59 @@ static void host_raw_free(void *ctx, void *p, size_t n) {
     (void)ctx, (void)n;
     (void)TN_CUDA_CHECK(cudaFreeHost(p));
 }
-static void *ev_record(void *ctx, void *stream) {
-    (void)ctx;
-    cudaEvent_t e;
-    if (TN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)) != TN_OK) return NULL;
-    if (TN_CUDA_CHECK(cudaEventRecord(e, (cudaStream_t)stream)) != TN_OK) {
-        (void)cudaEventDestroy(e);
-        return NULL;
+/* Makes ctx's device current (pinned host memory, device -1: leaves the current one); *prev
+ * receives the device to restore (-1: nothing to restore). A free can run with any device
+ * current, and an event must be created on the device of the stream it is recorded on. */
+static void enter_device(void *ctx, int *prev) {
+    *prev = -1;
+    const int dev = ((pool_dev *)ctx)->device;
+    if (dev < 0) return;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
     }
+    if (cur == dev) return;
+    if (cudaSetDevice(dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    *prev = cur;
+}
+static void leave_device(int prev) {
+    if (prev >= 0 && cudaSetDevice(prev) != cudaSuccess) (void)cudaGetLastError();
+}
+static void *ev_record(void *ctx, void *stream) {
+    int prev;
+    enter_device(ctx, &prev);
+    cudaEvent_t e = NULL;
+    if (TN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)) != TN_OK) {
+        e = NULL;
+    } else if (TN_CUDA_CHECK(cudaEventRecord(e, (cudaStream_t)stream)) != TN_OK) {
+        (void)cudaEventDestroy(e);
+        e = NULL;
+    }
+    leave_device(prev);
     return (void *)e;
 }
 static int ev_query(void *ctx, void *ev) {
     (void)ctx;
     const cudaError_t e = cudaEventQuery((cudaEvent_t)ev);
-    if (e == cudaErrorNotReady) return 0;
-    if (e != cudaSuccess) (void)cudaGetLastError(); /* a failed event cannot be waited for: done */
-    return 1;
+    if (e == cudaSuccess) return 1;
+    /* clear the runtime's last-error slot, cudaErrorNotReady included (as PyTorch does after a
+     * query): else the next launch check (cudaGetLastError) would report it */
+    (void)cudaGetLastError();
+    return e == cudaErrorNotReady ? 0 : 1; /* a failed event cannot be waited for: done */
 }
 static void ev_free(void *ctx, void *ev) {
     (void)ctx;
     (void)cudaEventDestroy((cudaEvent_t)ev);
 }
 static void dev_sync(void *ctx) {
-    (void)ctx;
+    int prev;
+    enter_device(ctx, &prev); /* the pool's device, not whichever is current */
     (void)TN_CUDA_CHECK(cudaDeviceSynchronize());
+    leave_device(prev);
 }
 static void dev_describe(void *ctx, char *buf, size_t n) {
     const int dev = ((pool_dev *)ctx)->device;
@@ -233,7 +262,9 @@ static tn_pool *pool_of(int dev) {
         ops.event_record = ev_record, ops.event_query = ev_query, ops.event_free = ev_free;
         ops.synchronize = dev_sync;
         if (tn_pool_new(&p, &ops, name, 512) == TN_OK) {
-            if (pool_limit >= 0) tn_pool_set_limit(p, pool_limit);
+            /* the limit bounds device memory (tn_cuda_pool_set_limit); the pinned staging pool
+             * keeps its buffers, or every copy would pay cudaHostAlloc and cudaFreeHost */
+            if (dev >= 0 && pool_limit >= 0) tn_pool_set_limit(p, pool_limit);
             __atomic_store_n(slot, p, __ATOMIC_RELEASE);
         }
     }
@@ -259,9 +290,14 @@ static void *cuda_alloc(void *ctx, size_t nbytes) {
 static tn_pool *pool_holding(const void *ptr) {
     int dev = -1;
     if (cudaGetDevice(&dev) != cudaSuccess) (void)cudaGetLastError();
-    if (dev >= 0 && dev < TN_CUDA_MAX_DEVICES && pools[dev] && tn_pool_owns(pools[dev], ptr)) return pools[dev];
-    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++)
-        if (pools[d] && tn_pool_owns(pools[d], ptr)) return pools[d];
+    if (dev >= 0 && dev < TN_CUDA_MAX_DEVICES) {
+        tn_pool *p = __atomic_load_n(&pools[dev], __ATOMIC_ACQUIRE);
+        if (p && tn_pool_owns(p, ptr)) return p;
+    }
+    for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++) {
+        tn_pool *p = __atomic_load_n(&pools[d], __ATOMIC_ACQUIRE);
+        if (p && tn_pool_owns(p, ptr)) return p;
+    }
     return NULL;
 }
 
@@ -310,7 +346,10 @@ extern "C" tn_status tn_cuda_memory_stats(tn_pool_stats *out, int32_t device_ind
 extern "C" tn_status tn_cuda_memory_reset_peak(int32_t device_index) {
     int dev = device_index;
     if (dev < 0) TN_TRY(current_device("cuda_memory_reset_peak", &dev));
-    if (dev < TN_CUDA_MAX_DEVICES && pools[dev]) tn_pool_reset_peak(pools[dev]);
+    if (dev < TN_CUDA_MAX_DEVICES) {
+        tn_pool *p = __atomic_load_n(&pools[dev], __ATOMIC_ACQUIRE);
+        if (p) tn_pool_reset_peak(p);
+    }
     return TN_OK;
 }
 
@@ -365,6 +404,12 @@ extern "C" tn_status tn_cuda_pinned_release(void *ptr) {
     if (!ptr) return TN_OK;
     tn_pool *p = pool_of(-1);
     if (!p) return tn_error(TN_ERR_ARG, "cuda_pinned_release: no pinned pool");
-    TN_TRY(tn_pool_record_use(p, ptr, (void *)tn_cuda_stream_now()));
+    cudaStream_t stream = tn_cuda_stream_now();
+    const tn_status rc = tn_pool_record_use(p, ptr, (void *)stream);
+    if (rc != TN_OK) { /* no record: wait for the stream here rather than leak the buffer */
+        if (cudaStreamSynchronize(stream) != cudaSuccess) (void)cudaGetLastError();
+        (void)tn_pool_release(p, ptr);
+        return rc;
+    }
     return tn_pool_release(p, ptr);
 }

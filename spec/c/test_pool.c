@@ -164,6 +164,18 @@ static void test_streams(void) {
     CHECK(st.pending == 0 && st.cached == 0 && st.in_use == 8192);
     CHECK_OK(tn_pool_release(p, b));
     CHECK_OK(tn_pool_release(p, c));
+    /* a block that leaves the pending list is trimmed to the cache limit, as a release is */
+    tn_pool_set_limit(p, 0);
+    m.done = 0;
+    void *e = tn_pool_alloc(p, 2048, &s1);
+    const int frees = m.raw_frees;
+    CHECK_OK(tn_pool_record_use(p, e, &s2));
+    CHECK_OK(tn_pool_release(p, e));
+    CHECK(tn_pool_get_stats(p).pending == 2048 && m.raw_frees == frees);
+    m.done = 1;
+    st = tn_pool_get_stats(p);
+    CHECK(st.pending == 0 && st.cached == 0 && m.raw_frees == frees + 1 && m.events_live == 0);
+    tn_pool_set_limit(p, -1);
     /* pending blocks at free: the pool synchronises and frees their events */
     m.done = 0;
     void *d = tn_pool_alloc(p, 100, &s1);
