@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <cuda_fp16.h> /* before the extern "C" block: kernels/half.h uses it in device code */
 #include <cuda_runtime.h>
 
 extern "C" {

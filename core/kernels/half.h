@@ -9,10 +9,17 @@
 
 #include "common.h"
 
+#ifdef __CUDACC__
+#include <cuda_fp16.h> /* device code converts f16 with the hardware's cvt (same rounding) */
+#endif
+
 static TN_HD uint32_t tn_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static TN_HD float tn_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
 static TN_HD float tn_half_to_float(uint16_t h) {
+#ifdef __CUDA_ARCH__
+    return __half2float(__ushort_as_half(h)); /* exact, as below (a NaN's payload may differ) */
+#else
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t mant = h & 0x3ffu;
@@ -24,9 +31,13 @@ static TN_HD float tn_half_to_float(uint16_t h) {
         return sign ? -v : v;
     }
     return tn_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+#endif
 }
 
 static TN_HD uint16_t tn_float_to_half(float f) {
+#ifdef __CUDA_ARCH__
+    return __half_as_ushort(__float2half_rn(f)); /* round to nearest even, as below (NaN stays NaN) */
+#else
     uint32_t u = tn_f32_bits(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t a = u & 0x7fffffffu;
@@ -46,6 +57,7 @@ static TN_HD uint16_t tn_float_to_half(float f) {
     r >>= 13;
     if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
     return (uint16_t)(sign | r);
+#endif
 }
 
 static TN_HD float tn_bf16_to_float(uint16_t h) { return tn_bits_f32((uint32_t)h << 16); }
