@@ -123,4 +123,41 @@ template <> __device__ __forceinline__ void tn_cuda_store<tn_bf16, float>(tn_bf1
         }                                                                                       \
     }())
 
+/* ---- warp and block reductions ---------------------------------------------------------------- */
+
+/* A full warp's xor shuffle of the scalar types; a state type of several fields gets an overload
+ * tn_cuda_shfl_xor(S, int) next to it (found by argument-dependent lookup). */
+static __device__ __forceinline__ float tn_cuda_shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
+static __device__ __forceinline__ double tn_cuda_shfl_xor(double v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
+static __device__ __forceinline__ int64_t tn_cuda_shfl_xor(int64_t v, int o) {
+    return (int64_t)__shfl_xor_sync(0xffffffffu, (long long)v, o);
+}
+
+/* Op: typedef S (the state), static S init() (the identity), static S combine(S a, S b). */
+
+/* Combines the states of each aligned group of `width` lanes (a power of two <= 32); every lane
+ * ends with its group's total, combined in the same order on every lane up to the order of
+ * combine's operands. Every lane of the warp must call it. */
+template <typename Op>
+__device__ __forceinline__ typename Op::S tn_cuda_group_reduce(typename Op::S s, int width) {
+    for (int o = width >> 1; o > 0; o >>= 1) s = Op::combine(s, tn_cuda_shfl_xor(s, o));
+    return s;
+}
+
+/* Combines the states of the block's threads (blockDim.x = TN_CUDA_THREADS): each warp reduces,
+ * then every warp reduces the warps' partials in the same order, so every thread gets the total.
+ * Every thread of the block must call it. */
+template <typename Op>
+__device__ __forceinline__ typename Op::S tn_cuda_block_reduce(typename Op::S s) {
+    __shared__ typename Op::S part[TN_CUDA_THREADS / 32]; /* (warps) */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    s = tn_cuda_group_reduce<Op>(s, 32);
+    if (lane == 0) part[w] = s;
+    __syncthreads();
+    s = lane < nw ? part[lane] : Op::init();
+    s = tn_cuda_group_reduce<Op>(s, 32);
+    __syncthreads(); /* part is written again by the block's next call */
+    return s;
+}
+
 #endif /* TERN_CUDA_COMMON_CUH */

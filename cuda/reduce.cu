@@ -184,40 +184,12 @@ __device__ __forceinline__ int64_t iter_off(const tn_iter &it, int k, int64_t e)
     return off;
 }
 
-__device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
-__device__ __forceinline__ double shfl_xor(double v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
-__device__ __forceinline__ int64_t shfl_xor(int64_t v, int o) {
-    return (int64_t)__shfl_xor_sync(0xffffffffu, (long long)v, o);
-}
-template <typename A> __device__ __forceinline__ ArgState<A> shfl_xor(ArgState<A> v, int o) {
+/* tn_cuda_group_reduce / tn_cuda_block_reduce (common.cuh) shuffle an arg state field by field */
+template <typename A> __device__ __forceinline__ ArgState<A> tn_cuda_shfl_xor(ArgState<A> v, int o) {
     ArgState<A> r;
-    r.v = shfl_xor(v.v, o);
-    r.i = shfl_xor(v.i, o);
+    r.v = ::tn_cuda_shfl_xor(v.v, o);
+    r.i = ::tn_cuda_shfl_xor(v.i, o);
     return r;
-}
-
-/* Combines the states of each aligned group of `width` lanes (a power of two <= 32); lane 0 of
- * the group ends with the group's total (the others with the same total up to the sign of
- * zero / NaN payloads). Every lane of the warp must call it. */
-template <typename Op>
-__device__ __forceinline__ typename Op::S group_reduce(typename Op::S s, int width) {
-    for (int o = width >> 1; o > 0; o >>= 1) s = Op::combine(s, shfl_xor(s, o));
-    return s;
-}
-
-/* Combines the states of the block's threads (blockDim.x = TN_CUDA_THREADS); thread 0 gets the
- * total. Every thread must call it. */
-template <typename Op>
-__device__ __forceinline__ typename Op::S block_reduce(typename Op::S s) {
-    __shared__ typename Op::S part[TN_CUDA_THREADS / 32]; /* (warps) */
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    s = group_reduce<Op>(s, 32);
-    if (lane == 0) part[w] = s;
-    __syncthreads();
-    s = lane < nw ? part[lane] : Op::init();
-    s = group_reduce<Op>(s, 32);
-    __syncthreads(); /* part is written again by the block's next call */
-    return s;
 }
 
 /* The state of output i over its elements j0, j0 + step, ... < j1. */
@@ -295,7 +267,7 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS) reduce_group_kernel(const Red
             i = it - sp * p.M;
             s = reduce_part<T, Op>(p, i, j0 + lane, min(j0 + p.chunk, p.N), G);
         }
-        s = group_reduce<Op>(s, G);
+        s = tn_cuda_group_reduce<Op>(s, G);
         if (it < items && lane == 0) {
             if (p.nsplit > 1) ((S *)p.ws)[it] = s;
             else finish(p, i, s);
@@ -311,7 +283,7 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS) reduce_block_kernel(const Red
     for (int64_t it = blockIdx.x; it < items; it += gridDim.x) { /* uniform across the block */
         const int64_t sp = it / p.M, i = it - sp * p.M, j0 = sp * p.chunk;
         S s = reduce_part<T, Op>(p, i, j0 + threadIdx.x, min(j0 + p.chunk, p.N), blockDim.x);
-        s = block_reduce<Op>(s);
+        s = tn_cuda_block_reduce<Op>(s);
         if (threadIdx.x == 0) {
             if (p.nsplit > 1) ((S *)p.ws)[it] = s;
             else finish(p, i, s);
@@ -340,7 +312,7 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS) reduce_combine_block_kernel(c
     for (int64_t i = blockIdx.x; i < p.M; i += gridDim.x) { /* uniform across the block */
         S s = Op::init();
         for (int64_t sp = threadIdx.x; sp < p.nsplit; sp += blockDim.x) s = Op::combine(s, ws[sp * p.M + i]);
-        s = block_reduce<Op>(s);
+        s = tn_cuda_block_reduce<Op>(s);
         if (threadIdx.x == 0) finish(p, i, s);
     }
 }

@@ -52,14 +52,19 @@ __device__ __forceinline__ double sm_bwd(double g, double y, double s) { return 
 __device__ __forceinline__ float sm_logbwd(float g, float y, float s) { return tn_log_softmax_bwd_f(g, y, s); }
 __device__ __forceinline__ double sm_logbwd(double g, double y, double s) { return tn_log_softmax_bwd_d(g, y, s); }
 
-__device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
-__device__ __forceinline__ double shfl_xor(double v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
 
 /* ---- the row states: (max, sum of exp) forward, a plain sum backward ------------------------- */
 
 template <typename C> struct MaxSum {
     C m, s; /* running max, sum of exp(x - m) over the elements seen */
 };
+/* tn_cuda_group_reduce / tn_cuda_block_reduce (common.cuh) shuffle the state field by field */
+template <typename C> __device__ __forceinline__ MaxSum<C> tn_cuda_shfl_xor(MaxSum<C> v, int o) {
+    MaxSum<C> r;
+    r.m = ::tn_cuda_shfl_xor(v.m, o);
+    r.s = ::tn_cuda_shfl_xor(v.s, o);
+    return r;
+}
 
 template <typename C> struct OpMaxSum {
     typedef MaxSum<C> S;
@@ -87,43 +92,14 @@ template <typename C> struct OpMaxSum {
         r.s = (a.s == (C)0 ? (C)0 : a.s * sm_exp(a.m - r.m)) + (b.s == (C)0 ? (C)0 : b.s * sm_exp(b.m - r.m));
         return r;
     }
-    static __device__ __forceinline__ S shfl(S v, int o) {
-        S r;
-        r.m = shfl_xor(v.m, o);
-        r.s = shfl_xor(v.s, o);
-        return r;
-    }
 };
 
 template <typename C> struct OpSumC {
     typedef C S;
     static __device__ __forceinline__ S init() { return (C)0; }
     static __device__ __forceinline__ S combine(S a, S b) { return a + b; }
-    static __device__ __forceinline__ S shfl(S v, int o) { return shfl_xor(v, o); }
 };
 
-/* Combines the states of each aligned group of `width` lanes (a power of two <= 32); every lane
- * ends with its group's total (a + b and b + a round alike). Every lane of the warp calls it. */
-template <typename Op>
-__device__ __forceinline__ typename Op::S group_reduce(typename Op::S s, int width) {
-    for (int o = width >> 1; o > 0; o >>= 1) s = Op::combine(s, Op::shfl(s, o));
-    return s;
-}
-
-/* Combines the states of the block's threads (blockDim.x = TN_CUDA_THREADS); every thread gets
- * the total (each warp reduces the warps' partials in the same order). Every thread calls it. */
-template <typename Op>
-__device__ __forceinline__ typename Op::S block_reduce(typename Op::S s) {
-    __shared__ typename Op::S part[TN_CUDA_THREADS / 32]; /* (warps) */
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    s = group_reduce<Op>(s, 32);
-    if (lane == 0) part[w] = s;
-    __syncthreads();
-    s = lane < nw ? part[lane] : Op::init();
-    s = group_reduce<Op>(s, 32);
-    __syncthreads(); /* part is written again by the block's next call */
-    return s;
-}
 
 /* ---- arguments and offsets ------------------------------------------------------------------- */
 
@@ -222,11 +198,11 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS) softmax_group_kernel(const Sm
         const bool ok = r < R;
         if constexpr (BWD) {
             C s = ok ? bwd_part<T, C>(p, r, lane, G) : (C)0;
-            s = group_reduce<OpSumC<C>>(s, G);
+            s = tn_cuda_group_reduce<OpSumC<C>>(s, G);
             if (ok) bwd_write<T, C>(p, r, lane, G, s);
         } else {
             MaxSum<C> st = ok ? fwd_part<T, C>(p, r, lane, G) : OpMaxSum<C>::init();
-            st = group_reduce<OpMaxSum<C>>(st, G);
+            st = tn_cuda_group_reduce<OpMaxSum<C>>(st, G);
             if (ok) fwd_write<T, C>(p, r, lane, G, st);
         }
     }
@@ -238,10 +214,10 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS) softmax_block_kernel(const Sm
     typedef typename tn_cuda_math<T>::type C;
     for (int64_t r = blockIdx.x; r < p.rows.numel; r += gridDim.x) { /* uniform across the block */
         if constexpr (BWD) {
-            const C s = block_reduce<OpSumC<C>>(bwd_part<T, C>(p, r, threadIdx.x, blockDim.x));
+            const C s = tn_cuda_block_reduce<OpSumC<C>>(bwd_part<T, C>(p, r, threadIdx.x, blockDim.x));
             bwd_write<T, C>(p, r, threadIdx.x, blockDim.x, s);
         } else {
-            const MaxSum<C> st = block_reduce<OpMaxSum<C>>(fwd_part<T, C>(p, r, threadIdx.x, blockDim.x));
+            const MaxSum<C> st = tn_cuda_block_reduce<OpMaxSum<C>>(fwd_part<T, C>(p, r, threadIdx.x, blockDim.x));
             fwd_write<T, C>(p, r, threadIdx.x, blockDim.x, st);
         }
     }
