@@ -76,6 +76,22 @@ if opts.peer ~= "torch" and opts.peer ~= "none" and opts.device == "cuda" then
   os.exit(2)
 end
 
+-- The cases --cases names (names or group names, comma separated; "all"), in ALL's order.
+local function select_cases(groups, ALL)
+  local wanted = {}
+  if opts.cases == "all" then
+    for _, c in ipairs(ALL) do wanted[c] = true end
+  else
+    for c in opts.cases:gmatch("[^,]+") do
+      if groups[c] then for _, x in ipairs(groups[c]) do wanted[x] = true end
+      else wanted[c] = true end
+    end
+  end
+  local selected = {}
+  for _, c in ipairs(ALL) do if wanted[c] then selected[#selected + 1] = c end end
+  return selected, wanted
+end
+
 -- CUDA mode ----------------------------------------------------------------------------------
 -- --device=cuda: one run (threads do not apply), its own case list (see the header), every JSON
 -- line "device":"cuda". CUDA is asynchronous: each timed batch of calls sits between two
@@ -104,17 +120,7 @@ local function run_cuda()
   }
   local ALL = { "add_16", "muladdsum_16", "add_256M", "mul_256M", "exp_256M", "add_f16_256M",
     "copyT_8192", "matmul_8192", "sum_8192", "softmax_8192" }
-  local wanted = {}
-  if opts.cases == "all" then
-    for _, c in ipairs(ALL) do wanted[c] = true end
-  else
-    for c in opts.cases:gmatch("[^,]+") do
-      if groups[c] then for _, x in ipairs(groups[c]) do wanted[x] = true end
-      else wanted[c] = true end
-    end
-  end
-  local selected = {}
-  for _, c in ipairs(ALL) do if wanted[c] then selected[#selected + 1] = c end end
+  local selected, wanted = select_cases(groups, ALL)
   for c in pairs(wanted) do
     local known = false
     for _, x in ipairs(ALL) do if x == c then known = true end end
@@ -648,17 +654,7 @@ local groups = {
 }
 local ALL = { "add_16", "muladdsum_16", "add_16M", "mul_16M", "exp_16M", "copyT_4096",
   "matmul_1024", "matmul_256", "sum_4096", "softmax_4096" }
-local wanted = {}
-if opts.cases == "all" then
-  for _, c in ipairs(ALL) do wanted[c] = true end
-else
-  for c in opts.cases:gmatch("[^,]+") do
-    if groups[c] then for _, x in ipairs(groups[c]) do wanted[x] = true end
-    else wanted[c] = true end
-  end
-end
-local selected = {}
-for _, c in ipairs(ALL) do if wanted[c] then selected[#selected + 1] = c end end
+local selected = select_cases(groups, ALL)
 
 -- output ------------------------------------------------------------------------------------
 
