@@ -67,50 +67,14 @@ local function near_one(shape, dtype)
   return tn.randn(shape):mul(0.05):add(1):to(dtype)
 end
 
--- GPU copies of the tensors of inputs, made before anything runs (ops may write in place).
-local function to_gpu(inputs)
-  local g = {}
-  for k, v in pairs(inputs) do g[k] = tn.is_tensor(v) and v:cuda() or v end
-  return g
-end
-
--- make(inputs) on the CPU tensors and on GPU copies of them; make returns one or two tensors.
--- Checks each GPU result's device, dtype and shape and returns the CPU results and the GPU
--- results moved back: e1, g1, e2, g2.
-local function run_both(make, inputs)
-  local g = to_gpu(inputs)
-  local e1, e2 = make(inputs)
-  local g1, g2 = make(g)
-  local function back(e, r)
-    if r == nil then return nil end
-    assert.are.equal("cuda", r:device())
-    assert.are.equal(e:dtype(), r:dtype())
-    assert.are.same(e:shape(), r:shape())
-    return r:cpu()
-  end
-  return e1, back(e1, g1), e2, back(e2, g2)
-end
+local gpu = require "helpers.gpu"
+local run_both, same_error = gpu.run_both, gpu.same_error
 
 -- Compares within tol (a table), or exactly when tol is nil.
 local function agree(e, g, tol)
   if tol then assert.tensor_near(e, g, tol) else assert.tensor_equal(e, g) end
 end
 
-local function strip(msg) return (tostring(msg):gsub("^[^\n]-:%d+: ", "")) end
-
--- make fails on both devices with the same message (which contains part).
-local function same_error(make, inputs, part)
-  local g = to_gpu(inputs)
-  local ok1, e1 = pcall(make, inputs)
-  local ok2, e2 = pcall(make, g)
-  assert.is_false(ok1, "the CPU call did not fail")
-  assert.is_false(ok2, "the GPU call did not fail")
-  assert.are.equal(strip(e1), strip(e2))
-  if part then
-    assert.truthy(strip(e2):find(part, 1, true), "'" .. strip(e2) .. "' does not contain '" .. part .. "'")
-  end
-  return strip(e2)
-end
 
 -- The C API, for prod (no Lua method), preallocated outputs and in-place softmax.
 local OUT, OUT2 = ffi.new("tn_tensor *[1]"), ffi.new("tn_tensor *[1]")
