@@ -237,6 +237,9 @@ static tn_status copy_across(tn_tensor *dst, const tn_tensor *src) {
             dv = tmp_dev;
         }
         const size_t nbytes = (size_t)n * tn_dtype_size(dst->dtype);
+        /* a pending index error (cuda/index.cu) is read on the stream before the copy's wait and
+         * raised after it */
+        if (st == TN_OK) st = tn_cuda_check_pending(NULL);
         if (st == TN_OK && takes_flat(dst, dst->dtype, n)) {
             st = tn_cuda_copy_d2h(dst->data, dv->data, nbytes);
         } else if (st == TN_OK) {
@@ -244,6 +247,7 @@ static tn_status copy_across(tn_tensor *dst, const tn_tensor *src) {
             if (st == TN_OK) st = tn_cuda_copy_d2h(tmp_cpu->data, dv->data, nbytes);
             if (st == TN_OK) st = copy_impl(dst, tmp_cpu);
         }
+        if (st == TN_OK) st = tn_cuda_check_pending("copy to host");
     }
     /* the device reads tmp_dev on the current stream, which the CUDA pool orders a reuse after */
     tn_tensor_free(tmp_cpu);

@@ -18,8 +18,10 @@
  * so results do not depend on the thread count. f16/bf16 accumulate as load -> f32 add ->
  * round-to-nearest-even store.
  *
- * CUDA: index values are range-checked on the device (a kernel finds the first bad position;
- * reading it back waits for the stream, the one host synchronisation here). scatter_add and
+ * CUDA: index values are range-checked on the device, queued with the op and never waited for
+ * (the op then writes nothing; the error is raised at the next host wait, tn_cuda_check_pending);
+ * with tn_cuda_set_sync_checks / TERN_CUDA_SYNC_CHECKS on, ix_check_values reads the verdict back
+ * at the call instead, as before, which waits for the stream. scatter_add and
  * index_add sum in the CPU's order on one thread per out element (same bits as the CPU) when
  * the list along dim is short and the work small (ix_cuda_ordered), else with atomics: integer
  * results are still exact, float results equal the CPU's within rounding (cuda/index.cu).
@@ -39,14 +41,22 @@
 /* [OUT] bad: row-major position of the first value of index outside [0, size), -1 if none;
  * [OUT] badv: that value. Waits for the stream (an error check). */
 tn_status tn_cuda_index_check(int64_t *bad, int64_t *badv, const tn_tensor *index, int64_t size);
+/* [OUT] flag: a new (1) CUDA tensor (NULL for an empty index) that, once the queued check has
+ * run, holds the first bad position of index (ULLONG_MAX when none); a bad value also becomes
+ * the device's pending error, raised at the next host wait (tn_cuda_check_pending). No wait. */
+tn_status tn_cuda_index_check_async(tn_tensor **flag, const char *opname, const tn_tensor *index, int64_t size,
+                                    int32_t dim);
+/* The launches take bad: NULL, or the data of the flag above, which makes them write nothing
+ * when it holds a position; a value outside [0, xdim_size) is skipped either way. */
 /* (index, d, x): d[o1] = x[o2 + index[o0] * xdim_stride]. */
-tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype);
+tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride, int64_t xdim_size,
+                             int32_t itype, const void *bad);
 /* (index, d, x): x[o2 + index[o0] * xdim_stride] += d[o1], atomics. */
-tn_status tn_cuda_index_put_add(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype,
-                                int32_t dtype);
+tn_status tn_cuda_index_put_add(const char *opname, const tn_iter *it, int64_t xdim_stride, int64_t xdim_size,
+                                int32_t itype, int32_t dtype, const void *bad);
 /* (x, index, d, c): x[o0] += d[o2 + j * dstride] for j < n in order where index[o1 + j * istride] == o3. */
 tn_status tn_cuda_index_put_add_ordered(const char *opname, const tn_iter *it, int64_t n, int64_t istride,
-                                        int64_t dstride, int32_t itype, int32_t dtype);
+                                        int64_t dstride, int32_t itype, int32_t dtype, const void *bad);
 /* (dst, src): dst[o0] = src[o1], same element size. */
 tn_status tn_cuda_index_copy(const char *opname, const tn_iter *it);
 /* count contiguous inputs (rows, width[k]) bytes into bytes [offset[k], offset[k] + width[k])
@@ -93,6 +103,7 @@ typedef struct ix_plan {
     int32_t itype;                  /* TN_I64 or TN_I32 */
     int32_t dtype;                  /* data dtype of d and x */
     int accumulate;
+    const tn_tensor *ix;            /* the index (CUDA: checked on the device against xdim_size) */
 } ix_plan;
 
 /* x[i * xs] += d[i * ds], i < n, in dtype (integers wrap like torch; no signed overflow UB). */
@@ -246,7 +257,7 @@ static int ix_cuda_ordered(const ix_plan *p, int64_t total) {
 /* ix_run for CUDA operands. The plan's iteration becomes a tn_iter of (index, d, x); the
  * ordered sum iterates instead over x's elements that can receive a sum (dim's size replaced
  * by x's), with a fourth, data-less operand whose offset is the coordinate along dim. */
-static tn_status ix_run_cuda(const char *opname, const ix_plan *p) {
+static tn_status ix_run_cuda_launch(const char *opname, const ix_plan *p, const void *bad) {
     int64_t total = 1;
     for (int i = 0; i < p->nd; i++) total *= p->shape[i];
     if (total == 0) return TN_OK;
@@ -258,8 +269,8 @@ static tn_status ix_run_cuda(const char *opname, const ix_plan *p) {
         tn_iter_add(&it, p->dp, es, p->nd, p->shape, p->dstr);
         tn_iter_add(&it, p->xp, es, p->nd, p->shape, p->xstr);
         tn_iter_finish(&it);
-        if (!p->accumulate) return tn_cuda_index_take(opname, &it, p->xdim_stride, p->itype);
-        return tn_cuda_index_put_add(opname, &it, p->xdim_stride, p->itype, p->dtype);
+        if (!p->accumulate) return tn_cuda_index_take(opname, &it, p->xdim_stride, p->xdim_size, p->itype, bad);
+        return tn_cuda_index_put_add(opname, &it, p->xdim_stride, p->xdim_size, p->itype, p->dtype, bad);
     }
     int64_t rshape[TN_MAX_DIMS], istr[TN_MAX_DIMS], dstr[TN_MAX_DIMS], xstr[TN_MAX_DIMS], cstr[TN_MAX_DIMS];
     for (int i = 0; i < p->nd; i++) {
@@ -281,7 +292,18 @@ static tn_status ix_run_cuda(const char *opname, const ix_plan *p) {
     tn_iter_add(&it, NULL, 0, p->nd, rshape, cstr);
     tn_iter_finish(&it);
     return tn_cuda_index_put_add_ordered(opname, &it, p->shape[p->dim], p->istr[p->dim], p->dstr[p->dim],
-                                         p->itype, p->dtype);
+                                         p->itype, p->dtype, bad);
+}
+
+/* Unless checks are synchronous (ix_check_values did them), queues the device-side range check
+ * of the plan's index first; the launches then write nothing when it finds a bad value, and the
+ * error is raised at the next host wait. Nothing here waits for the device. */
+static tn_status ix_run_cuda(const char *opname, const ix_plan *p) {
+    tn_tensor *flag = NULL;
+    if (!tn_cuda_get_sync_checks()) TN_TRY(tn_cuda_index_check_async(&flag, opname, p->ix, p->xdim_size, p->dim));
+    const tn_status s = ix_run_cuda_launch(opname, p, flag ? (const void *)flag->data : NULL);
+    tn_tensor_free(flag); /* stream-ordered pool: reused only after the queued launches */
+    return s;
 }
 
 /* dst = src for CUDA tensors of one shape and dtype. */
@@ -331,26 +353,39 @@ static void ix_find_bad(int64_t *bad_out, int64_t *badv_out, const tn_tensor *in
     *badv_out = badv;
 }
 
-static tn_status ix_check_values(const char *opname, const tn_tensor *index, int32_t dim, int64_t size) {
-    const int nd = index->ndim;
-    int64_t bad = -1, badv = 0;
-#ifdef TERN_HAVE_CUDA
-    if (index->device == TN_CUDA) TN_TRY(tn_cuda_index_check(&bad, &badv, index, size));
-    else
-#endif
-    ix_find_bad(&bad, &badv, index, size);
-    if (bad < 0) return TN_OK;
+/* The error for value badv at row-major position bad of an index of shape (ndim) shape, outside
+ * [0, size) along dim; note (may be "") ends the message. Also used by cuda/index.cu for the
+ * errors its asynchronous check reports later. */
+tn_status tn_index_range_error(const char *opname, int64_t badv, int32_t dim, int64_t size, int32_t ndim,
+                               const int64_t *shape, int64_t bad, const char *note);
+tn_status tn_index_range_error(const char *opname, int64_t badv, int32_t dim, int64_t size, int32_t ndim,
+                               const int64_t *shape, int64_t bad, const char *note) {
+    const int nd = ndim;
     char pos[200]; /* "[i, j, ...]" */
     int64_t c[TN_MAX_DIMS], rem = bad;
-    for (int d = nd - 1; d >= 0; d--) { c[d] = rem % index->shape[d]; rem /= index->shape[d]; }
+    for (int d = nd - 1; d >= 0; d--) { c[d] = rem % shape[d]; rem /= shape[d]; }
     size_t len = 0;
     len += (size_t)snprintf(pos + len, sizeof pos - len, "[");
     for (int d = 0; d < nd && len < sizeof pos; d++)
         len += (size_t)snprintf(pos + len, sizeof pos - len, d ? ", %lld" : "%lld", TN_D(c[d]));
     if (len < sizeof pos) snprintf(pos + len, sizeof pos - len, "]");
     /* badv is a value of index (0-based data): printed as it is; dim and position are not */
-    return tn_error(TN_ERR_INDEX, "%s: index %lld is out of range for dim %lld of size %lld (at position %s)",
-                    opname, (long long)badv, TN_D(dim), (long long)size, pos);
+    return tn_error(TN_ERR_INDEX, "%s: index %lld is out of range for dim %lld of size %lld (at position %s)%s",
+                    opname, (long long)badv, TN_D(dim), (long long)size, pos, note);
+}
+
+static tn_status ix_check_values(const char *opname, const tn_tensor *index, int32_t dim, int64_t size) {
+    int64_t bad = -1, badv = 0;
+#ifdef TERN_HAVE_CUDA
+    if (index->device == TN_CUDA) {
+        /* asynchronous by default: ix_run_cuda queues the check with the op */
+        if (!tn_cuda_get_sync_checks()) return TN_OK;
+        TN_TRY(tn_cuda_index_check(&bad, &badv, index, size));
+    } else
+#endif
+    ix_find_bad(&bad, &badv, index, size);
+    if (bad < 0) return TN_OK;
+    return tn_index_range_error(opname, badv, dim, size, index->ndim, index->shape, bad, "");
 }
 
 /* Rejects outputs updated in place whose elements overlap (expanded dims of stride 0). */
@@ -435,6 +470,7 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
         p.itype = index->dtype;
         p.dtype = a->dtype;
         p.accumulate = 0;
+        p.ix = hi;
         s = ix_exec(op, &p, a->device);
     }
     tn_tensor_free(ha);
@@ -486,6 +522,7 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
         p.itype = index->dtype;
         p.dtype = out->dtype;
         p.accumulate = 1;
+        p.ix = hi;
         s = ix_exec(op, &p, out->device);
     }
     tn_tensor_free(hs);
@@ -538,6 +575,7 @@ tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, cons
         p.itype = index->dtype;
         p.dtype = a->dtype;
         p.accumulate = 0;
+        p.ix = hi;
         s = ix_exec(op, &p, a->device);
     }
     tn_tensor_free(ha);
@@ -589,6 +627,7 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
         p.itype = index->dtype;
         p.dtype = out->dtype;
         p.accumulate = 1;
+        p.ix = hi;
         s = ix_exec(op, &p, out->device);
     }
     tn_tensor_free(hs);

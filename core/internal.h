@@ -85,6 +85,13 @@ void tn_allocator_set(int32_t device, const tn_allocator *a);
 int64_t tn_cuda_pool_cached(void);
 void tn_cuda_pool_empty(void);
 void tn_cuda_pool_set_limit(int64_t bytes);
+/* Defined by cuda/index.cu in builds with TERN_HAVE_CUDA: the pending error of the asynchronous
+ * index range checks (gather, scatter_add, index_select, index_add on CUDA). op NULL: queues a
+ * read of the current device's record on the current stream, before a host wait for it. op
+ * non-NULL, after that wait: a TN_ERR_INDEX error with the CPU's message plus " (reported at the
+ * next synchronisation: op)" when a check found a bad value (the record is then cleared), else
+ * TN_OK; without a queued read it queues one and waits for it. */
+tn_status tn_cuda_check_pending(const char *op);
 
 /* Formats a shape given as (ndim, shape) like tn_shape_str: "[2, 3]", "[]" for ndim 0.
  * Always NUL-terminated; returns buf. */

@@ -5,6 +5,7 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -84,6 +85,21 @@ tn_status tn_cuda_set_tf32(int on) {
     return TN_OK;
 }
 int tn_cuda_get_tf32(void) { return __atomic_load_n(&tn_tf32, __ATOMIC_RELAXED); }
+/* a setting too (cuda/index.cu in builds with CUDA); -1: TERN_CUDA_SYNC_CHECKS not read yet */
+static int tn_sync_checks = -1;
+tn_status tn_cuda_set_sync_checks(int on) {
+    __atomic_store_n(&tn_sync_checks, on ? 1 : 0, __ATOMIC_RELAXED);
+    return TN_OK;
+}
+int tn_cuda_get_sync_checks(void) {
+    const int v = __atomic_load_n(&tn_sync_checks, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    const char *e = getenv("TERN_CUDA_SYNC_CHECKS");
+    int expected = -1;
+    (void)__atomic_compare_exchange_n(&tn_sync_checks, &expected, e && *e && strcmp(e, "0") != 0, 0,
+                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return __atomic_load_n(&tn_sync_checks, __ATOMIC_RELAXED);
+}
 #endif
 
 int tn_has_mpi(void) {

@@ -171,6 +171,16 @@ tn_status tn_cuda_memory_reset_peak(int32_t device_index);
  * run on tensor cores with f32 accumulation; f64 never uses TF32. */
 tn_status tn_cuda_set_tf32(int on);
 int tn_cuda_get_tf32(void); /* 1 when on */
+/* Index range checks of gather, scatter_add, index_select and index_add (embedding) on CUDA
+ * (cuda/index.cu). Off (the default): checked on the device without waiting for it; a bad
+ * value makes the op write nothing and is raised (TN_ERR_INDEX, the CPU's message plus
+ * " (reported at the next synchronisation: <where>)") by the next host wait: tn_cuda_synchronize,
+ * tn_cuda_stream_synchronize, or a copy from the device to the host (item, tolist, cpu). On
+ * (nonzero; debugging): each call waits for its check and fails itself, as on the CPU. The
+ * default comes from the environment variable TERN_CUDA_SYNC_CHECKS (set and not "0": on),
+ * read once. Process-wide; a setting that works in every build, like TF32. */
+tn_status tn_cuda_set_sync_checks(int on);
+int tn_cuda_get_sync_checks(void); /* 1 when on */
 
 /* Scalar conversions of the 16-bit float formats (round to nearest even). */
 float tn_f16_to_f32(uint16_t h);

@@ -103,9 +103,22 @@ extern "C" void tn_cuda_stream_free(tn_cuda_stream_t *s) {
     free(s);
 }
 
+/* Also raises the pending index error of s's device (tn_cuda_check_pending) when that device
+ * is current; its read goes onto s before the wait. */
 extern "C" tn_status tn_cuda_stream_synchronize(tn_cuda_stream_t *s) {
     if (!s) return tn_cuda_synchronize();
-    return TN_CUDA_CHECK(cudaStreamSynchronize(s->s));
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess) (void)cudaGetLastError();
+    const int check = dev == s->device;
+    if (check) { /* queue the read on s: tn_cuda_stream_now() follows the current stream */
+        tn_cuda_stream_t *prev = current_stream;
+        current_stream = s;
+        const tn_status q = tn_cuda_check_pending(NULL);
+        current_stream = prev;
+        TN_TRY(q);
+    }
+    TN_TRY(TN_CUDA_CHECK(cudaStreamSynchronize(s->s)));
+    return check ? tn_cuda_check_pending("cuda_stream_synchronize") : TN_OK;
 }
 
 extern "C" tn_status tn_cuda_set_stream(tn_cuda_stream_t *s) {
@@ -132,9 +145,15 @@ extern "C" tn_status tn_cuda_get_device(int32_t *index) {
     return TN_OK;
 }
 
+/* Also raises the device's pending index error (tn_cuda_check_pending), read once every stream
+ * is done, since a check on any stream may have written it: a copy of ~100 bytes and a wait
+ * on an idle device (nothing when the device never ran an asynchronous check). */
 extern "C" tn_status tn_cuda_synchronize(void) {
     TN_TRY(need_device("cuda_synchronize"));
-    return TN_CUDA_CHECK(cudaDeviceSynchronize());
+    TN_TRY(TN_CUDA_CHECK(cudaDeviceSynchronize()));
+    TN_TRY(tn_cuda_check_pending(NULL));
+    TN_TRY(TN_CUDA_CHECK(cudaStreamSynchronize(tn_cuda_stream_now())));
+    return tn_cuda_check_pending("cuda_synchronize");
 }
 
 /* ---- pools ------------------------------------------------------------------------------------ */

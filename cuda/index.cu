@@ -14,6 +14,7 @@
  *   put_add_ordered (x, index, d, c): x[o0] += d[o2 + j * dstride] for j = 0 .. n-1 in order
  *                                     where index[o1 + j * istride] == c = o3 (no atomics)
  *   check          (index):           first row-major position whose value is not in [0, size)
+ *   check_record   (1 thread):        that position's value etc. into the device's pending error
  *   copy           (dst, src):        dst[o0] = src[o1]
  * and cat_rows copies contiguous inputs into their column ranges of a contiguous output.
  *
@@ -35,11 +36,24 @@
  *
  * Index values are read as i32 or i64 and widened to int64; element offsets are int64 all
  * through, so tensors beyond 2^31 elements index correctly. Every launch and copy goes to
- * tn_cuda_stream_now(); only the range check (an error check) waits for the stream.
+ * tn_cuda_stream_now(); nothing waits for the stream except the synchronous range check
+ * (tn_cuda_index_check, TERN_CUDA_SYNC_CHECKS / tn_cuda_set_sync_checks).
+ *
+ * Asynchronous range check (the default): tn_cuda_index_check_async queues the check and a
+ * one-thread kernel that copies the first bad value (op, position, value, size, the index's
+ * shape) into a per-device pending record in device memory, unless one is already there; the
+ * op's kernels read the call's flag and write nothing when it holds a position, and skip any
+ * value outside [0, size) regardless. The host reads the record at its next wait
+ * (tn_cuda_check_pending: tn_cuda_synchronize, tn_cuda_stream_synchronize, device -> host
+ * copies): one ~100-byte copy queued before the wait, and raises and clears it. A check on
+ * another stream than the one waited for is seen at a wait that covers it.
  */
 #include "common.cuh"
 
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 /* ---- element types ------------------------------------------------------------------------ */
 
@@ -122,7 +136,10 @@ template <typename U, typename I>
 __global__ void __launch_bounds__(TN_CUDA_THREADS)
 ix_take_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the iteration shape;
                                                       x's stride along dim is 0 in it */
-               int64_t xdim_stride) {              /* x's stride along dim, elements */
+               int64_t xdim_stride,                /* x's stride along dim, elements */
+               int64_t xdim_size,                  /* x's size along dim: valid values [0, size) */
+               const unsigned long long *bad) {    /* (1) the check's first bad position or NULL */
+    if (bad && *bad != ~0ull) return; /* a bad index: write nothing, as the CPU */
     const I *ip = (const I *)it.data[0];
     U *dp = (U *)it.data[1];
     const U *xp = (const U *)it.data[2];
@@ -130,6 +147,7 @@ ix_take_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the ite
         int64_t off[3];
         tn_cuda_iter_offsets(it, 3, e, off);
         const int64_t v = (int64_t)ip[off[0]];
+        if ((uint64_t)v >= (uint64_t)xdim_size) continue; /* never read out of range */
         dp[off[1]] = xp[off[2] + v * xdim_stride];
     }
 }
@@ -140,7 +158,10 @@ __global__ void __launch_bounds__(TN_CUDA_THREADS)
 ix_put_add_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the index's shape
                                                          (scatter_add) or src's (index_add);
                                                          x's stride along dim is 0 in it */
-                  int64_t xdim_stride) {              /* x's stride along dim, elements */
+                  int64_t xdim_stride,                /* x's stride along dim, elements */
+                  int64_t xdim_size,                  /* x's size along dim: valid values [0, size) */
+                  const unsigned long long *bad) {    /* (1) the check's first bad position or NULL */
+    if (bad && *bad != ~0ull) return; /* a bad index: add nothing, as the CPU */
     const I *ip = (const I *)it.data[0];
     const T *dp = (const T *)it.data[1];
     T *xp = (T *)it.data[2];
@@ -148,6 +169,7 @@ ix_put_add_kernel(const __grid_constant__ tn_iter it, /* (index, d, x) over the 
         int64_t off[3];
         tn_cuda_iter_offsets(it, 3, e, off);
         const int64_t v = (int64_t)ip[off[0]];
+        if ((uint64_t)v >= (uint64_t)xdim_size) continue; /* never write out of range */
         ix_atomic_add(xp + off[2] + v * xdim_stride, dp[off[1]]);
     }
 }
@@ -161,7 +183,10 @@ ix_put_add_ordered_kernel(const __grid_constant__ tn_iter it, /* (x, index, d, c
                                   d's strides along dim are 0, c's is 1 (c = coordinate on dim) */
                           int64_t n,       /* list length along dim (index's size there) */
                           int64_t istride, /* index's stride along dim, elements */
-                          int64_t dstride) { /* d's stride along dim, elements */
+                          int64_t dstride, /* d's stride along dim, elements */
+                          const unsigned long long *bad) { /* (1) the check's first bad position or NULL */
+    if (bad && *bad != ~0ull) return; /* a bad index: add nothing, as the CPU (a bad value matches
+                                         no coordinate c anyway) */
     T *xp = (T *)it.data[0];
     const I *ip = (const I *)it.data[1];
     const T *dp = (const T *)it.data[2];
@@ -250,36 +275,43 @@ ix_cat_rows_kernel(const __grid_constant__ ix_cat_batch b) { /* blockIdx.y: inpu
 /* ---- launches --------------------------------------------------------------------------------- */
 
 template <typename U> struct ix_take_run {
-    static tn_status run(const tn_iter &it, int64_t xdim_stride, int32_t itype) {
+    static tn_status run(const tn_iter &it, int64_t xdim_stride, int64_t xdim_size, int32_t itype,
+                         const unsigned long long *bad) {
         const cudaStream_t st = tn_cuda_stream_now();
         if (itype == TN_I64)
-            ix_take_kernel<U, int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+            ix_take_kernel<U, int64_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
         else
-            ix_take_kernel<U, int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+            ix_take_kernel<U, int32_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
         return TN_CUDA_CHECK_LAUNCH();
     }
 };
 
 template <typename T> struct ix_put_add_run {
-    static tn_status run(const tn_iter &it, int64_t xdim_stride, int32_t itype) {
+    static tn_status run(const tn_iter &it, int64_t xdim_stride, int64_t xdim_size, int32_t itype,
+                         const unsigned long long *bad) {
         const cudaStream_t st = tn_cuda_stream_now();
         if (itype == TN_I64)
-            ix_put_add_kernel<T, int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+            ix_put_add_kernel<T, int64_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
         else
-            ix_put_add_kernel<T, int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride);
+            ix_put_add_kernel<T, int32_t>
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
         return TN_CUDA_CHECK_LAUNCH();
     }
 };
 
 template <typename T> struct ix_put_add_ordered_run {
-    static tn_status run(const tn_iter &it, int64_t n, int64_t istride, int64_t dstride, int32_t itype) {
+    static tn_status run(const tn_iter &it, int64_t n, int64_t istride, int64_t dstride, int32_t itype,
+                         const unsigned long long *bad) {
         const cudaStream_t st = tn_cuda_stream_now();
         if (itype == TN_I64)
             ix_put_add_ordered_kernel<T, int64_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride);
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride, bad);
         else
             ix_put_add_ordered_kernel<T, int32_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride);
+                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride, bad);
         return TN_CUDA_CHECK_LAUNCH();
     }
 };
@@ -375,32 +407,274 @@ extern "C" tn_status tn_cuda_index_check(int64_t *bad, int64_t *badv, const tn_t
     return TN_OK;
 }
 
+/* ---- the asynchronous range check and its pending error -------------------------------------- */
+
+/* The first bad index of a device not yet reported: one per device, in device memory, zeroed at
+ * creation and by the host once it has raised the error. Written by ix_check_record_kernel after
+ * a check kernel found a bad value; read by tn_cuda_check_pending at the host's waits. */
+struct ix_pending {
+    unsigned int state;           /* 0 free, 1 being written, 2 holds an error */
+    int32_t op;                   /* index into ix_op_names; -1 unknown */
+    int32_t dim;                  /* the indexed dim, 0-based */
+    int32_t ndim;                 /* the index's dims */
+    long long pos;                /* row-major position of the bad value in the index */
+    long long value;              /* the bad value */
+    long long size;               /* valid values: [0, size) */
+    long long shape[TN_MAX_DIMS]; /* (ndim) the index's shape */
+};
+
+static const char *const ix_op_names[] = {"gather", "scatter_add", "index_select", "index_add"};
+enum { IX_NUM_OPS = (int)(sizeof ix_op_names / sizeof ix_op_names[0]), IX_MAX_DEVICES = 64 };
+
+static int32_t ix_op_id(const char *opname) {
+    for (int32_t k = 0; k < IX_NUM_OPS; k++)
+        if (opname && strcmp(opname, ix_op_names[k]) == 0) return k;
+    return -1;
+}
+
+/* What the record kernel needs of the index to report its first bad value. */
+struct ix_check_desc {
+    const void *data;             /* the index's first element */
+    int32_t itype;                /* TN_I64 or TN_I32 */
+    int32_t ndim, op, dim;
+    int64_t size;
+    int64_t shape[TN_MAX_DIMS];   /* (ndim) */
+    int64_t strides[TN_MAX_DIMS]; /* (ndim) elements */
+};
+
+/* One thread: when the check found a bad value (*first_bad) and rec holds no error yet, writes
+ * the error into rec. */
+__global__ void ix_check_record_kernel(const __grid_constant__ ix_check_desc d,
+                                       const unsigned long long *first_bad, /* (1) ULLONG_MAX: none */
+                                       ix_pending *rec) {
+    const unsigned long long first = *first_bad;
+    if (first == ~0ull) return;
+    if (atomicCAS(&rec->state, 0u, 1u) != 0u) return; /* an earlier error is still pending */
+    int64_t rem = (int64_t)first, off = 0;
+    for (int32_t k = d.ndim - 1; k >= 0; k--) {
+        off += (rem % d.shape[k]) * d.strides[k];
+        rem /= d.shape[k];
+    }
+    rec->op = d.op;
+    rec->dim = d.dim;
+    rec->ndim = d.ndim;
+    rec->pos = (long long)first;
+    rec->value = d.itype == TN_I64 ? (long long)((const int64_t *)d.data)[off]
+                                   : (long long)((const int32_t *)d.data)[off];
+    rec->size = (long long)d.size;
+    for (int32_t k = 0; k < TN_MAX_DIMS; k++) rec->shape[k] = k < d.ndim ? (long long)d.shape[k] : 0;
+    __threadfence();
+    atomicExch(&rec->state, 2u);
+}
+
+static ix_pending *ix_pending_dev[IX_MAX_DEVICES]; /* created on first use, never freed */
+static pthread_mutex_t ix_pending_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* [OUT] rec: the pending record of the current device, created (zeroed) on first use when
+ * create, else NULL when there is none yet; [OUT] dev: the current device. */
+static tn_status ix_pending_of(int create, ix_pending **rec, int *dev) {
+    *rec = NULL;
+    TN_TRY(TN_CUDA_CHECK(cudaGetDevice(dev)));
+    if (*dev < 0 || *dev >= IX_MAX_DEVICES)
+        return tn_error(TN_ERR_DEVICE, "index check: device %d is beyond the %d tern supports", *dev, IX_MAX_DEVICES);
+    ix_pending *p = __atomic_load_n(&ix_pending_dev[*dev], __ATOMIC_ACQUIRE);
+    if (p || !create) {
+        *rec = p;
+        return TN_OK;
+    }
+    tn_status s = TN_OK;
+    pthread_mutex_lock(&ix_pending_lock);
+    p = ix_pending_dev[*dev];
+    if (!p) {
+        /* zeroed before any stream can use it: once per device, on the legacy stream, waited for */
+        s = TN_CUDA_CHECK(cudaMalloc((void **)&p, sizeof *p));
+        if (s == TN_OK) s = TN_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof *p, cudaStreamLegacy));
+        if (s == TN_OK) s = TN_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+        if (s == TN_OK)
+            __atomic_store_n(&ix_pending_dev[*dev], p, __ATOMIC_RELEASE);
+        else if (p)
+            (void)cudaFree(p), p = NULL;
+    }
+    pthread_mutex_unlock(&ix_pending_lock);
+    *rec = p;
+    return s;
+}
+
+/* [OUT] flag: a new (1) CUDA tensor that, once the queued check has run, holds the row-major
+ * position of index's first value outside [0, size) (ULLONG_MAX when none); the op's kernels
+ * take its data as `bad` and write nothing when it holds a position. A bad value is also
+ * recorded as the device's pending error (the first one only), which tn_cuda_check_pending
+ * raises at the next host wait. NULL for an empty index. Nothing waits for the device. */
+extern "C" tn_status tn_cuda_index_check_async(tn_tensor **flag, const char *opname, const tn_tensor *index,
+                                               int64_t size, int32_t dim) {
+    *flag = NULL;
+    TN_TRY(ix_check_itype(opname, index->dtype));
+    if (tn_tensor_numel(index) == 0) return TN_OK;
+    ix_pending *rec;
+    int dev;
+    TN_TRY(ix_pending_of(1, &rec, &dev));
+    tn_iter it;
+    tn_iter_init(&it, index->ndim, index->shape);
+    tn_iter_add_tensor(&it, index);
+    tn_iter_finish(&it);
+    ix_check_desc d;
+    memset(&d, 0, sizeof d);
+    d.data = index->data;
+    d.itype = index->dtype;
+    d.ndim = index->ndim;
+    d.op = ix_op_id(opname);
+    d.dim = dim;
+    d.size = size;
+    for (int32_t k = 0; k < index->ndim; k++) d.shape[k] = index->shape[k], d.strides[k] = index->strides[k];
+    const cudaStream_t st = tn_cuda_stream_now();
+    const int64_t one = 1;
+    TN_TRY(tn_tensor_empty(flag, 1, &one, TN_I64, TN_CUDA));
+    unsigned long long *fp = (unsigned long long *)(*flag)->data;
+    tn_status s = TN_CUDA_CHECK(cudaMemsetAsync(fp, 0xff, sizeof *fp, st));
+    if (s == TN_OK) {
+        if (index->dtype == TN_I64)
+            ix_check_kernel<int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
+        else
+            ix_check_kernel<int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
+        s = TN_CUDA_CHECK_LAUNCH();
+    }
+    if (s == TN_OK) {
+        ix_check_record_kernel<<<1, 1, 0, st>>>(d, fp, rec);
+        s = TN_CUDA_CHECK_LAUNCH();
+    }
+    if (s != TN_OK) {
+        tn_tensor_free(*flag);
+        *flag = NULL;
+    }
+    return s;
+}
+
+/* core/index.c: the CPU's message for a bad index value, with note appended. */
+extern "C" tn_status tn_index_range_error(const char *opname, int64_t badv, int32_t dim, int64_t size,
+                                          int32_t ndim, const int64_t *shape, int64_t bad, const char *note);
+
+/* The read of the record queued by this thread (tn_cuda_check_pending(NULL)), in a page-locked
+ * buffer of its own (freed when the thread exits). */
+static __thread ix_pending *ix_host_rec;
+static __thread int ix_queued_dev = -1;    /* the device whose record was read; -1: none queued */
+static __thread cudaStream_t ix_queued_st; /* the stream the read went to */
+static pthread_key_t ix_host_key;
+static pthread_once_t ix_host_once = PTHREAD_ONCE_INIT;
+static void ix_host_free(void *p) {
+    if (p && cudaFreeHost(p) != cudaSuccess) (void)cudaGetLastError();
+}
+static void ix_host_key_make(void) { (void)pthread_key_create(&ix_host_key, ix_host_free); }
+
+/* Queues a read of the current device's record on the current stream (nothing when the device
+ * never ran an asynchronous check). */
+static tn_status ix_pending_queue(void) {
+    ix_queued_dev = -1;
+    ix_pending *rec;
+    int dev;
+    TN_TRY(ix_pending_of(0, &rec, &dev));
+    if (!rec) return TN_OK;
+    if (!ix_host_rec) {
+        void *h = NULL;
+        TN_TRY(TN_CUDA_CHECK(cudaHostAlloc(&h, sizeof(ix_pending), cudaHostAllocPortable)));
+        ix_host_rec = (ix_pending *)h;
+        (void)pthread_once(&ix_host_once, ix_host_key_make);
+        (void)pthread_setspecific(ix_host_key, h);
+    }
+    const cudaStream_t st = tn_cuda_stream_now();
+    TN_TRY(TN_CUDA_CHECK(cudaMemcpyAsync(ix_host_rec, rec, sizeof(ix_pending), cudaMemcpyDeviceToHost, st)));
+    ix_queued_dev = dev;
+    ix_queued_st = st;
+    return TN_OK;
+}
+
+/* op NULL: queues a read of the current device's pending index error on the current stream, to
+ * go before a host wait for that stream. op non-NULL, after that wait: raises what the read
+ * found (TN_ERR_INDEX, the CPU's message plus " (reported at the next synchronisation: op)")
+ * and clears the record; without a queued read it queues one and waits for it itself. */
+extern "C" tn_status tn_cuda_check_pending(const char *op) {
+    if (!op) return ix_pending_queue();
+    int dev = -1;
+    TN_TRY(TN_CUDA_CHECK(cudaGetDevice(&dev)));
+    if (ix_queued_dev < 0 || ix_queued_dev != dev) {
+        TN_TRY(ix_pending_queue());
+        if (ix_queued_dev < 0) return TN_OK; /* no record on this device */
+        const tn_status w = TN_CUDA_CHECK(cudaStreamSynchronize(ix_queued_st));
+        if (w != TN_OK) {
+            ix_queued_dev = -1;
+            return w;
+        }
+    }
+    ix_queued_dev = -1;
+    ix_pending r; /* the host wait made the copied bytes visible */
+    memcpy(&r, ix_host_rec, sizeof r);
+    ix_host_rec->state = 0u; /* read once: a later read that never lands is not taken for this one */
+    if (r.state != 2u) return TN_OK; /* none (or one still being written on another stream) */
+    ix_pending *rec;
+    TN_TRY(ix_pending_of(0, &rec, &dev));
+    /* cleared after everything queued on that stream so far (the check that wrote it included),
+     * and waited for (an error path), so that a check queued next on any stream records again */
+    TN_TRY(TN_CUDA_CHECK(cudaMemsetAsync(rec, 0, sizeof *rec, ix_queued_st)));
+    TN_TRY(TN_CUDA_CHECK(cudaStreamSynchronize(ix_queued_st)));
+    int64_t shape[TN_MAX_DIMS];
+    const int32_t nd = r.ndim < 0 ? 0 : r.ndim > TN_MAX_DIMS ? TN_MAX_DIMS : r.ndim;
+    for (int32_t k = 0; k < nd; k++) shape[k] = (int64_t)r.shape[k] > 0 ? (int64_t)r.shape[k] : 1;
+    char note[160];
+    snprintf(note, sizeof note, " (reported at the next synchronisation: %s)", op);
+    return tn_index_range_error(r.op >= 0 && r.op < IX_NUM_OPS ? ix_op_names[r.op] : "index check", r.value,
+                                r.dim, r.size, nd, shape, r.pos, note);
+}
+
+/* ---- the synchronous-check switch (tern.h) -------------------------------------------------- */
+
+static int ix_sync_checks = -1; /* -1: TERN_CUDA_SYNC_CHECKS not read yet */
+
+extern "C" tn_status tn_cuda_set_sync_checks(int on) {
+    __atomic_store_n(&ix_sync_checks, on ? 1 : 0, __ATOMIC_RELAXED);
+    return TN_OK;
+}
+
+extern "C" int tn_cuda_get_sync_checks(void) {
+    int v = __atomic_load_n(&ix_sync_checks, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    const char *e = getenv("TERN_CUDA_SYNC_CHECKS");
+    int expected = -1;
+    const int want = e && *e && strcmp(e, "0") != 0;
+    (void)__atomic_compare_exchange_n(&ix_sync_checks, &expected, want, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return __atomic_load_n(&ix_sync_checks, __ATOMIC_RELAXED);
+}
+
 /* Over a finished iterator of (index, d, x), d[o1] = x[o2 + index[o0] * xdim_stride]; itype
- * i64 or i32; the elements of d and x have it->elsize[1] bytes. Index values are in range
- * (checked before). */
-extern "C" tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride, int32_t itype) {
+ * i64 or i32; the elements of d and x have it->elsize[1] bytes. bad: NULL (values checked
+ * before), or the device flag of tn_cuda_index_check_async: when it holds a position nothing is
+ * written. A value outside [0, xdim_size) is skipped either way. */
+extern "C" tn_status tn_cuda_index_take(const char *opname, const tn_iter *it, int64_t xdim_stride,
+                                        int64_t xdim_size, int32_t itype, const void *bad) {
     TN_TRY(ix_check_itype(opname, itype));
     if (it->numel == 0) return TN_OK;
-    return IX_DISPATCH_RAW(opname, it->elsize[1], ix_take_run, *it, xdim_stride, itype);
+    return IX_DISPATCH_RAW(opname, it->elsize[1], ix_take_run, *it, xdim_stride, xdim_size, itype,
+                           (const unsigned long long *)bad);
 }
 
 /* Over a finished iterator of (index, d, x), x[o2 + index[o0] * xdim_stride] += d[o1] in
- * dtype, with atomics (see the top of the file). */
+ * dtype, with atomics (see the top of the file); bad as for tn_cuda_index_take. */
 extern "C" tn_status tn_cuda_index_put_add(const char *opname, const tn_iter *it, int64_t xdim_stride,
-                                           int32_t itype, int32_t dtype) {
+                                           int64_t xdim_size, int32_t itype, int32_t dtype, const void *bad) {
     TN_TRY(ix_check_itype(opname, itype));
     if (it->numel == 0) return TN_OK;
-    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_run, *it, xdim_stride, itype);
+    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_run, *it, xdim_stride, xdim_size, itype,
+                            (const unsigned long long *)bad);
 }
 
 /* Over a finished iterator of (x, index, d, c), x[o0] += d[o2 + j * dstride] for j = 0 .. n-1
- * in order where index[o1 + j * istride] == o3; each x element on one thread, no atomics. */
+ * in order where index[o1 + j * istride] == o3; each x element on one thread, no atomics; bad
+ * as for tn_cuda_index_take. */
 extern "C" tn_status tn_cuda_index_put_add_ordered(const char *opname, const tn_iter *it, int64_t n,
                                                    int64_t istride, int64_t dstride, int32_t itype,
-                                                   int32_t dtype) {
+                                                   int32_t dtype, const void *bad) {
     TN_TRY(ix_check_itype(opname, itype));
     if (it->numel == 0 || n == 0) return TN_OK;
-    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_ordered_run, *it, n, istride, dstride, itype);
+    return TN_CUDA_DISPATCH(opname, dtype, ix_put_add_ordered_run, *it, n, istride, dstride, itype,
+                            (const unsigned long long *)bad);
 }
 
 /* Over a finished iterator of (dst, src) with elements of the same size, dst[o0] = src[o1]. */

@@ -6,10 +6,12 @@
 -- dims first, middle, last and negative; non-contiguous views (made on each device from the
 -- same contiguous base: a:cuda() of a view is contiguous); repeated and empty index lists; i64
 -- and i32 indices; preallocated non-contiguous outputs through the C API; out-of-range indices
--- giving the CPU's error.
+-- giving the CPU's error: at the call with synchronous checks (tn.cuda.set_sync_checks(true)),
+-- else (the default) at the next synchronisation (cpu(), item(), tn.cuda.synchronize(),
+-- s:synchronize()), once, the first bad call's, and the bad op writes nothing.
 --
--- Every block is #gpu: a machine without a GPU filters them out and counts them as skipped.
--- Nothing here touches the GPU outside an `it`, so the file loads and lists anywhere.
+-- Every block but the last is #gpu: a machine without a GPU filters them out and counts them as
+-- skipped. Nothing here touches the GPU outside an `it`, so the file loads and lists anywhere.
 local h = require "helpers.init"
 local tn = h.tn
 local ffi = require "ffi"
@@ -50,38 +52,56 @@ end
 local function copy3(s) return { s[1], s[2], s[3] } end
 local function pos_dim(d, nd) return d > 0 and d or nd + d + 1 end
 
--- GPU copies of the tensors of inputs, made before anything runs (ops may write in place).
-local function to_gpu(inputs)
-  local g = {}
-  for k, v in pairs(inputs) do g[k] = tn.is_tensor(v) and v:cuda() or v end
-  return g
+local gpu = require "helpers.gpu"
+local to_gpu, run_both, strip = gpu.to_gpu, gpu.run_both, gpu.strip
+
+-- fn() with the index checks synchronous (on) or not, the setting restored after.
+local function with_sync_checks(on, fn, ...)
+  local was = tn.cuda.get_sync_checks()
+  tn.cuda.set_sync_checks(on)
+  local r = { pcall(fn, ...) }
+  tn.cuda.set_sync_checks(was)
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, table.maxn(r))
 end
 
--- make(inputs) on the CPU tensors and on GPU copies of them; returns the CPU result and the GPU
--- result moved back.
-local function run_both(make, inputs)
-  local g = to_gpu(inputs)
-  local expected = make(inputs)
-  local got = make(g)
-  assert.are.equal("cuda", got:device())
-  return expected, got:cpu()
+local function contains(msg, part)
+  assert.truthy(strip(msg):find(part, 1, true), "'" .. strip(msg) .. "' does not contain '" .. part .. "'")
 end
 
-local function strip(msg) return (tostring(msg):gsub("^[^\n]-:%d+: ", "")) end
-
--- make fails on both devices with the same message (which contains part).
+-- make fails on both devices with the same message (which contains part); on the GPU with
+-- synchronous checks, at the call.
 local function same_error(make, inputs, part)
   local g = to_gpu(inputs)
   local ok1, e1 = pcall(make, inputs)
-  local ok2, e2 = pcall(make, g)
+  local ok2, e2 = with_sync_checks(true, pcall, make, g)
   assert.is_false(ok1, "the CPU call did not fail")
   assert.is_false(ok2, "the GPU call did not fail")
   assert.are.equal(strip(e1), strip(e2))
-  if part then
-    assert.truthy(strip(e2):find(part, 1, true), "'" .. strip(e2) .. "' does not contain '" .. part .. "'")
-  end
+  if part then contains(e2, part) end
   return strip(e2)
 end
+
+local NOTE = " (reported at the next synchronisation: %s)"
+
+-- With asynchronous checks (the default), make on GPU copies of inputs returns, and sync(result)
+-- raises the error (which contains part and the note naming where); the next synchronisation
+-- after it is clean (reported once).
+local function later_error(make, inputs, part, sync, where)
+  local g = to_gpu(inputs)
+  tn.cuda.synchronize()
+  with_sync_checks(false, function()
+    local r = make(g)
+    local ok, e = pcall(sync, r)
+    assert.is_false(ok, "the synchronisation did not fail")
+    contains(e, part .. NOTE:format(where))
+    tn.cuda.synchronize()
+  end)
+end
+
+local function sync_cpu(r) return r:cpu() end
+local function sync_item(r) return r:sum():item() end
+local function sync_device() tn.cuda.synchronize() end
 
 local function check_sum(expected, got, dtype)
   assert.are.equal(expected:dtype(), got:dtype())
@@ -217,7 +237,18 @@ describe("gpu index #gpu", function()
         same_error(run, { z = z, i = bad, s = values({ 9, 6 }, dt) },
           "scatter_add: index 7 is out of range for dim 1 of size 7 (at position [3, 4])")
         local zg = z:cuda()
-        assert.is_false(pcall(run, { z = zg, i = bad:cuda(), s = values({ 9, 6 }, dt):cuda() }))
+        with_sync_checks(true, function()
+          assert.is_false(pcall(run, { z = zg, i = bad:cuda(), s = values({ 9, 6 }, dt):cuda() }))
+        end)
+        assert.tensor_equal(z, zg:cpu())
+        -- asynchronous: the call returns, nothing is added, the next copy to the host raises
+        with_sync_checks(false, function()
+          run({ z = zg, i = bad:cuda(), s = values({ 9, 6 }, dt):cuda() })
+          local ok, msg = pcall(sync_cpu, zg)
+          assert.is_false(ok)
+          contains(msg, "scatter_add: index 7 is out of range for dim 1 of size 7 (at position [3, 4])"
+            .. NOTE:format("copy to host"))
+        end)
         assert.tensor_equal(z, zg:cpu())
       end
     end)
@@ -383,7 +414,64 @@ describe("gpu index #gpu", function()
         same_error(function(x) return tn.embedding(x.a, x.i) end, { a = a, i = l:view(3, 3) },
           "embedding: index_select: index 4 is out of range for dim 1 of size 4 (at position [7])")
       end)
+
+      it(("raise the CPU's error at the next synchronisation by default, once (%s)"):format(ity), function()
+        local a = values({ 4, 6 }, "f32")
+        local i = indices({ 3, 5 }, 6, ity)
+        i:set({ 2, 4 }, 6)
+        i:set({ 3, 1 }, -1)
+        local gather = function(x) return x.a:gather(2, x.i) end
+        local msg = "gather: index 6 is out of range for dim 2 of size 6 (at position [2, 4])"
+        later_error(gather, { a = a, i = i }, msg, sync_cpu, "copy to host")
+        later_error(gather, { a = a, i = i }, msg, sync_item, "copy to host")
+        later_error(gather, { a = a, i = i }, msg, sync_device, "cuda_synchronize")
+        later_error(function(x) return x.a:gather(1, x.i:t()) end, { a = values({ 6, 3 }, "f32"), i = i },
+          "gather: index -1 is out of range for dim 1 of size 6 (at position [1, 3])", sync_cpu, "copy to host")
+        later_error(function(x) return x.a:scatter_add(2, x.i, x.s) end,
+          { a = a, i = i, s = values({ 3, 5 }, "f32") },
+          "scatter_add: index 6 is out of range for dim 2 of size 6 (at position [2, 4])", sync_cpu, "copy to host")
+        local l = indices({ 9 }, 4, ity)
+        l:set({ 7 }, 4)
+        later_error(function(x) return x.a:index_select(1, x.i) end, { a = a, i = l },
+          "index_select: index 4 is out of range for dim 1 of size 4 (at position [7])", sync_device,
+          "cuda_synchronize")
+        later_error(function(x) return x.a:index_add(1, x.i, x.s) end, { a = a, i = l, s = values({ 9, 6 }, "f32") },
+          "index_add: index 4 is out of range for dim 1 of size 4 (at position [7])", sync_item, "copy to host")
+        later_error(function(x) return tn.embedding(x.a, x.i) end, { a = a, i = l:view(3, 3) },
+          "index_select: index 4 is out of range for dim 1 of size 4 (at position [7])", sync_cpu, "copy to host")
+      end)
     end
+
+    it("report the first bad call of several, on a stream's synchronize too", function()
+      local a, l = values({ 4, 6 }, "f32"), indices({ 9 }, 4)
+      l:set({ 7 }, 4)
+      local g = to_gpu({ a = a, l = l, b = l:clone():fill_(9), c = l:clone():fill_(1) }) -- b: all bad
+      tn.cuda.synchronize()
+      with_sync_checks(false, function()
+        local r1 = g.a:index_select(1, g.l) -- the first bad call: kept
+        local r2 = g.a:index_select(1, g.b) -- a later one: dropped
+        local r3 = g.a:index_select(1, g.c) -- a good one runs
+        local ok, msg = pcall(sync_device)
+        assert.is_false(ok)
+        contains(msg, "index_select: index 4 is out of range for dim 1 of size 4 (at position [7])"
+          .. NOTE:format("cuda_synchronize"))
+        assert.tensor_equal(a:index_select(1, l:clone():fill_(1)), r3:cpu())
+        assert.are.same({ 9, 6 }, r1:shape())
+        assert.are.same({ 9, 6 }, r2:shape())
+        -- on a stream: its synchronize raises it
+        local s = tn.cuda.Stream()
+        tn.cuda.set_stream(s)
+        local r = g.a:gather(2, g.b:view(3, 3):narrow(2, 1, 2))
+        tn.cuda.set_stream(nil)
+        ok, msg = pcall(s.synchronize, s)
+        assert.is_false(ok)
+        contains(msg, "gather: index 9 is out of range for dim 2 of size 6 (at position [1, 1])"
+          .. NOTE:format("cuda_stream_synchronize"))
+        assert.are.same({ 3, 2 }, r:shape())
+        s:free()
+        tn.cuda.synchronize()
+      end)
+    end)
 
     it("reject an index on the other device", function()
       local a, i = values({ 4, 6 }, "f32"), indices({ 4, 2 }, 6)
@@ -484,5 +572,19 @@ describe("gpu index #gpu", function()
         assert.tensor_equal(g:narrow(2, 1, 2), g:narrow(2, 3, 2))
       end
     end)
+  end)
+end)
+
+describe("gpu index: the synchronous-check switch", function()
+  it("is a setting in every build, off by default", function()
+    local was = tn.cuda.get_sync_checks()
+    if os.getenv("TERN_CUDA_SYNC_CHECKS") == nil then assert.is_false(was) end
+    tn.cuda.set_sync_checks(true)
+    assert.is_true(tn.cuda.get_sync_checks())
+    tn.cuda.set_sync_checks(false)
+    assert.is_false(tn.cuda.get_sync_checks())
+    tn.cuda.set_sync_checks(was)
+    assert.has_error(function() tn.cuda.set_sync_checks(1) end,
+      "tn.cuda.set_sync_checks: expected a boolean, got number")
   end)
 end)

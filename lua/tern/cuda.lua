@@ -50,6 +50,21 @@ end
 
 function M.get_tf32() return C.tn_cuda_get_tf32() ~= 0 end
 
+-- Index range checks of gather / scatter_add / index_select / index_add / embedding on the GPU.
+-- false (the default): checked on the device without waiting; an out-of-range index makes the op
+-- write nothing and its error is raised by the next synchronize(), Stream:synchronize() or copy to
+-- the host (item, tolist, cpu). true (debugging): each call waits and fails itself, as on the CPU.
+-- The default is true when the environment variable TERN_CUDA_SYNC_CHECKS is set (not "0").
+-- Process-wide; a setting, so it also works without a GPU.
+function M.set_sync_checks(on)
+  if type(on) ~= "boolean" then
+    error("tn.cuda.set_sync_checks: expected a boolean, got " .. type(on), 2)
+  end
+  check(C.tn_cuda_set_sync_checks(on and 1 or 0), 2)
+end
+
+function M.get_sync_checks() return C.tn_cuda_get_sync_checks() ~= 0 end
+
 -- Streams ----------------------------------------------------------------------------------------
 
 local Stream = {}

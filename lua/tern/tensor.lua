@@ -848,8 +848,14 @@ end
 local function host_values(t, opname)
   local h, err = host_copy(t)
   if not h then
+    local c = t._c
+    if c.storage ~= nil and c.storage.device == c.device then
+      -- a real device tensor: the copy's own error (say a bad index reported at this
+      -- synchronisation, or out of memory) is the news
+      error(fmt("%s: %s", opname, err), 3)
+    end
     error(fmt("%s: element access needs a cpu tensor; call :cpu() first (the implicit copy of this %s "
-      .. "tensor to the host failed: %s)", opname, lib.device_names[t._c.device], err), 3)
+      .. "tensor to the host failed: %s)", opname, lib.device_names[c.device], err), 3)
   end
   return h
 end
