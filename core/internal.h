@@ -130,6 +130,20 @@ static inline int tn_matrix_layout(int64_t rows, int64_t cols, int64_t rs, int64
     return 0;
 }
 
+/* Collapses dims (size, stride), outer to inner, into one dim of stride *rs; size-1 dims are
+ * skipped. Returns 0 when they do not collapse. With no dim of size > 1, *rs is left alone.
+ * Shared by core/linalg.c and cuda/linalg.cu (batch dims of matrix products). */
+static inline int tn_dims_collapse(int nd, const int64_t *size, const int64_t *stride, int64_t *rs) {
+    int64_t expect = -1; /* stride the next-outer dim must have */
+    for (int i = nd - 1; i >= 0; i--) {
+        if (size[i] == 1) continue;
+        if (expect < 0) *rs = stride[i];
+        else if (stride[i] != expect) return 0;
+        expect = size[i] * stride[i];
+    }
+    return 1;
+}
+
 /* ---- size classes and the caching pool (tensor.c, pool.c) ---------------------------------- */
 
 /* The size class of a request of n > 0 bytes with a power-of-two granule g: multiples of g up

@@ -234,19 +234,6 @@ static void mm_one(const mm_plan *p, const mm_layout *L, const char *a, const ch
     }
 }
 
-/* Collapse dims (size, stride), outer to inner, into one dim of stride *rs; size-1 dims are
- * skipped. Returns 0 when they do not collapse. With no dim of size > 1, *rs is left alone. */
-static int mm_collapse(int nd, const int64_t *size, const int64_t *stride, int64_t *rs) {
-    int64_t expect = -1; /* stride the next-outer dim must have */
-    for (int i = nd - 1; i >= 0; i--) {
-        if (size[i] == 1) continue;
-        if (expect < 0) *rs = stride[i];
-        else if (stride[i] != expect) return 0;
-        expect = size[i] * stride[i];
-    }
-    return 1;
-}
-
 static int mm_fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /* Runs a plan whose operands already have BLAS layouts (mm_classify succeeds on a and b). */
@@ -269,7 +256,7 @@ static tn_status mm_run(const char *opname, const mm_plan *p) {
         int64_t ars = p->ars, crs = p->crs, rows = nbatch * p->n;
         enum CBLAS_TRANSPOSE ta;
         int64_t lda;
-        if (mm_collapse(p->nb + 1, size, astride, &ars) && mm_collapse(p->nb + 1, size, cstride, &crs) &&
+        if (tn_dims_collapse(p->nb + 1, size, astride, &ars) && tn_dims_collapse(p->nb + 1, size, cstride, &crs) &&
             mm_classify(rows, p->k, ars, p->acs, &ta, &lda) && ta == CblasNoTrans && crs >= p->m &&
             mm_fits_int(rows) && mm_fits_int(lda) && mm_fits_int(crs)) {
             mm_plan q = *p;

@@ -271,19 +271,6 @@ static void la_describe(const tn_tensor *t, int is_b, int trans, int nb, int64_t
     }
 }
 
-/* Collapse dims (size, stride), outer to inner, into one of stride *rs (size-1 dims skipped);
- * 0 when they do not collapse. As mm_collapse in core/linalg.c. */
-static int la_collapse(int nd, const int64_t *size, const int64_t *stride, int64_t *rs) {
-    int64_t expect = -1;
-    for (int i = nd - 1; i >= 0; i--) {
-        if (size[i] == 1) continue;
-        if (expect < 0) *rs = stride[i];
-        else if (stride[i] != expect) return 0;
-        expect = size[i] * stride[i];
-    }
-    return 1;
-}
-
 static int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 /* ---- the cuBLAS call ------------------------------------------------------------------------- */
@@ -399,7 +386,7 @@ static tn_status matmul_impl(const char *op, tn_tensor *c, const tn_tensor *a, c
         int64_t fars = ars, fcrs = ldc, flda;
         cublasOperation_t fop;
         const int64_t rows = nbatch * n;
-        if (la_collapse(nb + 1, size, as, &fars) && la_collapse(nb + 1, size, cs, &fcrs) &&
+        if (tn_dims_collapse(nb + 1, size, as, &fars) && tn_dims_collapse(nb + 1, size, cs, &fcrs) &&
             la_classify(rows, k, fars, acs, &fop, &flda) && fop == CUBLAS_OP_N && fcrs >= m && fits_int(rows) &&
             fits_int(flda) && fits_int(fcrs) && fits_int(m) && fits_int(k) && fits_int(ldb)) {
             g.m = (int)m, g.k = (int)k, g.lda = (int)flda, g.ldb = (int)ldb, g.ldc = (int)fcrs;

@@ -20,7 +20,6 @@ local DEVICE_ENUM = DEVICE == "cpu" and 0 or 1
 local DTYPES = { "f32", "f64", "f16", "bf16", "i32", "i64", "u8" }
 local FLOATS = { "f32", "f64", "f16", "bf16" }
 local DTYPE_ENUM = { f32 = 0, f64 = 1, f16 = 2, bf16 = 3, i32 = 4, i64 = 5, u8 = 6 }
-local ELSIZE = { f32 = 4, f64 = 8, f16 = 2, bf16 = 2, i32 = 4, i64 = 8, u8 = 1 }
 
 -- x on the device under test (a copy, also when the CPU stands in for it)
 local function dev(x) return DEVICE == "cpu" and x:clone() or x:to(DEVICE) end
@@ -30,32 +29,7 @@ local function on_dev(opts)
   return o
 end
 
--- expected and actual (CPU tensors) have the same dtype, shape and bytes, element by element;
--- nan_any: a NaN matches any NaN (conversions may change a NaN's sign and payload).
-local function same_bits(expected, actual, what, nan_any)
-  what = what or "tensors"
-  assert.are.equal("cpu", actual:device(), what .. ": actual is not a cpu tensor")
-  assert.are.equal(expected:dtype(), actual:dtype(), what .. ": dtypes differ")
-  assert.are.same(expected:shape(), actual:shape(), what .. ": shapes differ")
-  local e, a = expected:contiguous(), actual:contiguous()
-  local n, es = e:numel(), ELSIZE[e:dtype()]
-  if n == 0 then return end
-  local pe = ffi.cast("const uint8_t *", e:data_ptr())
-  local pa = ffi.cast("const uint8_t *", a:data_ptr())
-  local ef, af = e:reshape(-1), a:reshape(-1)
-  for k = 0, n - 1 do
-    for b = k * es, k * es + es - 1 do
-      if pe[b] ~= pa[b] then
-        local ev, av = ef:get({ k + 1 }), af:get({ k + 1 })
-        if not (nan_any and ev ~= ev and av ~= av) then
-          error(string.format("%s: element %d of %d (flat, 1-based) differs: expected %.17g, actual %.17g (%s, shape {%s})",
-            what, k + 1, n, ev, av, e:dtype(), table.concat(e:shape(), ", ")), 2)
-        end
-        break
-      end
-    end
-  end
-end
+local same_bits = require("helpers.gpu").same_bits
 
 -- the message of the error fn raises, without its "file:line: " prefix
 local function message_of(fn)

@@ -107,29 +107,9 @@ end
 -- ---- comparing results -------------------------------------------------------------------------
 
 -- expected and actual (CPU tensors) have the same dtype, shape and bytes; a NaN matches any NaN
--- (the devices' default NaNs differ in sign and payload).
-local function same_bits(expected, actual, what)
-  assert.are.equal(expected:dtype(), actual:dtype(), what .. ": dtypes differ")
-  assert.are.same(expected:shape(), actual:shape(), what .. ": shapes differ")
-  local e, a = expected:contiguous(), actual:contiguous()
-  local n, es = e:numel(), ELSIZE[e:dtype()]
-  if n == 0 then return end
-  local pe = ffi.cast("const uint8_t *", e:data_ptr())
-  local pa = ffi.cast("const uint8_t *", a:data_ptr())
-  local ef, af
-  for k = 0, n - 1 do
-    for b = k * es, k * es + es - 1 do
-      if pe[b] ~= pa[b] then
-        ef, af = ef or e:reshape(-1), af or a:reshape(-1)
-        local ev, av = ef:get({ k + 1 }), af:get({ k + 1 })
-        if not (ev ~= ev and av ~= av) then
-          error(string.format("%s: element %d of %d (flat, 1-based) differs: expected %.17g, actual %.17g (%s, shape {%s})",
-            what, k + 1, n, ev, av, e:dtype(), table.concat(e:shape(), ", ")), 3)
-        end
-        break
-      end
-    end
-  end
+-- (the devices' default NaNs differ in sign and payload). level as in helpers/gpu.lua.
+local function same_bits(expected, actual, what, level)
+  require("helpers.gpu").same_bits(expected, actual, what, true, (level or 2) + 1)
 end
 
 local function same_result(expected, actual, what, approx)
