@@ -261,6 +261,26 @@ static tn_status check_dtype(const char *op, int32_t dtype) {
     return TN_OK;
 }
 
+#ifdef TERN_HAVE_CUDA
+/* Between two CUDA devices the bytes move as they are (cudaMemcpyPeerAsync): one dtype, one
+ * shape, both contiguous; a conversion or a strided copy happens on one device first. */
+static tn_status copy_peer(tn_tensor *dst, const tn_tensor *src) {
+    TN_TRY(tn_check_memory("copy", dst));
+    TN_TRY(tn_check_memory("copy", src));
+    int same = dst->dtype == src->dtype && dst->ndim == src->ndim && tn_tensor_is_contiguous(dst) && tn_tensor_is_contiguous(src);
+    for (int32_t i = 0; same && i < dst->ndim; i++) same = dst->shape[i] == src->shape[i];
+    if (!same)
+        return tn_error(TN_ERR_UNSUPPORTED,
+                        "copy: between cuda:%d and cuda:%d only contiguous tensors of one dtype and shape are "
+                        "copied (dst %s %s, src %s %s); convert or make src contiguous on its own device first",
+                        (int)src->device_index, (int)dst->device_index, TN_SHAPE(dst), tn_dtype_name(dst->dtype),
+                        TN_SHAPE(src), tn_dtype_name(src->dtype));
+    const size_t nbytes = (size_t)tn_tensor_numel(dst) * tn_dtype_size(dst->dtype);
+    if (nbytes == 0) return TN_OK;
+    return tn_cuda_copy_peer(dst->data, dst->device_index, src->data, src->device_index, nbytes);
+}
+#endif
+
 tn_status tn_copy(tn_tensor *dst, const tn_tensor *src) {
     TN_TRY(tn_check_tensor("copy", "dst", dst));
     TN_TRY(tn_check_tensor("copy", "src", src));
@@ -268,6 +288,8 @@ tn_status tn_copy(tn_tensor *dst, const tn_tensor *src) {
     /* one CPU and one CUDA tensor is a copy between the devices */
     const int across = (dst->device == TN_CPU && src->device == TN_CUDA) ||
                        (dst->device == TN_CUDA && src->device == TN_CPU);
+    if (dst->device == TN_CUDA && src->device == TN_CUDA && dst->device_index != src->device_index)
+        return copy_peer(dst, src);
 #else
     const int across = 0;
 #endif

@@ -92,6 +92,16 @@ void tn_cuda_pool_set_limit(int64_t bytes);
  * next synchronisation: op)" when a check found a bad value (the record is then cleared), else
  * TN_OK; without a queued read it queues one and waits for it. */
 tn_status tn_cuda_check_pending(const char *op);
+/* Defined by cuda/device.cu in builds with TERN_HAVE_CUDA: the current device's index (0 when
+ * it cannot be had), recorded in every new CUDA tensor; tn_cuda_check_current: a TN_ERR_DEVICE
+ * error naming op when the CUDA tensor t is not on the current device (kernels run there);
+ * tn_cuda_copy_peer: nbytes from device sdev to device ddev, ordered after the work queued
+ * before it on both devices' current streams, without a host wait. */
+int32_t tn_cuda_current_index(void);
+tn_status tn_cuda_check_current(const char *op, const tn_tensor *t);
+tn_status tn_cuda_copy_peer(void *dst, int32_t ddev, const void *src, int32_t sdev, size_t nbytes);
+/* The storage half of tn_check_backend: a CUDA tensor must sit in CUDA memory. */
+tn_status tn_check_memory(const char *opname, const tn_tensor *t);
 
 /* Formats a shape given as (ndim, shape) like tn_shape_str: "[2, 3]", "[]" for ndim 0.
  * Always NUL-terminated; returns buf. */

@@ -251,14 +251,19 @@ tn_status tn_check_cpu(const char *opname, const tn_tensor *t) {
     return TN_OK;
 }
 
-tn_status tn_check_backend(const char *opname, const tn_tensor *t) {
+tn_status tn_check_memory(const char *opname, const tn_tensor *t) {
     /* a CUDA tensor must sit in CUDA memory: a header whose device field was edited by hand (a
      * CPU view marked cuda, as spec/errors_spec.lua builds) would hand host memory to a kernel */
     if (t->device == TN_CUDA && (!t->storage || t->storage->device != TN_CUDA))
         return tn_error(TN_ERR_DEVICE, "%s: not implemented for cuda tensors over %s memory", opname,
                         t->storage ? tn_device_name(t->storage->device) : "unknown");
+    return TN_OK;
+}
+
+tn_status tn_check_backend(const char *opname, const tn_tensor *t) {
+    TN_TRY(tn_check_memory(opname, t));
 #ifdef TERN_HAVE_CUDA
-    if (t->device == TN_CUDA) return TN_OK;
+    if (t->device == TN_CUDA) return tn_cuda_check_current(opname, t); /* kernels run on the current device */
 #endif
     return tn_check_cpu(opname, t);
 }

@@ -313,11 +313,15 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
                         opname, tn_device_name(device), (long long)nbytes, TN_DIMS(ndim, shape),
                         tn_dtype_name(dtype));
     }
+    int32_t index = 0;
+#ifdef TERN_HAVE_CUDA
+    if (device == TN_CUDA) index = tn_cuda_current_index(); /* the allocator's device */
+#endif
     s->data = data;
     s->nbytes = (size_t)nbytes;
     s->refcount = 1;
     s->device = device;
-    s->device_index = 0;
+    s->device_index = index;
     s->allocator = a;
 
     t->data = data;
@@ -328,7 +332,7 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
     t->ndim = ndim;
     t->dtype = dtype;
     t->device = device;
-    t->device_index = 0;
+    t->device_index = index;
     t->refcount = 1;
     *out = t;
     return TN_OK;

@@ -24,6 +24,8 @@
 
 enum { TN_CUDA_MAX_DEVICES = 64 };
 
+extern "C" void tn_cuda_blas_release(int all, cudaStream_t stream); /* cuda/linalg.cu */
+
 struct tn_cuda_stream {
     cudaStream_t s;
     int device;
@@ -99,6 +101,7 @@ extern "C" void tn_cuda_stream_free(tn_cuda_stream_t *s) {
     if (!s) return;
     if (current_stream == s) current_stream = NULL;
     (void)TN_CUDA_CHECK(cudaStreamSynchronize(s->s));
+    tn_cuda_blas_release(0, s->s);
     (void)TN_CUDA_CHECK(cudaStreamDestroy(s->s));
     free(s);
 }
@@ -142,6 +145,63 @@ extern "C" tn_status tn_cuda_get_device(int32_t *index) {
     int dev;
     TN_TRY(current_device("cuda_get_device", &dev));
     *index = dev;
+    return TN_OK;
+}
+
+extern "C" int32_t tn_cuda_current_index(void) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        dev = 0;
+    }
+    return dev;
+}
+
+extern "C" tn_status tn_cuda_check_current(const char *op, const tn_tensor *t) {
+    int dev = -1;
+    TN_TRY(TN_CUDA_CHECK(cudaGetDevice(&dev)));
+    if (t->device_index != dev)
+        return tn_error(TN_ERR_DEVICE,
+                        "%s: a tensor on cuda:%d, but the current device is cuda:%d (kernels run on the "
+                        "current device: tn.cuda.set_device(%d) first, or move the tensor with t:to(\"cuda\"))",
+                        op, (int)t->device_index, dev, (int)t->device_index);
+    return TN_OK;
+}
+
+/* Ordered on both sides with events: the copy, on ddev's current stream, waits for what sdev's
+ * current stream had queued (the writes of src), and sdev's stream waits for the copy before
+ * anything queued on it later (a reuse of src's memory). The current device is restored. */
+extern "C" tn_status tn_cuda_copy_peer(void *dst, int32_t ddev, const void *src, int32_t sdev, size_t nbytes) {
+    int cur = -1;
+    TN_TRY(TN_CUDA_CHECK(cudaGetDevice(&cur)));
+    cudaEvent_t ready = NULL, done = NULL;
+    cudaStream_t ss = 0, ds = 0;
+    tn_status rc = TN_CUDA_CHECK(cudaSetDevice(sdev));
+    if (rc == TN_OK) {
+        ss = tn_cuda_stream_now();
+        rc = TN_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    }
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaEventRecord(ready, ss));
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaSetDevice(ddev));
+    if (rc == TN_OK) {
+        ds = tn_cuda_stream_now();
+        rc = TN_CUDA_CHECK(cudaStreamWaitEvent(ds, ready, 0));
+    }
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaMemcpyPeerAsync(dst, ddev, src, sdev, nbytes, ds));
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaEventRecord(done, ds));
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaSetDevice(sdev));
+    if (rc == TN_OK) rc = TN_CUDA_CHECK(cudaStreamWaitEvent(ss, done, 0));
+    /* events are released once their work completes; a failure above leaves the stream
+     * waits as they were queued, and the error names the call */
+    if (ready && cudaEventDestroy(ready) != cudaSuccess) (void)cudaGetLastError();
+    if (done && cudaEventDestroy(done) != cudaSuccess) (void)cudaGetLastError();
+    if (cudaSetDevice(cur) != cudaSuccess) (void)cudaGetLastError();
+    if (rc != TN_OK) {
+        char why[512]; /* tn_error writes the buffer tn_last_error() reads */
+        snprintf(why, sizeof why, "%s", tn_last_error());
+        return tn_error(rc, "copy from cuda:%d to cuda:%d (%zu bytes): %s", (int)sdev, (int)ddev, nbytes, why);
+    }
     return TN_OK;
 }
 
@@ -387,6 +447,7 @@ extern "C" int64_t tn_cuda_pool_cached(void) {
 }
 
 extern "C" void tn_cuda_pool_empty(void) {
+    tn_cuda_blas_release(1, 0); /* the cuBLAS workspaces go back to the pools first */
     for (int d = 0; d < TN_CUDA_MAX_DEVICES; d++) {
         tn_pool *p = __atomic_load_n(&pools[d], __ATOMIC_ACQUIRE);
         if (p) tn_pool_empty(p);

@@ -34,8 +34,9 @@
  * Handles: one cublasHandle_t per device and host thread, made on first use (destroyed when
  * the thread exits; the main thread's live until the process ends). Before every call:
  * cublasSetStream(tn_cuda_stream_now()), then cublasSetWorkspace with the workspace of that
- * (device, stream) pair, a block of the caching allocator made on first use and kept (32 MiB on
- * sm_90 and later, 8 MiB before; after WS_MAX pairs, cuBLAS's own default workspace).
+ * (device, stream) pair, a block of the caching allocator made on first use and kept until
+ * tn.cuda.empty_cache() or the stream's destruction (32 MiB on sm_90 and later, 8 MiB before;
+ * after WS_MAX pairs, cuBLAS's own default workspace).
  * No host synchronisation. Every cuBLAS status is checked (TN_CUBLAS_CHECK: file, line, call,
  * status name), and the message of a failing call is prefixed with the op, shapes and dtype.
  *
@@ -142,7 +143,13 @@ typedef struct ws_entry {
 static ws_entry ws_table[WS_MAX];
 static int ws_count;
 static pthread_mutex_t ws_lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread ws_entry ws_last; /* this thread's last lookup */
+static __thread ws_entry ws_last; /* this thread's last lookup, valid while ws_last_gen == ws_gen */
+static __thread unsigned ws_last_gen;
+static unsigned ws_gen = 1; /* bumped by every release (under ws_lock, read under ws_use) */
+/* Held for reading from the workspace lookup until the GEMMs that use it are queued; for
+ * writing by tn_cuda_blas_release, so a workspace is never handed back while a host thread is
+ * about to queue work on it. */
+static pthread_rwlock_t ws_use = PTHREAD_RWLOCK_INITIALIZER;
 
 static int64_t ws_bytes(int dev) {
     int major = 0;
@@ -158,7 +165,7 @@ static int64_t ws_bytes(int dev) {
 static void ws_get(int dev, cudaStream_t stream, void **ptr, size_t *bytes) {
     *ptr = NULL;
     *bytes = 0;
-    if (ws_last.buf && ws_last.device == dev && ws_last.stream == stream) {
+    if (ws_last.buf && ws_last_gen == ws_gen && ws_last.device == dev && ws_last.stream == stream) {
         *ptr = ws_last.buf->data;
         *bytes = (size_t)ws_last.buf->shape[0];
         return;
@@ -182,13 +189,40 @@ static void ws_get(int dev, cudaStream_t stream, void **ptr, size_t *bytes) {
     }
     if (e) {
         ws_last = *e;
+        ws_last_gen = ws_gen;
         *ptr = e->buf->data;
         *bytes = (size_t)e->buf->shape[0];
     }
     pthread_mutex_unlock(&ws_lock);
 }
 
-/* The handle of the current device bound to this thread's current stream and its workspace. */
+/* Hands the workspaces of stream (every stream when all) back to the caching allocator, which
+ * reuses each once its stream has passed the GEMMs queued on it: tn_cuda_pool_empty calls it
+ * for all (empty_cache then returns their memory to the driver), tn_cuda_stream_free for the
+ * stream it destroys (a later stream may get the same handle value). A later GEMM on the
+ * stream makes a new one. */
+extern "C" void tn_cuda_blas_release(int all, cudaStream_t stream) {
+    pthread_rwlock_wrlock(&ws_use);
+    pthread_mutex_lock(&ws_lock);
+    int kept = 0;
+    for (int i = 0; i < ws_count; i++) {
+        if (all || ws_table[i].stream == stream) {
+            tn_tensor_free(ws_table[i].buf);
+        } else {
+            ws_table[kept++] = ws_table[i];
+        }
+    }
+    if (kept != ws_count) {
+        for (int i = kept; i < ws_count; i++) ws_table[i].buf = NULL;
+        ws_count = kept;
+        ws_gen++;
+    }
+    pthread_mutex_unlock(&ws_lock);
+    pthread_rwlock_unlock(&ws_use);
+}
+
+/* The handle of the current device bound to this thread's current stream and its workspace.
+ * The caller holds ws_use for reading until its GEMMs are queued. */
 static tn_status handle_ready(cublasHandle_t *out) {
     int dev = -1;
     TN_TRY(TN_CUDA_CHECK(cudaGetDevice(&dev)));
@@ -445,5 +479,8 @@ extern "C" tn_status tn_cuda_matmul(const char *op, tn_tensor *c, const tn_tenso
                                     int32_t trans_a, int32_t trans_b, int32_t nb, const int64_t *bshape, int64_t n,
                                     int64_t k, int64_t m, int64_t ldc, double alpha, double beta) {
     if (!c || !a || !b) return tn_error(TN_ERR_ARG, "%s: internal error: NULL operand", op);
-    return matmul_impl(op, c, a, b, trans_a, trans_b, nb, bshape, n, k, m, ldc, alpha, beta);
+    pthread_rwlock_rdlock(&ws_use);
+    const tn_status s = matmul_impl(op, c, a, b, trans_a, trans_b, nb, bshape, n, k, m, ldc, alpha, beta);
+    pthread_rwlock_unlock(&ws_use);
+    return s;
 }

@@ -134,6 +134,38 @@ describe("tn.cuda", function()
       assert.are.same(0, cuda.memory_stats().cached)
     end)
 
+    it("hands the cuBLAS workspaces back with empty_cache and with the stream they belong to", function()
+      local s0 = cuda.memory_stats() -- before_each emptied the cache, workspaces included
+      local a = tn.randn(64, 64, { device = "cuda" })
+      local c = a:matmul(a) -- makes the default stream's workspace (8 or 32 MiB)
+      cuda.synchronize()
+      a, c = nil, nil -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      local s1 = cuda.memory_stats()
+      assert.is_true(s1.in_use >= s0.in_use + 8 * MiB, "no workspace in use after a matmul")
+      cuda.empty_cache()
+      local s2 = cuda.memory_stats()
+      assert.are.same(s0.in_use, s2.in_use)
+      assert.are.same(0, s2.cached)
+
+      local st = cuda.Stream()
+      cuda.set_stream(st)
+      local b = tn.randn(64, 64, { device = "cuda" })
+      local d = b:matmul(b) -- a workspace for st
+      cuda.set_stream(nil)
+      st:synchronize()
+      b, d = nil, nil -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(cuda.memory_stats().in_use >= s0.in_use + 8 * MiB)
+      st:free() -- its workspace goes back to the pool
+      assert.are.same(s0.in_use, cuda.memory_stats().in_use)
+      -- and products still work afterwards, on a fresh workspace
+      local e = tn.ones(8, 8, { device = "cuda" })
+      assert.are.same(8, e:matmul(e):sum():item() / 64)
+    end)
+
     it("says how much it asked for and what it holds when the device is out of memory", function()
       local msg = error_of(function() return tn.empty(2 ^ 45, { device = "cuda" }) end) -- 128 TiB of f32
       contains(msg, "out of memory allocating 128.00 TiB")

@@ -202,6 +202,37 @@ describe("CUDA tensors #gpu", function()
       assert.are.equal("cuda", tn.randn_like(u):device())
     end)
 
+    it("records the current device in every new tensor and its views", function()
+      local dev = tn.cuda.current_device()
+      local t = tn.zeros(4, 3, { device = "cuda" })
+      assert.are.same(dev, t._c.device_index)
+      assert.are.same(dev, t:narrow(1, 2, 2)._c.device_index)
+      assert.are.same(dev, (t + 1)._c.device_index)
+      assert.are.same(dev, tn.ones(2):cuda()._c.device_index)
+    end)
+
+    it("with two GPUs, refuses a tensor of another device in an op and copies between devices", function()
+      if tn.cuda.device_count() < 2 then
+        pending("needs two GPUs (" .. tn.cuda.device_count() .. " visible)")
+        return
+      end
+      finally(function() tn.cuda.set_device(0) end)
+      tn.cuda.set_device(1)
+      local t = tn.arange(0, 6, 1, { device = "cuda" }):float()
+      assert.are.same(1, t._c.device_index)
+      tn.cuda.set_device(0)
+      contains(error_of(function() return t + 1 end), "a tensor on cuda:1, but the current device is cuda:0")
+      local u = tn.empty(6, { device = "cuda" })
+      assert.are.same(0, u._c.device_index)
+      u:copy_(t) -- peer copy, ordered after t's fill on device 1
+      assert.are.same({ 0, 1, 2, 3, 4, 5 }, u:tolist())
+      contains(error_of(function() return t:double() end), "a tensor on cuda:1, but the current device is cuda:0")
+      tn.cuda.set_device(1)
+      local w = tn.empty(6, { dtype = "f64", device = "cuda" })
+      contains(error_of(function() w:copy_(u) end), "only contiguous tensors of one dtype and shape")
+      tn.cuda.set_device(0)
+    end)
+
     it("refuses a CUDA index that is not the current device", function()
       tn.cuda.set_device(0)
       local n = tn.cuda.device_count()
