@@ -3,6 +3,11 @@
  * nn.LSTM over a whole sequence on the CPU (gates i, f, g, o; optional projection
  * h = W_hr (o tanh c); per-sequence lengths with packed-sequence semantics).
  *
+ * Devices: every tensor must be on xproj's (grad_xproj's) device, except lengths, which may
+ * also be on the CPU (the cheap way on a GPU: read on the host, uploaded without a wait).
+ * CUDA tensors (builds with TERN_HAVE_CUDA) go, after the checks below, to cuda/lstm.cu, which
+ * runs the same algorithm with cuBLAS GEMMs; a CPU-only build refuses them.
+ *
  * Gradient policy: activation gradients (grad_xproj, grad_h0, grad_c0) are written (=);
  * parameter gradients (grad_w_hh, grad_w_hr) accumulate (+=).
  *
@@ -53,6 +58,21 @@
 
 #ifdef TERN_HAVE_OPENBLAS /* defined by CMakeLists.txt when TERN_BLAS=ON */
 #include <cblas.h>
+#endif
+
+#ifdef TERN_HAVE_CUDA
+/* cuda/lstm.cu: the same calls on CUDA tensors, after the checks below; len is the host array
+ * of lstm_lengths (or NULL), uploaded by the callee. Queued on the current stream; no host
+ * synchronisation. */
+tn_status tn_cuda_lstm_forward(tn_tensor *out, tn_tensor *h_n, tn_tensor *c_n, tn_tensor *gates, tn_tensor *cells,
+                               tn_tensor *hraw, const tn_tensor *xproj, const tn_tensor *w_hh, const tn_tensor *w_hr,
+                               const tn_tensor *h0, const tn_tensor *c0, const int64_t *len, int32_t reverse);
+tn_status tn_cuda_lstm_backward(tn_tensor *grad_xproj, tn_tensor *grad_w_hh, tn_tensor *grad_w_hr, tn_tensor *grad_h0,
+                                tn_tensor *grad_c0, const tn_tensor *grad_out, const tn_tensor *grad_h_n,
+                                const tn_tensor *grad_c_n, const tn_tensor *out, const tn_tensor *gates,
+                                const tn_tensor *cells, const tn_tensor *hraw, const tn_tensor *w_hh,
+                                const tn_tensor *w_hr, const tn_tensor *h0, const tn_tensor *c0, const int64_t *len,
+                                int32_t reverse);
 #endif
 
 /* Pointwise work (B x H units of a step) from which threads are used; a unit costs ~5
@@ -375,17 +395,27 @@ static void bwd_point_d(int64_t B, int64_t H, int64_t t, const int64_t *len, dou
 
 typedef struct lstm_dims {
     int64_t L, B, H, P;
-    int32_t dtype; /* TN_F32 or TN_F64 */
+    int32_t dtype;               /* TN_F32 or TN_F64 */
+    int32_t device, device_index; /* of xproj (forward) / grad_xproj (backward): every tensor's */
 } lstm_dims;
 
 #define LSTM_DIMS_FMT "(L=%lld, B=%lld, H=%lld, P=%lld)"
 #define LSTM_DIMS_ARGS(d) (long long)(d)->L, (long long)(d)->B, (long long)(d)->H, (long long)(d)->P
 
-/* t must be a CPU tensor of d's dtype, contiguous, with shape (nd, shape); what names the
- * shape symbolically for the message, e.g. "(L, B, 4H)". */
+/* t must be on d's device (the CPU, or CUDA in a build with CUDA) */
+static tn_status lstm_check_device(const char *op, const char *name, const tn_tensor *t, const lstm_dims *d) {
+    if (t->device != d->device || t->device_index != d->device_index)
+        return tn_error(TN_ERR_DEVICE, "%s: argument '%s' %s is on %s:%d but xproj is on %s:%d; all tensors must be "
+                        "on one device", op, name, TN_SHAPE(t), tn_device_name(t->device), t->device_index,
+                        tn_device_name(d->device), d->device_index);
+    return TN_OK;
+}
+
+/* t must be a tensor of d's device and dtype, contiguous, with shape (nd, shape); what names
+ * the shape symbolically for the message, e.g. "(L, B, 4H)". */
 static tn_status lstm_check_arg(const char *op, const char *name, const tn_tensor *t, const lstm_dims *d,
                                 int32_t nd, const int64_t *shape, const char *what) {
-    TN_TRY(tn_check_cpu(op, t));
+    TN_TRY(lstm_check_device(op, name, t, d));
     if (t->dtype != d->dtype)
         return tn_error(TN_ERR_DTYPE, "%s: argument '%s' %s is %s but xproj is %s (all tensors must share one dtype)",
                         op, name, TN_SHAPE(t), tn_dtype_name(t->dtype), tn_dtype_name(d->dtype));
@@ -405,7 +435,9 @@ static tn_status lstm_check_arg(const char *op, const char *name, const tn_tenso
  * they rest on; the other arguments are checked against d afterwards. */
 static tn_status lstm_dims_from(const char *op, lstm_dims *d, const char *xname, const tn_tensor *x,
                                 const tn_tensor *w_hh, const tn_tensor *w_hr) {
-    TN_TRY(tn_check_cpu(op, x));
+    TN_TRY(tn_check_backend(op, x)); /* the CPU, or CUDA in a build with CUDA (cuda/lstm.cu) */
+    d->device = x->device;
+    d->device_index = x->device_index;
     if (x->dtype != TN_F32 && x->dtype != TN_F64)
         return tn_error(TN_ERR_DTYPE, "%s: argument '%s' %s is %s; the LSTM supports f32 and f64", op, xname,
                         TN_SHAPE(x), tn_dtype_name(x->dtype));
@@ -432,11 +464,24 @@ static tn_status lstm_dims_from(const char *op, lstm_dims *d, const char *xname,
     return TN_OK;
 }
 
-/* *len = NULL without lengths, else a new array (B) of the lengths, each checked in 1..L. */
+/* *len = NULL without lengths, else a new host array (B) of the lengths, each checked in 1..L.
+ * lengths may be on the CPU whatever d's device (the fast way for CUDA calls: nothing waits),
+ * or on d's device (a CUDA tensor is copied to the host first, which waits for the device). */
 static tn_status lstm_lengths(const char *op, int64_t **len, const tn_tensor *lengths, const lstm_dims *d) {
     *len = NULL;
     if (!lengths) return TN_OK;
-    TN_TRY(tn_check_cpu(op, lengths));
+    if (lengths->device != TN_CPU) {
+        TN_TRY(lstm_check_device(op, "lengths", lengths, d));
+        if (lengths->dtype != TN_I64 && lengths->dtype != TN_I32)
+            return tn_error(TN_ERR_DTYPE, "%s: argument 'lengths' %s must be i64 (or i32), got %s", op,
+                            TN_SHAPE(lengths), tn_dtype_name(lengths->dtype));
+        tn_tensor *host = NULL;
+        tn_status s = tn_tensor_empty(&host, lengths->ndim, lengths->shape, lengths->dtype, TN_CPU);
+        if (s == TN_OK) s = tn_copy(host, lengths);
+        if (s == TN_OK) s = lstm_lengths(op, len, host, d);
+        tn_tensor_free(host);
+        return s;
+    }
     if (lengths->dtype != TN_I64 && lengths->dtype != TN_I32)
         return tn_error(TN_ERR_DTYPE, "%s: argument 'lengths' %s must be i64 (or i32), got %s", op,
                         TN_SHAPE(lengths), tn_dtype_name(lengths->dtype));
@@ -523,6 +568,13 @@ tn_status tn_lstm_forward(tn_tensor *out, tn_tensor *h_n, tn_tensor *c_n, tn_ten
     if (hraw) TN_TRY(lstm_check_arg(op, "hraw", hraw, &d, 3, (int64_t[]){L, B, H}, "(L, B, H)"));
     int64_t *len = NULL;
     TN_TRY(lstm_lengths(op, &len, lengths, &d));
+#ifdef TERN_HAVE_CUDA
+    if (d.device == TN_CUDA) {
+        tn_status s = tn_cuda_lstm_forward(out, h_n, c_n, gates, cells, hraw, xproj, w_hh, w_hr, h0, c0, len, reverse);
+        free(len);
+        return s;
+    }
+#endif
 
     const int32_t dt = d.dtype;
     const int64_t es = (int64_t)tn_dtype_size(dt);
@@ -609,6 +661,14 @@ tn_status tn_lstm_backward(tn_tensor *grad_xproj, tn_tensor *grad_w_hh, tn_tenso
     if (c0) TN_TRY(lstm_check_arg(op, "c0", c0, &d, 2, (int64_t[]){B, H}, "(B, H)"));
     int64_t *len = NULL;
     TN_TRY(lstm_lengths(op, &len, lengths, &d));
+#ifdef TERN_HAVE_CUDA
+    if (d.device == TN_CUDA) {
+        tn_status s = tn_cuda_lstm_backward(grad_xproj, grad_w_hh, grad_w_hr, grad_h0, grad_c0, grad_out, grad_h_n,
+                                            grad_c_n, out, gates, cells, hraw, w_hh, w_hr, h0, c0, len, reverse);
+        free(len);
+        return s;
+    }
+#endif
 
     const int32_t dt = d.dtype;
     const int64_t es = (int64_t)tn_dtype_size(dt);

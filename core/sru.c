@@ -2,6 +2,10 @@
  * sru.c — tn_sru_forward / tn_sru_backward: the elementwise recurrence of the `sru` package
  * 2.x (elementwise_recurrence_naive in sru/ops.py) on the CPU, f32 and f64.
  *
+ * Devices: every tensor must be on U's device. CUDA tensors (builds with TERN_HAVE_CUDA) go,
+ * after the checks below, to cuda/sru.cu (same semantics; there f16 / bf16 tensors are
+ * accepted too, with the recurrence in f32); a CPU-only build refuses them.
+ *
  * Gradient policy: activation gradients (grad_U, grad_x, grad_c0) are written (=); parameter
  * gradients (grad_weight_c, grad_bias) accumulate (+=). grad_x, when given but unused by the
  * recurrence (k == 4 or no skip term), is filled with zeros. grad_weight_c with weight_c NULL
@@ -31,6 +35,15 @@
 #include "internal.h"
 #include "kernels/sru.h"
 
+#ifdef TERN_HAVE_CUDA
+/* cuda/sru.cu: the same calls on CUDA tensors, after the checks below (a filled in except the
+ * CPU-only partial buffer). Queued on the current stream; no host synchronisation. Forward
+ * handles L == 0 (c_last = c0 or zeros); backward everything after the checks (grad_x zeros
+ * when unused, L == 0, the (B, 4, D*d) partials and their reduction into the += gradients). */
+tn_status tn_cuda_sru_forward(const tn_sru_args *a);
+tn_status tn_cuda_sru_backward(const tn_sru_args *a, void *grad_x_all, void *grad_weight_c, void *grad_bias);
+#endif
+
 #ifndef TN_SRU_TILE
 #define TN_SRU_TILE 256 /* columns (consecutive j) per tile; 64..512 measured alike */
 #endif
@@ -42,25 +55,8 @@
 #define TN_SRU_INLINE static inline
 #endif
 
-/* Everything a tile needs; pointers typed void and cast by the dtype-specific loops. Tensors
- * are contiguous, so offsets are plain row-major arithmetic over (L, B, D*d[*k]). */
-typedef struct sru_args {
-    int64_t L, B, D, d, Dd, k;
-    int act, skip;
-    int32_t dtype;                      /* the dtype of every float tensor */
-    double scale_x;
-    /* forward */
-    void *h, *c, *c_last;               /* (L, B, Dd), (L, B, Dd), (B, Dd) */
-    const void *U;                      /* (L, B, Dd*k) */
-    const void *x;                      /* (L, B, Dd) or NULL when unused */
-    const void *weight_c, *bias;        /* (2*Dd); weight_c NULL = v1 */
-    const void *c0, *mask_c;            /* (B, Dd) or NULL */
-    const uint8_t *mask_pad;            /* (L, B) or NULL */
-    /* backward */
-    void *grad_U, *grad_x, *grad_c0;    /* (L, B, Dd*k), (L, B, Dd) or NULL, (B, Dd) or NULL */
-    const void *grad_h, *grad_c_last;   /* (L, B, Dd), (B, Dd) or NULL */
-    void *partial;                      /* [BUFFER] (B, 4, Dd): d v_f, d v_r, d b_f, d b_r */
-} sru_args;
+/* Everything a tile needs (tn_sru_args of kernels/sru.h, shared with cuda/sru.cu). */
+typedef tn_sru_args sru_args;
 
 /* ---- per-tile loops, one body per dtype ------------------------------------------------------
  * SRU_FWD_TILE / SRU_BWD_TILE define static always-inline functions taking k, skip, act as
@@ -262,12 +258,15 @@ static void sru_run_tiles(const sru_args *a, sru_tile_fn fn) {
 
 /* ---- argument checks ---------------------------------------------------------------------- */
 
-/* t must be a contiguous CPU tensor of dtype want (name for messages). */
+/* t must be a contiguous tensor of dtype want on U's device (name for messages). */
 static tn_status sru_check_layout(const char *op, const char *name, const tn_tensor *t, int32_t want,
                                   const tn_tensor *U) {
-    if (t->device != TN_CPU)
-        return tn_error(TN_ERR_DEVICE, "%s: argument '%s' is a %s tensor; only cpu is implemented in this build",
-                        op, name, tn_device_name(t->device));
+    /* every tensor on U's device: the CPU, or CUDA in a build with CUDA (cuda/sru.cu) */
+    if (t->device != U->device || t->device_index != U->device_index)
+        return tn_error(TN_ERR_DEVICE, "%s: argument '%s' (shape %s) is on %s:%d but U (shape %s) is on %s:%d; all "
+                        "tensors must be on one device", op, name, TN_SHAPE(t), tn_device_name(t->device),
+                        t->device_index, TN_SHAPE(U), tn_device_name(U->device), U->device_index);
+    if (t == U) TN_TRY(tn_check_backend(op, t)); /* "not implemented for cuda tensors in this build" */
     if (t->dtype != want) {
         if (want == TN_U8)
             return tn_error(TN_ERR_DTYPE, "%s: argument '%s' (shape %s) must be u8, got %s", op, name,
@@ -318,11 +317,13 @@ static tn_status sru_check_common(const char *op, sru_args *a, const tn_tensor *
     TN_TRY(tn_check_tensor(op, "bias", bias));
     if (activation != 0 && activation != 1)
         return tn_error(TN_ERR_ARG, "%s: activation must be 0 (identity) or 1 (tanh), got %d", op, activation);
-    if (U->dtype != TN_F32 && U->dtype != TN_F64)
-        return tn_error(TN_ERR_DTYPE, "%s: argument 'U' (shape %s) must be f32 or f64, got %s", op, TN_SHAPE(U),
-                        tn_dtype_name(U->dtype));
+    TN_TRY(sru_check_layout(op, "U", U, U->dtype, U)); /* device first: the dtypes allowed depend on it */
+    /* CUDA also takes f16 / bf16 (the recurrence runs in f32 there); the CPU loops f32 / f64 */
+    const int half_ok = U->device == TN_CUDA && (U->dtype == TN_F16 || U->dtype == TN_BF16);
+    if (U->dtype != TN_F32 && U->dtype != TN_F64 && !half_ok)
+        return tn_error(TN_ERR_DTYPE, "%s: argument 'U' (shape %s) must be f32 or f64%s, got %s", op, TN_SHAPE(U),
+                        U->device == TN_CUDA ? " (or f16 / bf16 on cuda)" : "", tn_dtype_name(U->dtype));
     const int32_t dt = U->dtype;
-    TN_TRY(sru_check_layout(op, "U", U, dt, U));
     TN_TRY(sru_check_layout(op, refname, ref, dt, U));
     if (U->ndim != 3)
         return tn_error(TN_ERR_SHAPE, "%s: argument 'U' must be 3-D (L, B, D*d*k), got shape %s", op, TN_SHAPE(U));
@@ -432,6 +433,9 @@ tn_status tn_sru_forward(tn_tensor *h, tn_tensor *c, tn_tensor *c_last, const tn
     a.h = h->data;
     a.c = c->data;
     a.c_last = c_last->data;
+#ifdef TERN_HAVE_CUDA
+    if (U->device == TN_CUDA) return tn_cuda_sru_forward(&a);
+#endif
     if (a.L == 0) { /* no steps: the last state is the initial one */
         if (c0) memcpy(c_last->data, c0->data, (size_t)(a.B * a.Dd) * tn_dtype_size(U->dtype));
         else memset(c_last->data, 0, (size_t)(a.B * a.Dd) * tn_dtype_size(U->dtype));
@@ -467,6 +471,18 @@ tn_status tn_sru_backward(tn_tensor *grad_U, tn_tensor *grad_x, tn_tensor *grad_
     }
     const size_t es = tn_dtype_size(U->dtype);
     const int64_t nbd = a.B * a.Dd;
+#ifdef TERN_HAVE_CUDA
+    if (U->device == TN_CUDA) {
+        a.c = (void *)c->data;
+        a.grad_U = grad_U->data;
+        a.grad_x = (grad_x && a.k == 3 && a.skip) ? grad_x->data : NULL;
+        a.grad_c0 = grad_c0 ? grad_c0->data : NULL;
+        a.grad_h = grad_h->data;
+        a.grad_c_last = grad_c_last ? grad_c_last->data : NULL;
+        return tn_cuda_sru_backward(&a, grad_x ? grad_x->data : NULL, grad_weight_c ? grad_weight_c->data : NULL,
+                                    grad_bias->data);
+    }
+#endif
     /* grad_x is written only where x' = scale_x * x; elsewhere it is zero */
     if (grad_x && !(a.k == 3 && a.skip)) memset(grad_x->data, 0, (size_t)(a.L * nbd) * es);
     if (a.L == 0) { /* no steps: d c_last / d c0 = identity */

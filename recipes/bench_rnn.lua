@@ -1,8 +1,15 @@
--- recipes/bench_rnn.lua: recurrent-layer benchmarks of tern (nn.LSTM, nn.SRU) on the CPU, side
--- by side with PyTorch nn.LSTM and the `sru` package (recipes/bench_rnn_torch.py).
+-- recipes/bench_rnn.lua: recurrent-layer benchmarks of tern (nn.LSTM, nn.SRU) on the CPU or one
+-- GPU, side by side with PyTorch nn.LSTM (cuDNN on the GPU) and the `sru` package
+-- (recipes/bench_rnn_torch.py).
 --
---   luajit recipes/bench_rnn.lua [--threads=1,2] [--repeat=7] [--peer=torch|none]
---                                [--cases=lstm,sru,fwd,fwdbwd,32x256,128x512] [--layers=1,2]
+--   luajit recipes/bench_rnn.lua [--device=cpu|cuda] [--threads=1,2] [--repeat=7]
+--                                [--peer=torch|none] [--cases=lstm,sru,fwd,fwdbwd,32x256,128x512]
+--                                [--layers=1,2]
+--
+-- --device=cuda: model and input on the current GPU (cuda/sru.cu, cuda/lstm.cu); each timed
+-- call ends with tn.cuda.synchronize() (the peer with torch.cuda.synchronize()), peak_bytes is
+-- the CUDA pool's peak, --threads is ignored (one process, one host thread), the f32 GEMMs use
+-- TF32 as torch's cuDNN LSTM does by default. Without a GPU it prints why on stderr and exits 1.
 --
 -- Shapes are the SRU paper's (batch 32; length 32 with d 256, length 128 with d 512), f32,
 -- input (L, B, d), zero initial state, no dropout, unidirectional:
@@ -50,11 +57,18 @@ local json, emit_line, load1, full_gc = lib.json, lib.emit_line, lib.load1, lib.
 -- options ------------------------------------------------------------------------------------
 
 local opts, passthrough = lib.parse_args("bench_rnn",
-  { threads = "1,2", ["repeat"] = "7", peer = "torch", cases = "all", layers = "1,2", child = "0" },
-  "usage: luajit recipes/bench_rnn.lua [--threads=1,2] [--repeat=7] [--peer=torch|none]"
+  { threads = "1,2", ["repeat"] = "7", peer = "torch", cases = "all", layers = "1,2", child = "0",
+    device = "cpu" },
+  "usage: luajit recipes/bench_rnn.lua [--device=cpu|cuda] [--threads=1,2] [--repeat=7] [--peer=torch|none]"
   .. " [--cases=lstm,sru,fwd,fwdbwd,32x256,128x512] [--layers=1,2]\n")
 local REPEAT = math.max(5, tonumber(opts["repeat"]) or 7)
-local THREADS = lib.numbers(opts.threads, "--threads")
+local DEVICE = opts.device
+if DEVICE ~= "cpu" and DEVICE ~= "cuda" then
+  io.stderr:write("bench_rnn: --device must be cpu or cuda, got " .. tostring(DEVICE) .. "\n")
+  os.exit(2)
+end
+local CUDA = DEVICE == "cuda"
+local THREADS = CUDA and { 1 } or lib.numbers(opts.threads, "--threads")
 local LAYERS = lib.numbers(opts.layers, "--layers")
 lib.check_peer("bench_rnn", opts)
 
@@ -80,10 +94,17 @@ local function sel(cat, v) return next(filt[cat]) == nil or filt[cat][v] end
 
 -- driver: one child process per thread count, with the thread environment set before any
 -- OpenMP / OpenBLAS library is loaded
-if opts.child ~= "1" then lib.reexec("bench_rnn", script, THREADS, passthrough) end
+-- (on the GPU the thread count does not matter: the case runs in this process)
+if opts.child ~= "1" and not CUDA then lib.reexec("bench_rnn", script, THREADS, passthrough) end
 
 local TH = THREADS[1]
 local tn = require "tern"
+if CUDA and not tn.cuda.is_available() then
+  io.stderr:write("bench_rnn: --device=cuda needs a GPU, but no CUDA device is available here "
+    .. "(tn.cuda.is_available() is false: a CPU-only build of libtern, no driver or no visible GPU)\n")
+  os.exit(1)
+end
+local function sync() if CUDA then tn.cuda.synchronize() end end
 
 -- timing ---------------------------------------------------------------------------------------
 
@@ -104,29 +125,35 @@ local function run_tern(op, mode, L, d, layers)
   tn.manual_seed(0)
   local m = make(op, d, layers)
   local x = tn.randn(L, B, d)
+  if CUDA then
+    m:to("cuda")
+    x = x:cuda()
+  end
   local fn, prep
   if mode == "fwd" then
     m:eval()
-    fn = function() tn.no_grad(function() local y = m(x); return y end) end
-    prep = full_gc
+    fn = function() tn.no_grad(function() local y = m(x); return y end); sync() end
+    prep = function() full_gc(); sync() end
   else
     m:train()
     fn = function()
       local y = m(x)
       y:sum():backward()
+      sync()
     end
-    prep = function() m:zero_grad(); full_gc() end
+    prep = function() m:zero_grad(); full_gc(); sync() end
   end
   full_gc()
-  tn.reset_peak_memory()
+  sync()
+  tn.reset_peak_memory(DEVICE)
   local med, mn, cpu = bench(fn, prep)
-  local peak = tn.memory_stats().peak
+  local peak = tn.memory_stats(DEVICE).peak
   local ld = load1()
   local f = {
     { "op", op }, { "impl", "tern" }, { "mode", mode }, { "L", L }, { "B", B }, { "d", d },
     { "layers", layers }, { "threads", TH }, { "median_ms", med }, { "min_ms", mn },
     { "cpu_ms", cpu }, { "repeats", REPEAT }, { "peak_bytes", peak }, { "dtype", "f32" },
-    { "device", "cpu" }, { "load1", ld },
+    { "device", DEVICE }, { "load1", ld },
   }
   lib.add_load_note(f, ld)
   emit_line(json(f))
@@ -142,8 +169,9 @@ local function run_peer(mode, L, d, layers)
   if opts.peer ~= "torch" then return {} end
   local cmd = string.format(
     "%s %s %s/bench_rnn_torch.py"
-    .. " --threads=%d --repeat=%d --shapes=%dx%d --layers=%d --batch=%d --modes=%s --ops=lstm,sru_pkg 2>&1",
-    lib.thread_env(TH), lib.PYTHON, here, TH, REPEAT, L, d, layers, B, mode)
+    .. " --threads=%d --repeat=%d --shapes=%dx%d --layers=%d --batch=%d --modes=%s --ops=lstm,sru_pkg"
+    .. " --device=%s 2>&1",
+    lib.thread_env(TH), lib.PYTHON, here, TH, REPEAT, L, d, layers, B, mode, DEVICE)
   local got = {}
   lib.echo_peer(cmd, TH, function(line)
     local op = lib.field(line, "op")
@@ -170,7 +198,8 @@ for _, s in ipairs(SHAPES) do
               if ok then t[op] = res
               else
                 emit_line(json({ { "op", op }, { "impl", "tern" }, { "mode", mode }, { "L", s.L },
-                  { "d", s.d }, { "layers", layers }, { "threads", TH }, { "error", tostring(res) } }))
+                  { "d", s.d }, { "layers", layers }, { "threads", TH }, { "device", DEVICE },
+                  { "error", tostring(res) } }))
               end
             end
           end
@@ -178,6 +207,7 @@ for _, s in ipairs(SHAPES) do
           local ld = load1()
           local f = {
             { "compare", string.format("%s_L%d_d%d_l%d", mode, s.L, s.d, layers) }, { "threads", TH },
+            { "device", DEVICE },
             { "tern_sru_ms", t.sru }, { "tern_lstm_ms", t.lstm }, { "torch_lstm_ms", peer.lstm },
             { "sru_pkg_ms", peer.sru_pkg },
             { "sru_tern_vs_lstm_torch", sp(peer.lstm, t.sru) },

@@ -1,9 +1,16 @@
 #!/usr/bin/python3
-"""PyTorch / `sru` package peer of recipes/bench_rnn.lua: nn.LSTM and sru.SRU on the CPU, f32.
+"""PyTorch / `sru` package peer of recipes/bench_rnn.lua: nn.LSTM and sru.SRU on the CPU or one
+GPU, f32.
 
     /usr/bin/python3 recipes/bench_rnn_torch.py --threads=1 [--repeat=7] [--layers=1,2]
         [--shapes=32x256,128x512] [--batch=32] [--ops=lstm,sru_pkg] [--modes=fwd,fwdbwd]
-        [--sru-bwd-repeat=5]
+        [--sru-bwd-repeat=5] [--device=cpu|cuda]
+
+--device=cuda: module and input on the current GPU; nn.LSTM runs cuDNN's fused LSTM (TF32 as
+torch's default allows), sru.SRU the package's CUDA kernel (compiled by the package at import;
+when that fails, a note line). Every timed call ends with torch.cuda.synchronize(); peak_bytes
+is torch.cuda.max_memory_allocated() over the timed calls. Without a GPU visible to torch, one
+JSON line with a "note" and exit 0.
 
 Cases are the SRU paper's shapes (batch 32; length 32 with d 256, length 128 with d 512) for
 `nn.LSTM(d, d, num_layers)` and `sru.SRU(d, d, num_layers)` (defaults otherwise: no dropout,
@@ -47,8 +54,9 @@ import peer  # noqa: E402  recipes/lib/peer.py
 
 OPTS = peer.parse_args(sys.argv[1:], {
     "threads": "1", "repeat": "7", "layers": "1,2", "shapes": "32x256,128x512", "batch": "32",
-    "ops": "lstm,sru_pkg", "modes": "fwd,fwdbwd", "sru-bwd-repeat": "5",
+    "ops": "lstm,sru_pkg", "modes": "fwd,fwdbwd", "sru-bwd-repeat": "5", "device": "cpu",
 }, __doc__)
+DEVICE = OPTS["device"]
 THREADS = int(OPTS["threads"])
 REPEAT = max(5, int(OPTS["repeat"]))
 SRU_BWD_REPEAT = max(5, int(OPTS["sru-bwd-repeat"]))
@@ -67,6 +75,17 @@ except Exception as e:  # noqa: BLE001 - any import failure means "no peer"
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
+CUDA = DEVICE == "cuda"
+if CUDA and not torch.cuda.is_available():
+    print(json.dumps({"impl": "torch", "threads": THREADS, "case": None, "device": DEVICE,
+                      "note": "no CUDA device for torch (torch.cuda.is_available() is False with %s)"
+                      % sys.executable}))
+    sys.exit(0)
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
 
 SRU_ERR = None
 if "sru_pkg" in OPS:
@@ -91,13 +110,15 @@ def timeit(fn, repeat, warmup=2):
     return statistics.median(xs), min(xs), len(xs)
 
 
-def emit(op, impl, mode, L, d, layers, med, mn, n, note=None):
+def emit(op, impl, mode, L, d, layers, med, mn, n, note=None, peak=None):
     r = {"op": op, "impl": impl, "mode": mode, "L": L, "B": B, "d": d, "layers": layers,
          "threads": torch.get_num_threads(), "median_ms": round(med, 4), "min_ms": round(mn, 4),
-         "repeats": n, "dtype": "f32", "device": "cpu",
+         "repeats": n, "dtype": "f32", "device": DEVICE,
          "case": "%s_%s_L%d_d%d_l%d" % (op, mode, L, d, layers),
          "load1": round(os.getloadavg()[0], 2),
          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+    if peak is not None:
+        r["peak_bytes"] = peak
     if note:
         r["note"] = note
     print(json.dumps(r, separators=(",", ":")), flush=True)
@@ -110,8 +131,8 @@ def make_module(op, d, layers):
 
 
 def run_case(op, mode, L, d, layers):
-    m = make_module(op, d, layers)
-    x = torch.randn(L, B, d)
+    m = make_module(op, d, layers).to(DEVICE)
+    x = torch.randn(L, B, d, device=DEVICE)
     params = list(m.parameters())
     if mode == "fwd":
         m.eval()
@@ -119,8 +140,9 @@ def run_case(op, mode, L, d, layers):
         def fn():
             with torch.no_grad():
                 m(x)
+            sync()
         repeat, note = REPEAT, None
-        if op == "sru_pkg":
+        if op == "sru_pkg" and not CUDA:
             note = "no_grad: sru C++ CPU kernel (elementwise_recurrence_inference)"
     else:
         m.train()
@@ -130,15 +152,21 @@ def run_case(op, mode, L, d, layers):
                 p.grad = None
             out = m(x)[0]
             out.sum().backward()
+            sync()
         repeat, note = REPEAT, None
-        if op == "sru_pkg":
+        if op == "sru_pkg" and not CUDA:
             repeat = min(REPEAT, SRU_BWD_REPEAT)
             note = ("grad enabled: pure-Python elementwise_recurrence_naive + autograd "
                     "(repeats capped at %d)" % repeat)
+    if CUDA:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        note = "cudnn" if op == "lstm" and torch.backends.cudnn.enabled else note
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Running SRU on CPU with grad_enabled=True"
         med, mn, n = timeit(fn, repeat)
-    emit(op, "torch" if op == "lstm" else "sru", mode, L, d, layers, med, mn, n, note)
+    peak = torch.cuda.max_memory_allocated() if CUDA else None
+    emit(op, "torch" if op == "lstm" else "sru", mode, L, d, layers, med, mn, n, note, peak)
 
 
 def main():
@@ -148,7 +176,13 @@ def main():
                 if op == "sru_pkg" and SRU_ERR:
                     continue
                 for mode in MODES:
-                    run_case(op, mode, L, d, layers)
+                    try:
+                        run_case(op, mode, L, d, layers)
+                    except Exception as e:  # noqa: BLE001 - e.g. the sru package's CUDA kernel fails to build
+                        print(json.dumps({"op": op, "impl": "torch" if op == "lstm" else "sru", "mode": mode,
+                                          "L": L, "d": d, "layers": layers, "device": DEVICE,
+                                          "case": "%s_%s_L%d_d%d_l%d" % (op, mode, L, d, layers),
+                                          "note": "failed: %s: %s" % (type(e).__name__, e)}), flush=True)
     if "sru_pkg" in OPS and SRU_ERR:
         print(json.dumps({"op": "sru_pkg", "impl": "sru", "threads": THREADS, "case": None,
                           "note": SRU_ERR}))

@@ -19,10 +19,33 @@
 #define TERN_KERNELS_SRU_H
 
 #include <math.h>
+#include <stdint.h>
 
 #include "common.h"
 #include "elementwise.h" /* tn_sigmoid_f, tn_tanh_f */
 #include "half.h" /* tn_f32_bits, tn_bits_f32 */
+
+/* ---- the arguments of one call ------------------------------------------------------------
+ * What core/sru.c's argument checks hand to the loops (its CPU tiles and, in CUDA builds,
+ * cuda/sru.cu): sizes, options and data pointers of contiguous tensors, offsets row-major over
+ * (L, B, D*d[*k]). Pointers are typed void and cast by the dtype-specific code. */
+typedef struct tn_sru_args {
+    int64_t L, B, D, d, Dd, k;
+    int act, skip;
+    int32_t dtype;                      /* the dtype of every float tensor */
+    double scale_x;
+    /* forward */
+    void *h, *c, *c_last;               /* (L, B, Dd), (L, B, Dd), (B, Dd) */
+    const void *U;                      /* (L, B, Dd*k) */
+    const void *x;                      /* (L, B, Dd) or NULL when unused */
+    const void *weight_c, *bias;        /* (2*Dd); weight_c NULL = v1 */
+    const void *c0, *mask_c;            /* (B, Dd) or NULL */
+    const uint8_t *mask_pad;            /* (L, B) or NULL */
+    /* backward */
+    void *grad_U, *grad_x, *grad_c0;    /* (L, B, Dd*k), (L, B, Dd) or NULL, (B, Dd) or NULL */
+    const void *grad_h, *grad_c_last;   /* (L, B, Dd), (B, Dd) or NULL */
+    void *partial;                      /* [BUFFER] (B, 4, Dd): d v_f, d v_r, d b_f, d b_r */
+} tn_sru_args;
 
 /* ---- float ---------------------------------------------------------------------------- */
 

@@ -93,7 +93,9 @@ function LSTM:forward(input, hx, opts)
       error(fmt("LSTM: h0 and c0 must be on %s like the input, got %s and %s", device, h0:device(), c0:device()), 2)
     end
   end
-  local lengths = R.check_lengths("LSTM", opts and opts.lengths, L, B, 2, device)
+  -- lengths stay on the CPU for every device: tn_lstm_* read them on the host (checks and the
+  -- steps without a valid row) and upload them to the GPU themselves, with no wait
+  local lengths = R.check_lengths("LSTM", opts and opts.lengths, L, B, 2)
 
   local layer_in = x
   local hs, cs = {}, {}

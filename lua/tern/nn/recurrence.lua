@@ -93,9 +93,10 @@ end
 -- nil (v1); bias (2*D*d); c0 (B, D*d) or nil; mask_c (B, D*d) or nil; mask_pad (L, B) u8 or
 -- nil; opts: scale_x, activation (0|1), has_skip, bidirectional.
 function M.sru(U, x, weight_c, bias, c0, mask_c, mask_pad, opts)
-  -- f16 / bf16: the recurrence runs in f32 (autograd-aware conversions; gradients go back in
-  -- the half dtype), h and c_last come back in U's dtype
-  if HALF[U:dtype()] then
+  -- f16 / bf16 on the CPU: the recurrence runs in f32 (autograd-aware conversions; gradients
+  -- go back in the half dtype), h and c_last come back in U's dtype. On CUDA the kernels take
+  -- f16 / bf16 tensors as they are and run the recurrence in f32 themselves (cuda/sru.cu).
+  if HALF[U:dtype()] and U:device() == "cpu" then
     local dt = U:dtype()
     local h, c = M.sru(f32(U), f32(x), f32(weight_c), f32(bias), f32(c0), f32(mask_c), mask_pad, opts)
     return h:to(dt), c:to(dt)
@@ -130,7 +131,8 @@ end
 -- lengths given as a Lua table or a tensor -> i64 tensor (B) on device (default: the CPU),
 -- checked against L and B. The checks read the values on the CPU (a tensor on a device is
 -- copied there once: that waits for the device; pass lengths from the CPU, e.g. the loader's
--- batch or a Lua table, to keep the step free of it).
+-- batch or a Lua table, to keep the step free of it). tn_lstm_* take CPU lengths for CUDA
+-- tensors too (the kernels upload them without waiting), so LSTM keeps them on the CPU.
 function M.check_lengths(name, lengths, L, B, level, device)
   if lengths == nil then return nil end
   if type(lengths) == "table" and not Tensor.is_tensor(lengths) then
