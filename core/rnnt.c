@@ -36,6 +36,7 @@
  */
 #include <float.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,7 +61,7 @@ static inline int64_t ldi(const tn_tensor *t, int64_t i, int64_t j) { /* 2-D ind
 tn_status tn_rnnt_internal_float(const char *op, const char *name, const tn_tensor *t, int32_t ndim,
                                  const int64_t *shape, int32_t dtype) {
     if (!t) return tn_error(TN_ERR_ARG, "%s: argument '%s' is NULL", op, name);
-    TN_TRY(tn_check_cpu(op, t));
+    TN_TRY(tn_check_backend(op, t));
     if (t->dtype == TN_F16 || t->dtype == TN_BF16)
         return tn_error(TN_ERR_DTYPE, "%s: '%s' is %s; the RNN-T kernels take f32 or f64 (convert first)", op,
                         name, tn_dtype_name(t->dtype));
@@ -99,12 +100,12 @@ tn_status tn_rnnt_internal_boundary(const char *op, const tn_tensor *boundary, i
         *out = bd;
         return TN_OK;
     }
-    tn_status st_ = tn_check_cpu(op, boundary);
+    tn_status st_ = tn_check_backend(op, boundary);
     if (st_ == TN_OK) st_ = tn_check_index_dtype(op, "boundary", boundary);
     if (st_ == TN_OK && (boundary->ndim != 2 || boundary->shape[0] != B || boundary->shape[1] != 4))
         st_ = tn_error(TN_ERR_SHAPE, "%s: boundary has shape %s, expected [%lld, 4]", op, TN_SHAPE(boundary),
                        (long long)B);
-    if (st_ != TN_OK) {
+    if (st_ != TN_OK || boundary->device != TN_CPU) { /* CUDA: the rows are checked on the device */
         free(bd);
         return st_;
     }
@@ -134,11 +135,12 @@ tn_status tn_rnnt_internal_boundary(const char *op, const tn_tensor *boundary, i
 
 tn_status tn_rnnt_internal_symbols(const char *op, const tn_tensor *symbols, int64_t B, int64_t S, int64_t C) {
     TN_TRY(tn_check_tensor(op, "symbols", symbols));
-    TN_TRY(tn_check_cpu(op, symbols));
+    TN_TRY(tn_check_backend(op, symbols));
     TN_TRY(tn_check_index_dtype(op, "symbols", symbols));
     if (symbols->ndim != 2 || symbols->shape[0] != B || symbols->shape[1] != S)
         return tn_error(TN_ERR_SHAPE, "%s: symbols has shape %s, expected [%lld, %lld] (B, S)", op,
                         TN_SHAPE(symbols), (long long)B, (long long)S);
+    if (symbols->device != TN_CPU) return TN_OK; /* CUDA: the values are checked on the device */
     for (int64_t b = 0; b < B; b++)
         for (int64_t s = 0; s < S; s++) {
             int64_t v = ldi(symbols, b, s);
@@ -147,6 +149,26 @@ tn_status tn_rnnt_internal_symbols(const char *op, const tn_tensor *symbols, int
                                 op, TN_D(b), TN_D(s), (long long)v, (long long)C);
         }
     return TN_OK;
+}
+
+tn_status tn_rnnt_internal_device(const char *op, const char *ref_name, const tn_tensor *ref, ...) {
+    va_list ap;
+    va_start(ap, ref);
+    tn_status rc = TN_OK;
+    for (;;) {
+        const char *name = va_arg(ap, const char *);
+        if (!name) break;
+        const tn_tensor *t = va_arg(ap, const tn_tensor *);
+        if (t && (t->device != ref->device || t->device_index != ref->device_index)) {
+            rc = tn_error(TN_ERR_DEVICE,
+                          "%s: '%s' is on %s:%d but '%s' is on %s:%d; every tensor of the call must be on one device",
+                          op, name, tn_device_name(t->device), (int)t->device_index, ref_name,
+                          tn_device_name(ref->device), (int)ref->device_index);
+            break;
+        }
+    }
+    va_end(ap);
+    return rc;
 }
 
 tn_status tn_rnnt_internal_options(const char *op, int64_t termination_symbol, int64_t C,
@@ -543,6 +565,15 @@ tn_status tn_rnnt_mutual_information(tn_tensor *scores, tn_tensor *px_grad, tn_t
     if (rc == TN_OK && p) rc = tn_rnnt_internal_float(op, "p", p, 3, sp, py->dtype);
     if (rc == TN_OK && (px_grad == px || px_grad == py || py_grad == px || py_grad == py))
         rc = tn_error(TN_ERR_ARG, "%s: px_grad / py_grad must not be px or py", op);
+    if (rc == TN_OK)
+        rc = tn_rnnt_internal_device(op, "px", px, "py", py, "boundary", boundary, "scores", scores, "px_grad",
+                                     px_grad, "py_grad", py_grad, "p", p, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && px->device == TN_CUDA) {
+        free(bnd);
+        return tn_cuda_rnnt_mi(op, scores, px_grad, py_grad, p, px, py, boundary);
+    }
+#endif
     int64_t *bad = NULL;
     if (rc == TN_OK) {
         bad = (int64_t *)calloc((size_t)(B > 0 ? B : 1) * 3, sizeof(int64_t));
@@ -585,6 +616,15 @@ tn_status tn_rnnt_mutual_information_backward(tn_tensor *px_grad, tn_tensor *py_
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py_grad", py_grad, 3, py->shape, py->dtype);
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "p", p, 3, sp, py->dtype);
     if (rc == TN_OK && grad_scores) rc = tn_rnnt_internal_float(op, "grad_scores", grad_scores, 1, sb, py->dtype);
+    if (rc == TN_OK)
+        rc = tn_rnnt_internal_device(op, "px", px, "py", py, "boundary", boundary, "px_grad", px_grad, "py_grad",
+                                     py_grad, "p", p, "grad_scores", grad_scores, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && px->device == TN_CUDA) {
+        free(bnd);
+        return tn_cuda_rnnt_mi_backward(op, px_grad, py_grad, grad_scores, px, py, boundary, p);
+    }
+#endif
     if (rc == TN_OK) {
         c.pxg = px_grad->data, c.pyg = py_grad->data, c.p_in = p->data;
         c.grad_scores = grad_scores ? grad_scores->data : NULL;
@@ -692,6 +732,9 @@ static tn_status simple_setup(const char *op, simple_ctx *c, const tn_tensor *lm
                         TN_SHAPE(lm), TN_SHAPE(am));
     const int64_t S = lm->shape[1] - 1;
     if (C < 1) return tn_error(TN_ERR_SHAPE, "%s: C = 0 classes (am %s)", op, TN_SHAPE(am));
+    TN_TRY(tn_check_tensor(op, "symbols", symbols));
+    TN_TRY(tn_rnnt_internal_device(op, "am", am, "lm", lm, "symbols", symbols, "boundary", boundary,
+                                   (const char *)NULL));
     TN_TRY(tn_rnnt_internal_options(op, term, C, rnnt_type, delay_penalty));
     if (!(fabs(lm_only_scale) <= DBL_MAX) || !(fabs(am_only_scale) <= DBL_MAX))
         return tn_error(TN_ERR_ARG, "%s: lm_only_scale %g and am_only_scale %g must be finite", op, lm_only_scale,
@@ -850,6 +893,14 @@ tn_status tn_rnnt_logprobs_simple(tn_tensor *px, tn_tensor *py, const tn_tensor 
     const int64_t spx[3] = {B, S, T0}, spy[3] = {B, S1, T};
     tn_status rc = tn_rnnt_internal_float(op, "px", px, 3, spx, am->dtype);
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py", py, 3, spy, am->dtype);
+    if (rc == TN_OK) rc = tn_rnnt_internal_device(op, "am", am, "px", px, "py", py, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && am->device == TN_CUDA) {
+        free(bnd);
+        return tn_cuda_rnnt_simple(op, px, py, lm, am, symbols, boundary, termination_symbol, rnnt_type, lm_only_scale,
+                                   am_only_scale, delay_penalty);
+    }
+#endif
     if (rc == TN_OK) rc = simple_alloc(op, &c, 0);
     if (rc == TN_OK) {
         int64_t bl, ba;
@@ -883,15 +934,13 @@ tn_status tn_rnnt_logprobs_simple(tn_tensor *px, tn_tensor *py, const tn_tensor 
                     const double norm = log(z_at(&c, (b * S1 + s) * T + t)) + lmax[s] + amax[t];
                     const double am_term = ld(amb, t * C + term, f64);
                     const double aonly = c.smoothed ? log(asum[t]) + amax[t] : 0.0;
-                    double vy = am_term + lm_term - norm;
-                    if (c.smoothed)
-                        vy = c.cs * vy + c.ls * (lm_term - lonly) + c.as * (am_term + c.logU[term] - aonly);
+                    const double vy = tn_rnnt_simple_lp(am_term, lm_term, norm, c.smoothed, c.cs, c.ls, c.as, lonly,
+                                                        aonly, c.smoothed ? c.logU[term] : 0.0);
                     st(py->data, pyo + s * T + t, f64, vy);
                     if (s < S) {
                         const double am_sym = ld(amb, t * C + sym, f64);
-                        double vx = am_sym + lm_sym - norm;
-                        if (c.smoothed)
-                            vx = c.cs * vx + c.ls * (lm_sym - lonly) + c.as * (am_sym + c.logU[sym] - aonly);
+                        const double vx = tn_rnnt_simple_lp(am_sym, lm_sym, norm, c.smoothed, c.cs, c.ls, c.as, lonly,
+                                                            aonly, c.smoothed ? c.logU[sym] : 0.0);
                         st(px->data, pxo + s * T0 + t, f64, vx);
                     }
                 }
@@ -1000,6 +1049,17 @@ tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_a
     if (rc == TN_OK && grad_am) rc = tn_rnnt_internal_float(op, "grad_am", grad_am, 3, am->shape, am->dtype);
     if (rc == TN_OK && ((grad_lm && (grad_lm == lm || grad_lm == am)) || (grad_am && (grad_am == lm || grad_am == am))))
         rc = tn_error(TN_ERR_ARG, "%s: grad_lm / grad_am must not be lm or am", op);
+    if (rc == TN_OK)
+        rc = tn_rnnt_internal_device(op, "am", am, "grad_px", grad_px, "grad_py", grad_py, "grad_lm", grad_lm,
+                                     "grad_am", grad_am, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && am->device == TN_CUDA) {
+        free(bnd);
+        if (!grad_lm && !grad_am) return TN_OK;
+        return tn_cuda_rnnt_simple_backward(op, grad_lm, grad_am, grad_px, grad_py, lm, am, symbols, boundary,
+                                            termination_symbol, rnnt_type, lm_only_scale, am_only_scale);
+    }
+#endif
     if (rc == TN_OK && (grad_lm || grad_am)) rc = simple_alloc(op, &c, 1);
     if (rc != TN_OK || (!grad_lm && !grad_am)) {
         free(c.mem);

@@ -44,6 +44,8 @@ static inline int64_t ldi3(const tn_tensor *t, int64_t i, int64_t j, int64_t k) 
 typedef struct band_ctx {
     int64_t B, T, R, S, C, T0, term;
     int f64, type, boundary_given;
+    int32_t ldt;   /* the logits' dtype: f32, f64, or f16 / bf16 (read as f32, outputs f32) */
+    float *xbuf;   /* f16 / bf16: 2 C floats per thread (the row as f32, its gradient) */
     const tn_rnnt_bnd *bnd;
     int64_t *sb;   /* (B, T) s_begin of each frame's band */
     int64_t *sym;  /* (B, S) */
@@ -117,6 +119,51 @@ static inline double row_lse_d(const double *x, int64_t C) {
     return m + log(sum);
 }
 
+/* This thread's 2 C floats of c->xbuf. */
+static inline float *band_thread_buf(const band_ctx *c) {
+#ifdef _OPENMP
+    return c->xbuf + (size_t)omp_get_thread_num() * 2 * (size_t)c->C;
+#else
+    return c->xbuf;
+#endif
+}
+
+/* Row r of the logits as f32: in place for f32 logits, converted into this thread's buffer for
+ * f16 / bf16 (the same floats the f32 path would see after a conversion, so the same bits). */
+static inline const float *band_row_f(const band_ctx *c, int64_t r) {
+    if (c->ldt == TN_F32) return (const float *)c->logits + r * c->C;
+    float *xb = band_thread_buf(c);
+    const uint16_t *h = (const uint16_t *)c->logits + r * c->C;
+    if (c->ldt == TN_F16)
+        for (int64_t j = 0; j < c->C; j++) xb[j] = tn_half_to_float(h[j]);
+    else
+        for (int64_t j = 0; j < c->C; j++) xb[j] = tn_bf16_to_float(h[j]);
+    return xb;
+}
+
+/* g (C floats) into row r of an f16 / bf16 gradient (round to nearest even, as tn_copy) */
+static inline void band_row_store(const band_ctx *c, void *grad, int64_t r, const float *g) {
+    uint16_t *o = (uint16_t *)grad + r * c->C;
+    if (c->ldt == TN_F16)
+        for (int64_t j = 0; j < c->C; j++) o[j] = tn_float_to_half(g[j]);
+    else
+        for (int64_t j = 0; j < c->C; j++) o[j] = tn_float_to_bf16(g[j]);
+}
+
+/* f16 / bf16 logits: the per-thread row buffers for nt threads */
+static tn_status band_bufs(const char *op, band_ctx *c, int nt) {
+    if (c->ldt == TN_F32 || c->ldt == TN_F64) return TN_OK;
+#ifdef _OPENMP
+    const int n = nt > omp_get_max_threads() ? nt : omp_get_max_threads();
+#else
+    const int n = 1;
+    (void)nt;
+#endif
+    c->xbuf = (float *)malloc(sizeof(float) * 2 * (size_t)(c->C > 0 ? c->C : 1) * (size_t)(n > 0 ? n : 1));
+    if (!c->xbuf) return tn_error(TN_ERR_OOM, "%s: out of memory (row buffers, C = %lld)", op, (long long)c->C);
+    return TN_OK;
+}
+
 /* Forward over all rows; returns the first row index whose lse is not finite, or -1. */
 static int64_t band_forward(const band_ctx *c, void *px, void *py) {
     const int64_t B = c->B, T = c->T, R = c->R, S = c->S, C = c->C, T0 = c->T0, nrows = B * T * R;
@@ -137,7 +184,7 @@ static int64_t band_forward(const band_ctx *c, void *px, void *py) {
             xt = x[c->term];
             if (s < S) xs = x[c->sym[b * S + s]];
         } else {
-            const float *x = (const float *)c->logits + r * C;
+            const float *x = band_row_f(c, r);
             l = row_lse_f(x, C);
             xt = x[c->term];
             if (s < S) xs = x[c->sym[b * S + s]];
@@ -184,12 +231,14 @@ static void band_backward(const band_ctx *c, void *grad, const void *gpx, const 
             if (sym >= 0) g[sym] += gx;
             g[c->term] += gy;
         } else {
-            const float *x = (const float *)c->logits + r * C;
-            float *g = (float *)grad + r * C;
+            const float *x = band_row_f(c, r);
+            const int half = c->ldt != TN_F32;
+            float *g = half ? band_thread_buf(c) + C : (float *)grad + r * C;
             const float l = c->lse_in ? ((const float *)c->lse)[r] : row_lse_f(x, C), gs = (float)(gx + gy);
             row_grad_f(x, g, C, l, gs);
             if (sym >= 0) g[sym] += (float)gx;
             g[c->term] += (float)gy;
+            if (half) band_row_store(c, grad, r, g);
         }
     }
 }
@@ -198,7 +247,16 @@ static void band_backward(const band_ctx *c, void *grad, const void *gpx, const 
 static tn_status band_setup(const char *op, band_ctx *c, const tn_tensor *logits, const tn_tensor *symbols,
                             const tn_tensor *ranges, const tn_tensor *boundary, int64_t term, int32_t rnnt_type,
                             double delay_penalty, tn_rnnt_bnd **bnd) {
-    TN_TRY(tn_rnnt_internal_float(op, "logits", logits, 4, NULL, -1));
+    if (logits && (logits->dtype == TN_F16 || logits->dtype == TN_BF16)) {
+        /* f16 / bf16 logits are read as f32 by the kernels; every other float argument is f32 */
+        TN_TRY(tn_check_backend(op, logits));
+        if (logits->ndim != 4)
+            return tn_error(TN_ERR_SHAPE, "%s: 'logits' must have 4 dims, got shape %s", op, TN_SHAPE(logits));
+        if (!tn_tensor_is_contiguous(logits))
+            return tn_error(TN_ERR_ARG, "%s: 'logits' %s must be contiguous", op, TN_SHAPE(logits));
+    } else {
+        TN_TRY(tn_rnnt_internal_float(op, "logits", logits, 4, NULL, -1));
+    }
     const int64_t B = logits->shape[0], T = logits->shape[1], R = logits->shape[2], C = logits->shape[3];
     TN_TRY(tn_check_tensor(op, "symbols", symbols));
     if (symbols->ndim != 2 || symbols->shape[0] != B)
@@ -210,9 +268,11 @@ static tn_status band_setup(const char *op, band_ctx *c, const tn_tensor *logits
                         TN_SHAPE(logits), TN_SHAPE(symbols), (long long)S);
     if (C < 1) return tn_error(TN_ERR_SHAPE, "%s: logits %s has no classes", op, TN_SHAPE(logits));
     TN_TRY(tn_rnnt_internal_options(op, term, C, rnnt_type, delay_penalty));
+    TN_TRY(tn_rnnt_internal_device(op, "logits", logits, "symbols", symbols, "ranges", ranges, "boundary", boundary,
+                                   (const char *)NULL));
     TN_TRY(tn_rnnt_internal_symbols(op, symbols, B, S, C));
     if (ranges) {
-        TN_TRY(tn_check_cpu(op, ranges));
+        TN_TRY(tn_check_backend(op, ranges));
         TN_TRY(tn_check_index_dtype(op, "ranges", ranges));
         if (ranges->ndim != 3 || ranges->shape[0] != B || ranges->shape[1] != T || ranges->shape[2] != R)
             return tn_error(TN_ERR_SHAPE, "%s: ranges has shape %s, expected [%lld, %lld, %lld] for logits %s", op,
@@ -222,6 +282,9 @@ static tn_status band_setup(const char *op, band_ctx *c, const tn_tensor *logits
                             (long long)R, TN_SHAPE(logits), (long long)(S + 1));
     }
     TN_TRY(tn_rnnt_internal_boundary(op, boundary, B, S, T, rnnt_type != TN_RNNT_REGULAR, bnd));
+    c->B = B, c->T = T, c->R = R, c->S = S, c->C = C, c->term = term;
+    c->ldt = logits->dtype;
+    if (logits->device != TN_CPU) return TN_OK; /* CUDA: symbols, ranges and boundary are read on the device */
     c->sb = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B * T + B * S + 1));
     if (!c->sb) {
         free(*bnd);
@@ -268,9 +331,18 @@ static tn_status band_logprobs(const char *op, tn_tensor *px, tn_tensor *py, tn_
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(band_setup(op, &c, logits, symbols, ranges, boundary, term, rnnt_type, delay_penalty, &bnd));
     const int64_t spx[3] = {c.B, c.S, c.T0}, spy[3] = {c.B, c.S + 1, c.T}, sl[3] = {c.B, c.T, c.R};
-    tn_status rc = tn_rnnt_internal_float(op, "px", px, 3, spx, logits->dtype);
-    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py", py, 3, spy, logits->dtype);
-    if (rc == TN_OK && lse) rc = tn_rnnt_internal_float(op, "lse", lse, 3, sl, logits->dtype);
+    const int32_t fdt = c.ldt == TN_F64 ? TN_F64 : TN_F32; /* px, py, lse: f32 for f16 / bf16 logits */
+    tn_status rc = tn_rnnt_internal_float(op, "px", px, 3, spx, fdt);
+    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py", py, 3, spy, fdt);
+    if (rc == TN_OK && lse) rc = tn_rnnt_internal_float(op, "lse", lse, 3, sl, fdt);
+    if (rc == TN_OK)
+        rc = tn_rnnt_internal_device(op, "logits", logits, "px", px, "py", py, "lse", lse, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && logits->device == TN_CUDA)
+        rc = tn_cuda_rnnt_band(op, px, py, lse, logits, symbols, ranges, boundary, term, rnnt_type, delay_penalty);
+    else
+#endif
+    if (rc == TN_OK) rc = band_bufs(op, &c, tn_par_threads(c.B * c.T * c.R * c.C, RNNT_ROW_PAR_MIN));
     if (rc == TN_OK) {
         for (int64_t i = 0; i < c.B * c.S * c.T0; i++) st(px->data, i, c.f64, -INFINITY);
         for (int64_t i = 0; i < c.B * (c.S + 1) * c.T; i++) st(py->data, i, c.f64, -INFINITY);
@@ -285,6 +357,7 @@ static tn_status band_logprobs(const char *op, tn_tensor *px, tn_tensor *py, tn_
             tn_rnnt_internal_post(px->data, py->data, bnd, c.boundary_given, c.B, c.S, c.T, rnnt_type,
                                   delay_penalty, c.f64);
     }
+    free(c.xbuf);
     free(c.sb);
     free(bnd);
     return rc;
@@ -299,18 +372,44 @@ static tn_status band_logprobs_backward(const char *op, tn_tensor *grad_logits, 
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(band_setup(op, &c, logits, symbols, ranges, boundary, term, rnnt_type, 0.0, &bnd));
     const int64_t spx[3] = {c.B, c.S, c.T0}, spy[3] = {c.B, c.S + 1, c.T}, sl[3] = {c.B, c.T, c.R};
-    tn_status rc = tn_rnnt_internal_float(op, "grad_logits", grad_logits, 4, logits->shape, logits->dtype);
-    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "grad_px", grad_px, 3, spx, logits->dtype);
-    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "grad_py", grad_py, 3, spy, logits->dtype);
-    if (rc == TN_OK && lse) rc = tn_rnnt_internal_float(op, "lse", lse, 3, sl, logits->dtype);
+    const int32_t fdt = c.ldt == TN_F64 ? TN_F64 : TN_F32; /* grad_px, grad_py, lse: f32 for f16 / bf16 logits */
+    tn_status rc = TN_OK;
+    if (fdt == logits->dtype) {
+        rc = tn_rnnt_internal_float(op, "grad_logits", grad_logits, 4, logits->shape, logits->dtype);
+    } else { /* f16 / bf16: the gradient in the logits' dtype */
+        rc = tn_check_tensor(op, "grad_logits", grad_logits);
+        if (rc == TN_OK) rc = tn_check_backend(op, grad_logits);
+        if (rc == TN_OK && grad_logits->dtype != logits->dtype)
+            rc = tn_error(TN_ERR_DTYPE, "%s: 'grad_logits' is %s but the logits are %s", op,
+                          tn_dtype_name(grad_logits->dtype), tn_dtype_name(logits->dtype));
+        int same = rc == TN_OK && grad_logits->ndim == 4;
+        for (int i = 0; same && i < 4; i++) same = grad_logits->shape[i] == logits->shape[i];
+        if (rc == TN_OK && (!same || !tn_tensor_is_contiguous(grad_logits)))
+            rc = tn_error(TN_ERR_SHAPE, "%s: 'grad_logits' has shape %s, expected a contiguous %s", op,
+                          TN_SHAPE(grad_logits), TN_SHAPE(logits));
+    }
+    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "grad_px", grad_px, 3, spx, fdt);
+    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "grad_py", grad_py, 3, spy, fdt);
+    if (rc == TN_OK && lse) rc = tn_rnnt_internal_float(op, "lse", lse, 3, sl, fdt);
     if (rc == TN_OK && grad_logits != logits && grad_logits->data == logits->data)
         rc = tn_error(TN_ERR_ARG, "%s: grad_logits shares memory with logits; pass the logits tensor itself for the "
                       "in-place gradient", op);
+    if (rc == TN_OK)
+        rc = tn_rnnt_internal_device(op, "logits", logits, "grad_logits", grad_logits, "grad_px", grad_px, "grad_py",
+                                     grad_py, "lse", lse, (const char *)NULL);
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && logits->device == TN_CUDA)
+        rc = tn_cuda_rnnt_band_backward(op, grad_logits, grad_px, grad_py, logits, lse, symbols, ranges, boundary, term,
+                                        rnnt_type);
+    else
+#endif
+    if (rc == TN_OK) rc = band_bufs(op, &c, tn_par_threads(c.B * c.T * c.R * c.C, RNNT_ROW_PAR_MIN));
     if (rc == TN_OK) {
         c.lse = lse ? lse->data : NULL;
         c.lse_in = lse != NULL;
         band_backward(&c, grad_logits->data, grad_px->data, grad_py->data);
     }
+    free(c.xbuf);
     free(c.sb);
     free(bnd);
     return rc;
@@ -361,6 +460,8 @@ static tn_status prune_check(const char *op, const tn_tensor *px_grad, const tn_
                         "%s: px_grad must be (B, S, T+1) or (B, S, T) for py_grad (B, S+1, T); got px_grad %s, "
                         "py_grad %s", op, TN_SHAPE(px_grad), TN_SHAPE(py_grad));
     *regular = px_grad->shape[2] == *T + 1;
+    TN_TRY(tn_rnnt_internal_device(op, "px_grad", px_grad, "py_grad", py_grad, "boundary", boundary,
+                                   (const char *)NULL));
     return tn_rnnt_internal_boundary(op, boundary, *B, *S, *T, !*regular, bnd);
 }
 
@@ -389,6 +490,17 @@ tn_status tn_rnnt_prune_s_range(int64_t *s_range_out, const tn_tensor *px_grad, 
     int regular;
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(prune_check(op, px_grad, py_grad, boundary, &B, &S, &T, &regular, &bnd));
+    if (boundary && boundary->device != TN_CPU) {
+        /* s_range is a size the caller allocates ranges with, and a CUDA boundary's rows decide it:
+         * the one read back of this family (a (B, 4) copy; the caller can avoid it by giving the
+         * boundary as host values, see lua/tern/rnnt.lua get_prune_ranges) */
+        tn_tensor *hb = NULL;
+        tn_status rc = tn_tensor_empty(&hb, 2, boundary->shape, boundary->dtype, TN_CPU);
+        if (rc == TN_OK) rc = tn_copy(hb, boundary);
+        if (rc == TN_OK) rc = tn_rnnt_internal_boundary(op, hb, B, S, T, !regular, &bnd);
+        tn_tensor_free(hb);
+        TN_TRY(rc);
+    }
     *s_range_out = prune_s_range_of(bnd, B, S, regular, s_range);
     free(bnd);
     return TN_OK;
@@ -408,7 +520,8 @@ tn_status tn_rnnt_prune_ranges(tn_tensor *ranges, const tn_tensor *px_grad, cons
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(prune_check(op, px_grad, py_grad, boundary, &B, &S, &T, &regular, &bnd));
     tn_status rc = tn_check_tensor(op, "ranges", ranges);
-    if (rc == TN_OK) rc = tn_check_cpu(op, ranges);
+    if (rc == TN_OK) rc = tn_check_backend(op, ranges);
+    if (rc == TN_OK) rc = tn_rnnt_internal_device(op, "px_grad", px_grad, "ranges", ranges, (const char *)NULL);
     if (rc == TN_OK && ranges->dtype != TN_I64)
         rc = tn_error(TN_ERR_DTYPE, "%s: ranges must be i64, got %s", op, tn_dtype_name(ranges->dtype));
     if (rc == TN_OK && (ranges->ndim != 3 || ranges->shape[0] != B || ranges->shape[1] != T || ranges->shape[2] < 1 ||
@@ -416,6 +529,12 @@ tn_status tn_rnnt_prune_ranges(tn_tensor *ranges, const tn_tensor *px_grad, cons
         rc = tn_error(TN_ERR_SHAPE, "%s: ranges has shape %s, expected a contiguous [%lld, %lld, s_range]", op,
                       TN_SHAPE(ranges), (long long)B, (long long)T);
     const int64_t R = rc == TN_OK ? ranges->shape[2] : 0;
+#ifdef TERN_HAVE_CUDA
+    if (rc == TN_OK && px_grad->device == TN_CUDA) { /* the s_range check runs on the device */
+        free(bnd);
+        return tn_cuda_rnnt_prune_ranges(op, ranges, px_grad, py_grad, boundary);
+    }
+#endif
     if (rc == TN_OK && prune_s_range_of(bnd, B, S, regular, R) != R)
         rc = tn_error(TN_ERR_SHAPE,
                       "%s: s_range %lld (ranges %s) cannot be used for S = %lld, %s RNN-T with these boundaries: "
@@ -483,8 +602,9 @@ static tn_status pruning_check(const char *op, const tn_tensor *lm, const tn_ten
                                int64_t *R, int64_t *S1) {
     TN_TRY(tn_check_tensor(op, "lm", lm));
     TN_TRY(tn_check_tensor(op, "ranges", ranges));
-    TN_TRY(tn_check_cpu(op, lm));
-    TN_TRY(tn_check_cpu(op, ranges));
+    TN_TRY(tn_check_backend(op, lm));
+    TN_TRY(tn_check_backend(op, ranges));
+    TN_TRY(tn_rnnt_internal_device(op, "lm", lm, "ranges", ranges, (const char *)NULL));
     TN_TRY(tn_check_index_dtype(op, "ranges", ranges));
     if (ranges->ndim != 3) return tn_error(TN_ERR_SHAPE, "%s: ranges has shape %s, expected (B, T, R)", op, TN_SHAPE(ranges));
     *B = ranges->shape[0], *T = ranges->shape[1], *R = ranges->shape[2];
@@ -493,6 +613,7 @@ static tn_status pruning_check(const char *op, const tn_tensor *lm, const tn_ten
                         TN_SHAPE(lm), (long long)*B, TN_SHAPE(ranges));
     if (!tn_tensor_is_contiguous(lm)) return tn_error(TN_ERR_ARG, "%s: lm %s must be contiguous", op, TN_SHAPE(lm));
     *S1 = lm->shape[1];
+    if (ranges->device != TN_CPU) return TN_OK; /* CUDA: the values are checked on the device */
     for (int64_t b = 0; b < *B; b++)
         for (int64_t t = 0; t < *T; t++)
             for (int64_t k = 0; k < *R; k++) {
@@ -518,7 +639,11 @@ tn_status tn_rnnt_do_pruning(tn_tensor *lm_pruned, const tn_tensor *lm, const tn
     if (!same || !tn_tensor_is_contiguous(lm_pruned))
         return tn_error(TN_ERR_SHAPE, "%s: lm_pruned has shape %s, expected a contiguous %s", op, TN_SHAPE(lm_pruned),
                         TN_DIMS(4, shape));
-    TN_TRY(tn_check_cpu(op, lm_pruned));
+    TN_TRY(tn_check_backend(op, lm_pruned));
+    TN_TRY(tn_rnnt_internal_device(op, "lm", lm, "lm_pruned", lm_pruned, (const char *)NULL));
+#ifdef TERN_HAVE_CUDA
+    if (lm->device == TN_CUDA) return tn_cuda_rnnt_do_pruning(op, lm_pruned, lm, ranges);
+#endif
     const size_t row = (size_t)D * tn_dtype_size(lm->dtype);
     const int64_t n = B * T * R;
     int nt = tn_par_threads(n * D, 1 << 16);
@@ -540,6 +665,10 @@ tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm, const tn_tensor *grad_
     TN_TRY(pruning_check(op, grad_lm, ranges, &B, &T, &R, &S1));
     const int64_t D = grad_lm->shape[2], shape[4] = {B, T, R, D};
     TN_TRY(tn_rnnt_internal_float(op, "grad_lm_pruned", grad_lm_pruned, 4, shape, grad_lm->dtype));
+    TN_TRY(tn_rnnt_internal_device(op, "grad_lm", grad_lm, "grad_lm_pruned", grad_lm_pruned, (const char *)NULL));
+#ifdef TERN_HAVE_CUDA
+    if (grad_lm->device == TN_CUDA) return tn_cuda_rnnt_do_pruning_backward(op, grad_lm, grad_lm_pruned, ranges);
+#endif
     const int f64 = grad_lm->dtype == TN_F64;
     int nt = tn_par_threads(B * T * R * D, 1 << 16);
     if (nt > B) nt = (int)(B > 0 ? B : 1);
@@ -690,7 +819,9 @@ static tn_status joiner_check(const char *op, const tn_tensor *am, const tn_tens
                         TN_SHAPE(ranges));
     if (!tn_tensor_is_contiguous(am)) return tn_error(TN_ERR_ARG, "%s: am %s must be contiguous", op, TN_SHAPE(am));
     a->D = lm->shape[2];
+    TN_TRY(tn_rnnt_internal_device(op, "am", am, "lm", lm, (const char *)NULL));
     const int64_t n = a->B * a->T * a->R;
+    if (am->device != TN_CPU) return TN_OK; /* CUDA: ranges read on the device */
     if (ranges->dtype == TN_I64 && tn_tensor_is_contiguous(ranges)) {
         a->rng = (const int64_t *)ranges->data;
     } else {
@@ -713,10 +844,14 @@ tn_status tn_rnnt_pruned_tanh(tn_tensor *h, const tn_tensor *am, const tn_tensor
     tn_status st = tn_rnnt_internal_float(op, "h", h, 4, shape, am->dtype);
     if (st == TN_OK && !tn_tensor_is_contiguous(h))
         st = tn_error(TN_ERR_ARG, "%s: h %s must be contiguous", op, TN_SHAPE(h));
+    if (st == TN_OK) st = tn_rnnt_internal_device(op, "am", am, "h", h, (const char *)NULL);
     if (st != TN_OK) {
         free(copy);
         return st;
     }
+#ifdef TERN_HAVE_CUDA
+    if (am->device == TN_CUDA) return tn_cuda_rnnt_pruned_tanh(op, h, am, lm, ranges);
+#endif
     a.am = am->data, a.lm = lm->data, a.out = h->data;
     joiner_fn fn = joiner_fwd_d;
     if (am->dtype == TN_F32) {
@@ -758,10 +893,16 @@ tn_status tn_rnnt_pruned_tanh_backward(tn_tensor *grad_am, tn_tensor *grad_lm, c
         if (st == TN_OK && !tn_tensor_is_contiguous(grad_lm))
             st = tn_error(TN_ERR_ARG, "%s: grad_lm %s must be contiguous", op, TN_SHAPE(grad_lm));
     }
+    if (st == TN_OK)
+        st = tn_rnnt_internal_device(op, "am", am, "grad_h", grad_h, "h", h, "grad_am", grad_am, "grad_lm", grad_lm,
+                                     (const char *)NULL);
     if (st != TN_OK) {
         free(copy);
         return st;
     }
+#ifdef TERN_HAVE_CUDA
+    if (am->device == TN_CUDA) return tn_cuda_rnnt_pruned_tanh_backward(op, grad_am, grad_lm, grad_h, h, am, lm, ranges);
+#endif
     a.gh = grad_h->data, a.h = h->data;
     a.gam = grad_am ? grad_am->data : NULL, a.glm = grad_lm ? grad_lm->data : NULL;
     joiner_fn fn = joiner_bwd_d;

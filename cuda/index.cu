@@ -587,11 +587,22 @@ static tn_status ix_pending_queue(void) {
     return TN_OK;
 }
 
+static tn_status ix_check_pending(const char *op);
+
+/* cuda/rnnt.cu: the RNN-T family's pending error (its value checks), raised after the index one */
+extern "C" tn_status tn_cuda_rnnt_check_pending(const char *op);
+
 /* op NULL: queues a read of the current device's pending index error on the current stream, to
  * go before a host wait for that stream. op non-NULL, after that wait: raises what the read
  * found (TN_ERR_INDEX, the CPU's message plus " (reported at the next synchronisation: op)")
  * and clears the record; without a queued read it queues one and waits for it itself. */
 extern "C" tn_status tn_cuda_check_pending(const char *op) {
+    const tn_status s = ix_check_pending(op);
+    if (s != TN_OK || !op) return s;
+    return tn_cuda_rnnt_check_pending(op);
+}
+
+static tn_status ix_check_pending(const char *op) {
     if (!op) return ix_pending_queue();
     int dev = -1;
     TN_TRY(TN_CUDA_CHECK(cudaGetDevice(&dev)));

@@ -4,7 +4,7 @@
 Linear(512, 500)) scaled to a small CPU, f32.
 
     /usr/bin/python3 recipes/bench_rnnt_torch.py --threads=1 [--repeat=3] [--warmup=1]
-        [--cases=8x200x60,2x450x110,4x100x30] [--ops=full,pruned] [--s-range=5]
+        [--cases=8x200x60,2x450x110,4x100x30] [--ops=full,pruned] [--s-range=5] [--device=cpu|cuda]
 
 Cases are BxTxS (all sequences full length: T frames, S symbols; symbols uniform in 1..V-1).
 One step of each op, timed as a whole (parameter/input grads reset to None before each call):
@@ -20,6 +20,10 @@ One step of each op, timed as a whole (parameter/input grads reset to None befor
           get_rnnt_prune_ranges(px_grad, py_grad, boundary, s_range), do_rnnt_pruning(enc,
           dec, ranges), logits = joiner(enc_pruned + dec_pruned) of shape (B, T, s_range, V),
           rnnt_loss_pruned(..., reduction="sum"), (simple + pruned).backward().
+--device=cuda (recipes/bench_rnnt.lua --device=cuda): the same steps on the GPU (torchaudio's CUDA
+rnnt_loss for full); each call ends with torch.cuda.synchronize(); peak_bytes = max over calls of
+(torch.cuda.max_memory_allocated() after the call, reset before it, - memory_allocated() before
+it) (peak_method "cuda_max_allocated"). Without a GPU one JSON line with a "note" says so.
 Each case: `warmup` untimed calls, then the median wall time of `repeat` calls.
 Peak memory: before each timed call the process's peak-RSS mark is reset
 (`echo 5 > /proc/self/clear_refs`) and peak_bytes = max over calls of (VmHWM after the call -
@@ -52,8 +56,10 @@ import peer  # noqa: E402  recipes/lib/peer.py
 
 OPTS = peer.parse_args(sys.argv[1:], {
     "threads": "1", "repeat": "3", "warmup": "1", "cases": "8x200x60,2x450x110,4x100x30",
-    "ops": "full,pruned", "s-range": "5",
+    "ops": "full,pruned", "s-range": "5", "device": "cpu",
 }, __doc__)
+DEVICE = OPTS["device"]
+CUDA = DEVICE == "cuda"
 THREADS = int(OPTS["threads"])
 REPEAT = max(1, int(OPTS["repeat"]))
 WARMUP = max(0, int(OPTS["warmup"]))
@@ -87,6 +93,8 @@ try:
     from torchaudio.functional import rnnt_loss as ta_rnnt_loss
 except Exception as e:  # noqa: BLE001 - any import failure means "no peer"
     peer.no_peer("torchaudio", THREADS, "torch/torchaudio", e)
+if CUDA and not torch.cuda.is_available():
+    peer.no_peer("torchaudio", THREADS, "torch with CUDA", RuntimeError("torch.cuda.is_available() is False"))
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "spec",
                                 "fixtures"))
@@ -118,7 +126,27 @@ def _can_reset_hwm():
 HWM = _can_reset_hwm()
 
 
+def measure_cuda(fn):
+    for _ in range(WARMUP):
+        fn()
+        torch.cuda.synchronize()
+    xs, peak = [], 0
+    for _ in range(REPEAT):
+        gc.collect()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = now()
+        fn()
+        torch.cuda.synchronize()
+        xs.append((now() - t0) * 1e3)
+        peak = max(peak, torch.cuda.max_memory_allocated() - base)
+    return statistics.median(xs), min(xs), len(xs), peak
+
+
 def measure(fn):
+    if CUDA:
+        return measure_cuda(fn)
     for _ in range(WARMUP):
         fn()
     xs, peak = [], 0
@@ -145,7 +173,8 @@ def emit(op, impl, Bc, Tc, Sc, med, mn, n, peak, extra=None):
     r = {"op": op, "impl": impl, "B": Bc, "T": Tc, "S": Sc, "V": V,
          "threads": torch.get_num_threads(), "median_ms": round(med, 3),
          "peak_bytes": int(peak), "min_ms": round(mn, 3), "repeats": n,
-         "peak_method": "vmhwm" if HWM else "maxrss_delta", "dtype": "f32", "device": "cpu",
+         "peak_method": "cuda_max_allocated" if CUDA else "vmhwm" if HWM else "maxrss_delta",
+         "dtype": "f32", "device": DEVICE,
          "load1": round(os.getloadavg()[0], 2)}
     if extra:
         r.update(extra)
@@ -154,15 +183,15 @@ def emit(op, impl, Bc, Tc, Sc, med, mn, n, peak, extra=None):
 
 def run_case(op, Bc, Tc, Sc):
     g = torch.Generator().manual_seed(1000 * Bc + Tc + Sc)
-    enc = torch.randn(Bc, Tc, D, generator=g).requires_grad_(True)
-    dec = torch.randn(Bc, Sc + 1, D, generator=g).requires_grad_(True)
-    symbols = torch.randint(1, V, (Bc, Sc), generator=g)
-    joiner = torch.nn.Linear(D, V)
+    enc = torch.randn(Bc, Tc, D, generator=g).to(DEVICE).requires_grad_(True)
+    dec = torch.randn(Bc, Sc + 1, D, generator=g).to(DEVICE).requires_grad_(True)
+    symbols = torch.randint(1, V, (Bc, Sc), generator=g).to(DEVICE)
+    joiner = torch.nn.Linear(D, V).to(DEVICE)
     params = [enc, dec] + list(joiner.parameters())
     if op == "full":
         targets = symbols.int()
-        t_len = torch.full((Bc,), Tc, dtype=torch.int32)
-        s_len = torch.full((Bc,), Sc, dtype=torch.int32)
+        t_len = torch.full((Bc,), Tc, dtype=torch.int32, device=DEVICE)
+        s_len = torch.full((Bc,), Sc, dtype=torch.int32, device=DEVICE)
 
         def fn():
             for p in params:
@@ -173,10 +202,10 @@ def run_case(op, Bc, Tc, Sc):
         med, mn, n, peak = measure(fn)
         emit(op, "torchaudio", Bc, Tc, Sc, med, mn, n, peak)
         return
-    am_proj = torch.nn.Linear(D, V)
-    lm_proj = torch.nn.Linear(D, V)
+    am_proj = torch.nn.Linear(D, V).to(DEVICE)
+    lm_proj = torch.nn.Linear(D, V).to(DEVICE)
     params += list(am_proj.parameters()) + list(lm_proj.parameters())
-    boundary = torch.tensor([[0, 0, Sc, Tc]] * Bc, dtype=torch.int64)
+    boundary = torch.tensor([[0, 0, Sc, Tc]] * Bc, dtype=torch.int64, device=DEVICE)
 
     def fn():
         for p in params:

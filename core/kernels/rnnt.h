@@ -6,6 +6,7 @@
  *    normalised weights e^(a - r), e^(b - r) of its two predecessors (they sum to 1). The
  *    weights come from the same exp the log-add needs, so the backward pass multiplies by them
  *    without any exp or log of its own.
+ *  - tn_rnnt_simple_lp: one gathered entry of the simple / smoothed logprobs.
  *  - tn_rnnt_delay_penalty: k2's delay penalty λ ((T_b - 1) / 2 - t) added to px[b, s, t].
  *  - tn_rnnt_lsm_grad_*: the gradient of one logit through the fused log-softmax of the joint
  *    and pruned logprobs: d/dx_c of gx (x_sym - lse) + gy (x_term - lse).
@@ -39,6 +40,16 @@ static TN_HD double tn_rnnt_logadd_w(double a, double b, double *wa, double *wb)
     *wb = r;
     *wa = e * r;
     return b + log1p(e);
+}
+
+/* One gathered simple / smoothed logprob (core/rnnt.c tn_rnnt_logprobs_simple and its CUDA
+ * kernel): am_c + lm_c - norm, with smoothing cs (that) + ls (lm_c - lonly) + as (am_c + logU_c -
+ * aonly), lonly / aonly the LM-only / AM-only normalisers and logU_c the log unigram of class c. */
+static TN_HD double tn_rnnt_simple_lp(double am_c, double lm_c, double norm, int smoothed, double cs, double ls,
+                                      double as, double lonly, double aonly, double logU_c) {
+    double v = am_c + lm_c - norm;
+    if (smoothed) v = cs * v + ls * (lm_c - lonly) + as * (am_c + logU_c - aonly);
+    return v;
 }
 
 /* exp(x - y) for x, y <= a finite or -inf log-probability; 0 when y is -inf (an unreachable

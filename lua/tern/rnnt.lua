@@ -27,17 +27,24 @@
 -- probabilities px_grad = d sum_b(scores[b]) / d px, py_grad likewise (what get_prune_ranges
 -- takes); they are computed by the same pass as the loss, and autograd reuses them.
 --
--- Autograd: gradients flow to lm, am, logits, px and py. f16 / bf16 inputs are converted to f32
--- for the kernels (their gradients are converted back); f32 and f64 mixed give f64.
--- overwrite_logits=true lets the backward write the gradient of the logits into the logits
--- tensor itself (saves one B x T x (S+1) x C tensor; the logits' values are gone afterwards,
--- and a second backward through the loss is refused); it is ignored for a leaf. Logits that
--- the call had to convert or copy (f16/bf16, non-contiguous) are always overwritten, being
--- private to the loss.
+-- Autograd: gradients flow to lm, am, logits, px and py. f16 / bf16 logits of loss and
+-- loss_pruned are read by the kernels in their dtype (log-softmax and recursion in f32, px / py
+-- f32, the logits' gradient written in their dtype: no f32 copy of the logits); other f16 / bf16
+-- inputs are converted to f32 for the kernels (their gradients are converted back); f32 and f64
+-- mixed give f64. overwrite_logits=true lets the backward write the gradient of the logits into
+-- the logits tensor itself (saves one B x T x (S+1) x C tensor; the logits' values are gone
+-- afterwards, and a second backward through the loss is refused); it is ignored for a leaf.
+-- Logits that the call had to copy (non-contiguous) are always overwritten, being private to
+-- the loss.
 --
 -- Devices: every tensor of a call must be on one device (the C kernels run there); symbols,
 -- boundary and ranges given as Lua tables are made on the device of the float inputs. Outputs
--- and gradients are made on that device.
+-- and gradients are made on that device. On CUDA nothing here reads device values back: the
+-- kernels check symbols, boundaries, ranges and finiteness on the device and a bad value is
+-- raised, with the CPU's message, at the next synchronisation (tn.cuda.synchronize(), a copy to
+-- the host, item()). The one exception is get_prune_ranges with a boundary *tensor* on CUDA:
+-- s_range sizes the ranges tensor and depends on the boundary rows, so they are read back once
+-- ((B, 4) values); give the boundary as a Lua table of rows and it is computed on the host.
 --
 -- Errors name the function, the argument and the shapes; checks of values (symbols in [0, C),
 -- boundaries inside the tensors, T_b >= S_b for modified / constrained, finiteness) come from
@@ -289,10 +296,11 @@ local function back_band(gs, ctx)
 end
 
 -- ranges nil: the joint version (logits (B, T, S+1, C)); else pruned (logits (B, T, R, C)).
+-- f16 / bf16 logits go to the kernels as they are (read as f32); px, py and lse are then f32.
 local function logprobs_band(fname, logits, symbols, ranges, boundary, term, rtype, dp, inplace)
   local B, T, R = logits:size(1), logits:size(2), logits:size(3)
   local S = symbols:size(2)
-  local dt = { dtype = logits:dtype(), device = logits:device() }
+  local dt = { dtype = logits:dtype() == "f64" and "f64" or "f32", device = logits:device() }
   local px = Tensor.empty(px_shape(B, S, T, rtype), dt)
   local py = Tensor.empty({ B, S + 1, T }, dt)
   local need = grad_enabled() and needs(logits)
@@ -441,6 +449,28 @@ M.mutual_information_recursion = api("mutual_information_recursion",
 M.warned = false
 function M.warn(msg) io.stderr:write("tern: ", msg, "\n") end
 
+-- tn_rnnt_prune_s_range's rule (core/rnnt_prune.c prune_s_range_of) over boundary rows given
+-- as a Lua table {{begin_symbol, begin_frame, end_symbol, end_frame}, ...}.
+local function host_s_range(rows, S, regular, s_range)
+  if S == 0 then return 1 end
+  if regular then
+    local mn = 2
+    for _, r in ipairs(rows) do
+      local s1, t1 = tonumber(r[3]), tonumber(r[4])
+      if t1 and s1 and t1 > 0 then
+        local q = (s1 - 1) / t1
+        q = q >= 0 and math.floor(q) or math.ceil(q) -- C's truncating division
+        if q + 2 > mn then mn = q + 2 end
+      end
+    end
+    if s_range < mn then s_range = mn end
+  elseif s_range < 1 then
+    s_range = 1
+  end
+  if s_range > S then s_range = S + 1 end
+  return s_range
+end
+
 M.get_prune_ranges = api("get_prune_ranges", { "px_grad", "py_grad", "boundary", "s_range" },
   function(fname, args)
     local pxg = float_arg(fname, args, "px_grad", 3, "(B, S, T+1) or (B, S, T)")
@@ -454,9 +484,18 @@ M.get_prune_ranges = api("get_prune_ranges", { "px_grad", "py_grad", "boundary",
     local dt = kernel_dtype(pxg, pyg)
     pxg = prepare(pxg:detach(), dt)
     pyg = prepare(pyg:detach(), dt)
-    local out = ffi.new("int64_t[1]")
-    ccheck(fname, C.tn_rnnt_prune_s_range(out, pxg._c, pyg._c, cptr(boundary), s_range))
-    local R = tonumber(out[0])
+    local R
+    local rows = args.boundary
+    if type(rows) == "table" and not is_tensor(rows) and pxg._c.device ~= 0 then
+      -- host rows of a device call: the C rule here, so nothing is read back from the device
+      -- (the rows themselves are checked by tn_rnnt_prune_ranges on the device)
+      R = host_s_range(rows, pyg:size(2) - 1, pxg:size(3) == T + 1, s_range)
+    else
+      local out = ffi.new("int64_t[1]")
+      -- a CUDA boundary tensor is read back once here (s_range sizes the ranges tensor)
+      ccheck(fname, C.tn_rnnt_prune_s_range(out, pxg._c, pyg._c, cptr(boundary), s_range))
+      R = tonumber(out[0])
+    end
     if R > s_range and not M.warned then
       M.warned = true
       M.warn(fmt("%s: s_range = %d cannot cover every utterance (regular RNN-T needs "
@@ -564,7 +603,9 @@ local function band_loss(fname, args, pruned)
   local reduction = reduction_arg(fname, args)
   local want = bool_arg(fname, args, "return_grad")
   local overwrite = bool_arg(fname, args, "overwrite_logits")
-  local lg, private = prepare(logits, kernel_dtype(logits))
+  local ldt = logits:dtype()
+  -- f16 / bf16 logits are read in their dtype by the kernels (log-softmax in f32): no f32 copy
+  local lg, private = prepare(logits, (ldt == "f16" or ldt == "bf16") and ldt or kernel_dtype(logits))
   local px, py = logprobs_band(fname, lg, symbols, ranges, boundary, term, rtype, dp, overwrite or private)
   local scores, pxg, pyg = mutual_information(fname, px, py, boundary, want)
   if want then return reduce(scores, reduction), pxg, pyg end
