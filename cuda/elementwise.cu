@@ -158,20 +158,38 @@ template <class M> static inline M ew_scalar_from_bits(uint64_t bits) {
     return v;
 }
 
-/* out = a op b (EW_TT), a op s (EW_TS) or s op a (EW_ST); out, a: T */
-template <class T, int Side> struct fam_arith {
-    typedef T out_t;
-    typedef T in0_t;
-    typedef typename std::conditional<Side == EW_TT, T, uint8_t>::type in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = Side == EW_TT ? 2 : 1 };
+/* The operand storage types of a family: out_t, in0_t .. in2_t (unused ones uint8_t), nin. */
+template <class Out, class In0, class In1, class In2, int N> struct ew_types {
+    typedef Out out_t;
+    typedef In0 in0_t;
+    typedef In1 in1_t;
+    typedef In2 in2_t;
+    enum { nin = N };
+};
+
+/* The op tables of the binary families, selected by a tag. */
+struct ew_arith_tag {
+    template <class M, class Body> static __device__ __forceinline__ void run(int32_t op, const Body &body) {
+        ew_arith_ops<M>(op, body);
+    }
+};
+struct ew_cmp_tag {
+    template <class M, class Body> static __device__ __forceinline__ void run(int32_t op, const Body &body) {
+        ew_cmp_ops<M>(op, body);
+    }
+};
+
+/* out = a op b (EW_TT), a op s (EW_TS) or s op a (EW_ST) with the ops of Tag; a: T, out: Out */
+template <class T, int Side, class Out, class Tag>
+struct fam_binary
+    : ew_types<Out, T, typename std::conditional<Side == EW_TT, T, uint8_t>::type, uint8_t, Side == EW_TT ? 2 : 1> {
     typedef typename tn_cuda_math<T>::type M;
     struct args {
         int32_t op;
         M s; /* the scalar (EW_TS, EW_ST) in the math type, as the CPU's 0-d operand holds it */
     };
     template <class Body> static __device__ __forceinline__ void dispatch(const args &a, const Body &body) {
-        ew_arith_ops<M>(a.op, [&](const auto &g) {
+        Tag::template run<M>(a.op, [&](const auto &g) {
             if constexpr (Side == EW_TT) {
                 body(g);
             } else {
@@ -183,38 +201,13 @@ template <class T, int Side> struct fam_arith {
     }
 };
 
+/* out = a op b, a op s or s op a; out, a: T */
+template <class T, int Side> using fam_arith = fam_binary<T, Side, T, ew_arith_tag>;
 /* out (u8) = a cmp b, a cmp s or s cmp a; a: T (integers with a scalar go to fam_icmp) */
-template <class T, int Side> struct fam_cmp {
-    typedef uint8_t out_t;
-    typedef T in0_t;
-    typedef typename std::conditional<Side == EW_TT, T, uint8_t>::type in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = Side == EW_TT ? 2 : 1 };
-    typedef typename tn_cuda_math<T>::type M;
-    struct args {
-        int32_t op;
-        M s;
-    };
-    template <class Body> static __device__ __forceinline__ void dispatch(const args &a, const Body &body) {
-        ew_cmp_ops<M>(a.op, [&](const auto &g) {
-            if constexpr (Side == EW_TT) {
-                body(g);
-            } else {
-                const M s = a.s;
-                if constexpr (Side == EW_TS) body([&](M x) { return g(x, s); });
-                else body([&](M x) { return g(s, x); });
-            }
-        });
-    }
-};
+template <class T, int Side> using fam_cmp = fam_binary<T, Side, uint8_t, ew_cmp_tag>;
 
 /* out (u8) = a cmp s, a an integer T compared exactly with the double s (the CPU's icmp) */
-template <class T> struct fam_icmp {
-    typedef uint8_t out_t;
-    typedef T in0_t;
-    typedef uint8_t in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = 1 };
+template <class T> struct fam_icmp : ew_types<uint8_t, T, uint8_t, uint8_t, 1> {
     struct args {
         int32_t k; /* the comparison, counted from TN_EQ */
         tn_icmp_scalar c;
@@ -227,12 +220,7 @@ template <class T> struct fam_icmp {
 };
 
 /* out = op(a); out, a: T */
-template <class T> struct fam_unary {
-    typedef T out_t;
-    typedef T in0_t;
-    typedef uint8_t in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = 1 };
+template <class T> struct fam_unary : ew_types<T, T, uint8_t, uint8_t, 1> {
     typedef typename tn_cuda_math<T>::type M;
     struct args {
         int32_t op;
@@ -243,12 +231,7 @@ template <class T> struct fam_unary {
 };
 
 /* out (u8) = logical_not(a); a: T */
-template <class T> struct fam_not {
-    typedef uint8_t out_t;
-    typedef T in0_t;
-    typedef uint8_t in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = 1 };
+template <class T> struct fam_not : ew_types<uint8_t, T, uint8_t, uint8_t, 1> {
     typedef typename tn_cuda_math<T>::type M;
     struct args {
         int32_t unused;
@@ -260,12 +243,7 @@ template <class T> struct fam_not {
 
 /* out = clamp(a, lo, hi); out, a: T. Floats clamp in the math type (bounds rounded to f32 for
  * f32/f16/bf16, as the CPU), integers in int64 against integral bounds, then cast to T. */
-template <class T> struct fam_clamp {
-    typedef T out_t;
-    typedef T in0_t;
-    typedef uint8_t in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = 1 };
+template <class T> struct fam_clamp : ew_types<T, T, uint8_t, uint8_t, 1> {
     typedef typename tn_cuda_math<T>::type M;
     typedef typename std::conditional<ew_is_float<M>::value, M, int64_t>::type B;
     struct args {
@@ -280,12 +258,7 @@ template <class T> struct fam_clamp {
 };
 
 /* out = cond ? a : b; cond u8, out, a, b: U (any dtype by its bytes) */
-template <class U> struct fam_where {
-    typedef U out_t;
-    typedef uint8_t in0_t;
-    typedef U in1_t;
-    typedef U in2_t;
-    enum { nin = 3 };
+template <class U> struct fam_where : ew_types<U, uint8_t, U, U, 3> {
     struct args {
         int32_t unused;
     };
@@ -295,12 +268,7 @@ template <class U> struct fam_where {
 };
 
 /* out = mask ? value : a; out, a: U (any dtype by its bytes), mask u8 */
-template <class U> struct fam_mfill {
-    typedef U out_t;
-    typedef U in0_t;
-    typedef uint8_t in1_t;
-    typedef uint8_t in2_t;
-    enum { nin = 2 };
+template <class U> struct fam_mfill : ew_types<U, U, uint8_t, uint8_t, 2> {
     struct args {
         U v;
     };
