@@ -17,8 +17,9 @@ say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # What building and testing needs. gcc's OpenMP (libgomp) comes with build-essential; the CUDA
-# toolkit and MPI are optional and never installed here (CMake enables them when present).
-PACKAGES="build-essential cmake pkg-config luajit lua-busted libopenblas-dev libfftw3-dev libsndfile1-dev libsentencepiece-dev espeak-ng gnuplot-nox"
+# toolkit is optional and never installed here; OpenMPI is installed so that the #mpi specs run
+# (CMake enables CUDA, MPI and NCCL when present).
+PACKAGES="build-essential cmake pkg-config luajit lua-busted libopenblas-dev libfftw3-dev libsndfile1-dev libsentencepiece-dev espeak-ng gnuplot-nox openmpi-bin libopenmpi-dev"
 
 # ---- packages ----------------------------------------------------------------------------------
 command -v dpkg-query >/dev/null 2>&1 || die "this script needs Debian (dpkg-query not found)"

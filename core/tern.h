@@ -913,6 +913,71 @@ tn_status tn_spm_decode(const tn_spm *spm, const int32_t *ids, int64_t n, char *
 /* Train a model: spm_train's flags in one string ("--input=a.txt --model_prefix=m --vocab_size=500 ..."). */
 tn_status tn_spm_train(const char *args);
 
+/* ---- distributed (dist.c, cuda/dist.cu) ---------------------------------------------------
+ * Horovod-style collectives between the ranks of an MPI job (mpirun -np N ...), in place on
+ * contiguous tensors. Backends: TN_DIST_MPI (CPU tensors; CUDA tensors are staged through host
+ * memory), TN_DIST_NCCL (CUDA tensors through NCCL on the device local_rank selects; CPU
+ * tensors still go through MPI), TN_DIST_AUTO (NCCL when built with it and a GPU is present,
+ * else MPI). Every collective is bounded by a timeout (default 300 s, or TERN_DIST_TIMEOUT
+ * seconds from the environment, or tn_dist_set_timeout): past it the call fails naming the op,
+ * the shape, the rank and the time waited; the communicator is then unusable and the job should
+ * end (tn_dist_abort, or exit non-zero so that mpirun ends the other ranks). Before each
+ * collective the ranks compare op, dtype and shape (one small allgather) unless
+ * tn_dist_set_checks(0). On MPI a large allreduce goes as several MPI_Iallreduce of
+ * TERN_DIST_CHUNK_KB (default 65536) each, and MPI advances them only inside MPI calls: a started
+ * allreduce progresses while the caller polls tn_dist_work_test (or waits). Not thread-safe: call
+ * from one thread. In a build without MPI every call returns TN_ERR_UNSUPPORTED saying how to
+ * get MPI. Ranks and roots are 0-based. */
+
+typedef enum tn_dist_backend { TN_DIST_AUTO = 0, TN_DIST_MPI = 1, TN_DIST_NCCL = 2 } tn_dist_backend;
+typedef enum tn_dist_op { TN_DIST_SUM = 0, TN_DIST_AVG = 1, TN_DIST_MAX = 2 } tn_dist_op;
+typedef struct tn_dist_work tn_dist_work_t; /* an allreduce in flight (tn_dist_allreduce_start) */
+
+/* 1 when built with MPI; [OPTIONAL] reason (cap bytes, NUL-terminated): why not, or how the
+ * process was launched ("launched by mpirun (OMPI_COMM_WORLD_SIZE=2)" / "not under mpirun:
+ * init makes a single rank"). */
+int tn_dist_available(char *reason, size_t cap);
+/* Initialises MPI (MPI_Init_thread, or adopts an MPI the host program initialised) and the
+ * backend. timeout_s <= 0: keep the current timeout. Calling it again with the same backend (or
+ * AUTO) is a no-op; another backend is an error. */
+tn_status tn_dist_init(int32_t backend, double timeout_s);
+/* Frees the communicators and finalises MPI when tn_dist_init initialised it (MPI cannot be
+ * initialised again in this process afterwards). After a timed-out collective it only returns
+ * an error (MPI_Finalize would wait for the dead peer). No-op when not initialised. */
+tn_status tn_dist_finalize(void);
+int tn_dist_is_initialized(void);
+int32_t tn_dist_get_backend(void);          /* tn_dist_backend in use; -1 when not initialised */
+tn_status tn_dist_rank(int32_t *out);       /* [OUT] this process's rank, 0 .. size-1 */
+tn_status tn_dist_size(int32_t *out);       /* [OUT] number of ranks */
+tn_status tn_dist_local_rank(int32_t *out); /* [OUT] rank among the ranks of this node */
+tn_status tn_dist_local_size(int32_t *out); /* [OUT] ranks on this node */
+tn_status tn_dist_set_timeout(double seconds); /* > 0 */
+double tn_dist_get_timeout(void);
+void tn_dist_set_checks(int on);            /* cross-rank op / dtype / shape check; default on */
+/* Ends every rank of the job (MPI_Abort on the world communicator). Returns only when MPI is
+ * not initialised (or the build has none): TN_ERR_UNSUPPORTED. */
+tn_status tn_dist_abort(int32_t code);
+tn_status tn_dist_barrier(void);
+/* t (contiguous; f32, f64, f16, bf16, i32, i64, u8; avg needs a float dtype) = op over the
+ * ranks of t, in place. f16 / bf16 are summed in f32 on MPI. */
+tn_status tn_dist_allreduce(tn_tensor *t, int32_t op);
+/* Starts the same allreduce and returns at once: [OUT] out (new handle; release with
+ * tn_dist_work_free after it completed). t must stay alive and untouched until then. */
+tn_status tn_dist_allreduce_start(tn_dist_work_t **out, tn_tensor *t, int32_t op);
+/* Waits (bounded by the timeout) until the work completed; t then holds the result. On CUDA the
+ * current stream is made to wait for the communication (no host wait is needed after). */
+tn_status tn_dist_work_wait(tn_dist_work_t *w);
+/* [OUT] done: 1 when completed (the result is then in t, as after wait), else 0. Fails when the
+ * timeout passed. */
+tn_status tn_dist_work_test(tn_dist_work_t *w, int32_t *done);
+/* Releases the handle; a work still in flight is waited for first. NULL is a no-op. */
+void tn_dist_work_free(tn_dist_work_t *w);
+/* t (contiguous, any dtype) = t of rank root, in place. */
+tn_status tn_dist_broadcast(tn_tensor *t, int32_t root);
+/* [OUT] out: (size * t.shape[0], t.shape[1:]) (a 0-dim t gives (size)), the ranks' t stacked in
+ * rank order; same dtype and device as t. */
+tn_status tn_dist_allgather(tn_tensor **out, const tn_tensor *t);
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 /* Atomically write path: header (header_len bytes) preceded by its length as u64 little

@@ -66,6 +66,7 @@ tn.checkpoint = require "tern.checkpoint"
 tn.amp = require "tern.amp"
 tn.data = require "tern.data" -- tern.data loads its submodules on first use
 tn.cuda = require "tern.cuda"
+tn.dist = require "tern.dist"
 
 tn.save = serialize.save
 tn.load = serialize.load
