@@ -42,13 +42,17 @@ local decode = require "asr.decode"
 local werm = require "asr.wer"
 local tokm = require "asr.tokenizer"
 local report = require "asr.report"
+local parallel = require "asr.parallel"
 
 local fmt = string.format
-local function say(...) io.stderr:write("asr: ", fmt(...), "\n") end
+local P = parallel.setup(cfg) -- rank 0 of 1 without --dist
+local function say(...) if P.main then io.stderr:write("asr: ", fmt(...), "\n") end end
 
 tn.set_num_threads(cfg.threads)
-tn.manual_seed(cfg.seed)
-os.execute("mkdir -p '" .. cfg.exp_dir .. "'")
+-- per-rank seeds (dropout, augmentation draws differ between ranks); the parameters are made
+-- alike by the broadcast from rank 0 before training
+tn.manual_seed(cfg.seed + P.rank)
+if P.main then os.execute("mkdir -p '" .. cfg.exp_dir .. "'") end
 local T_START = report.now()
 
 -- data ------------------------------------------------------------------------------------------
@@ -101,17 +105,22 @@ local function get_data()
   return data_memo[1], data_memo[2]
 end
 
-local tok = tokm.make(cfg.tokens, { mode = cfg.mode, dir = cfg.exp_dir .. "/tokens", log = function(l) say("%s", l) end,
-  train_texts = function()
-    local texts = {}
-    for i, it in ipairs((get_data())) do texts[i] = it.text end
-    return texts
-  end })
+-- rank 0 first: it makes the default data set and trains a SentencePiece model when asked
+local tok = parallel.main_first(P, function()
+  if P.on then get_data() end
+  return tokm.make(cfg.tokens, { mode = cfg.mode, dir = cfg.exp_dir .. "/tokens", log = function(l) say("%s", l) end,
+    train_texts = function()
+      local texts = {}
+      for i, it in ipairs((get_data())) do texts[i] = it.text end
+      return texts
+    end })
+end)
 local mcfg = {}
 for k, v in pairs(cfg.model) do mcfg[k] = v end
 mcfg.vocab, mcfg.feat_dim = tok.vocab, cfg.features.num_mel_bins
 local model = Model.Transducer(mcfg)
 if cfg.amp.dtype ~= "f32" then model:to(cfg.amp.dtype) end
+if cfg.device ~= "cpu" then model:to(cfg.device) end
 local n_params = model:num_parameters()
 
 local function make_optimizer()
@@ -120,7 +129,10 @@ local function make_optimizer()
     error("asr_train: --optim.name must be adam or adamw, got " .. tostring(o.name), 0)
   end
   local ctor = o.name == "adam" and tn.optim.Adam or tn.optim.AdamW
-  return ctor(model:parameters(), { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay })
+  local opt = ctor(model:parameters(), { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps,
+    weight_decay = o.weight_decay })
+  if not P.on then return opt end
+  return tn.dist.DistributedOptimizer(opt, { fusion_mb = cfg.dist_fusion_mb, compression = cfg.dist_compression })
 end
 
 local function make_lr(total_steps)
@@ -145,6 +157,7 @@ end
 -- a batch's features in the model's dtype and its frame counts as a Lua list
 local function batch_inputs(batch)
   local feats = batch.feats
+  if cfg.device ~= "cpu" then feats = feats:to(cfg.device) end
   if cfg.amp.dtype ~= "f32" then feats = feats:to(cfg.amp.dtype) end
   return feats, batch.feat_lens:totable()
 end
@@ -156,13 +169,14 @@ local function test_batches(cache, entries, cmvn)
     cache = cache, cmvn = cmvn, spec_augment = false }
 end
 
--- decode every test utterance; returns summary, rows {id, ref, hyp}, mean loss per utterance
+-- decode every test utterance (with --dist, each rank a share, the counts summed and the rows
+-- gathered in rank order); returns summary, rows {id, ref, hyp}, mean loss per utterance
 local function evaluate(cache, entries, cmvn, opts)
   opts = opts or {}
   model:eval()
   local scorer, rows = werm.Scorer(), {}
   local tot_loss, n = 0, 0
-  local batches = test_batches(cache, entries, cmvn)
+  local batches = test_batches(cache, parallel.shard(P, entries), cmvn)
   for batch in batches:iter(1) do
     local feats, lens = batch_inputs(batch)
     local enc, enc_lens = tn.no_grad(function() return model:encode(feats, lens) end)
@@ -186,6 +200,20 @@ local function evaluate(cache, entries, cmvn, opts)
     end
   end
   model:train()
+  if P.on then
+    parallel.sum_scorer(P, scorer)
+    local sums = parallel.sum(P, { tot_loss, n })
+    tot_loss, n = sums[1], sums[2]
+    local lines = {}
+    for i, r in ipairs(rows) do lines[i] = table.concat({ r.id, r.ref, r.hyp }, "\t") end
+    rows = {}
+    for _, chunk in ipairs(parallel.gather_strings(P, table.concat(lines, "\n"))) do
+      for line in chunk:gmatch("[^\n]+") do
+        local id, ref, hyp = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
+        rows[#rows + 1] = { id = id, ref = ref, hyp = hyp }
+      end
+    end
+  end
   return scorer:summary(), rows, n > 0 and tot_loss / n or nil
 end
 
@@ -236,11 +264,12 @@ local ckpt = tn.checkpoint.Manager{ dir = cfg.exp_dir .. "/ckpt", keep_last = cf
 
 local function run_train()
   local train_items, test_items = get_data()
-  local cache, train, test = features(train_items, test_items)
+  -- rank 0 computes the feature cache, the others then read it
+  local cache, train, test = parallel.main_first(P, function() return features(train_items, test_items) end)
   local cmvn = cache:cmvn(train)
   local cmvn_c = cmvn_holder(cmvn)
   local sampler = tn.data.Batches{ items = train, max_frames = cfg.train.max_frames, shuffle = true, seed = cfg.seed,
-    buckets = 10, cache = cache, cmvn = cmvn,
+    buckets = 10, cache = cache, cmvn = cmvn, rank = P.rank, world_size = P.size,
     spec_augment = cfg.features.spec_augment and { time_masks = cfg.features.time_masks,
       time_width = cfg.features.time_width, freq_masks = cfg.features.freq_masks,
       freq_width = cfg.features.freq_width } or false }
@@ -262,12 +291,24 @@ local function run_train()
       say("resumed from step %d (epoch %d)", step, epoch)
     end
   end
+  if P.on then
+    -- every rank starts from rank 0's parameters and optimizer state (fresh or restored)
+    tn.dist.broadcast_parameters(model, 0)
+    tn.dist.broadcast_optimizer_state(opt, 0)
+    local same = parallel.sum(P, { step, epoch })
+    if same[1] ~= step * P.size or same[2] ~= epoch * P.size then
+      error(fmt("asr_train: rank %d resumed at step %d epoch %d, other ranks elsewhere: the ranks must see "
+        .. "the same checkpoints (exp_dir on a shared file system) or use --resume=none", P.rank, step, epoch), 0)
+    end
+  end
   extra = extra or {}
   local skip = extra.batch_in_epoch or 0 -- batches of `epoch` already trained
   local curves = extra.curves or {}
-  local log = report.JsonLog(cfg.exp_dir .. "/log.jsonl")
-  say("model: %s encoder, %.2f M parameters, %s; %d utterances (%d batches) per epoch; threads %d",
-    cfg.model.encoder, n_params / 1e6, cfg.amp.dtype, #train, per_epoch, cfg.threads)
+  local log = P.main and report.JsonLog(cfg.exp_dir .. "/log.jsonl")
+    or { write = function() end, close = function() end }
+  say("model: %s encoder, %.2f M parameters, %s on %s; %d utterances (%d batches%s) per epoch; threads %d",
+    cfg.model.encoder, n_params / 1e6, cfg.amp.dtype, cfg.device, #train, per_epoch,
+    P.on and fmt(" per rank, %d ranks", P.size) or "", cfg.threads)
   log:write{ event = "start", n_params = n_params, train_utts = #train, test_utts = #test, batches_per_epoch = per_epoch,
     config = config.describe(cfg) }
 
@@ -276,6 +317,7 @@ local function run_train()
   local t_train, steps_run, utts_run = report.now(), 0, 0
   local stop_reason
   local function save(ep, in_epoch, metrics)
+    if not P.main then return nil end -- rank 0 writes; the ranks hold the same state
     local path = ckpt:save{ step = step, epoch = ep, model = model, optimizer = opt, lr = sched, scaler = scaler,
       cmvn = cmvn_c, metrics = metrics, extra = { batch_in_epoch = in_epoch, curves = curves } }
     log:write{ event = "checkpoint", step = step, epoch = ep, path = path }
@@ -283,7 +325,8 @@ local function run_train()
   end
 
   while epoch <= cfg.train.epochs and not stop_reason do
-    local bar = report.Progress{ total = per_epoch, label = fmt("epoch %d/%d", epoch, cfg.train.epochs) }
+    local bar = P.main and report.Progress{ total = per_epoch, label = fmt("epoch %d/%d", epoch, cfg.train.epochs) }
+      or { update = function() end, finish = function() end }
     local ep_loss, ep_utts, k = 0, 0, skip
     for batch in sampler:iter(epoch, { start = skip }) do
       k = k + 1
@@ -323,17 +366,17 @@ local function run_train()
           eta = eta })
         if step % cfg.train.log_every == 0 then
           log:write{ event = "step", step = step, epoch = epoch, loss = lval, simple = simple / B, pruned = pruned / B,
-            lr = lr, scale = scaler and scaler:get_scale() or nil, applied = applied, utt_per_s = ups,
+            lr = lr, scale = scaler and scaler:get_scale() or nil, applied = applied, utt_per_s = ups * P.size,
             elapsed_s = report.now() - T_START }
         end
         if step % cfg.train.ckpt_every == 0 then save(epoch, k) end
-        local sig = tn.signal_pending()
+        local sig, past = parallel.agree_stop(P, tn.signal_pending(), report.now() > deadline)
         if sig ~= 0 then
           stop_reason = sig == 2 and "interrupted (Ctrl-C)" or "terminated"
           save(epoch, k)
           break
         end
-        if report.now() > deadline then
+        if past then
           stop_reason = fmt("time budget of %.1f min reached", cfg.train.max_minutes)
           save(epoch, k)
           break
@@ -350,7 +393,7 @@ local function run_train()
         vloss or 0 / 0, summary_line(s))
       log:write{ event = "epoch", epoch = epoch, step = step, train_loss = curves[#curves].train_loss,
         valid_loss = vloss, wer = s.wer, cer = s.cer, elapsed_s = report.now() - T_START }
-      report.plot_curves(cfg.exp_dir, curves)
+      if P.main then report.plot_curves(cfg.exp_dir, curves) end
       if not stop_reason then
         save(epoch + 1, 0, { wer = s.wer })
       end
@@ -361,19 +404,21 @@ local function run_train()
   if stop_reason and not stop_reason:find("time budget", 1, true) then
     say("%s: checkpoint saved at step %d; run the same command again to resume", stop_reason, step)
     log:close()
+    if P.on then tn.dist.finalize() end
     os.exit(130)
   end
   if stop_reason then say("%s at step %d", stop_reason, step) end
   local train_s = report.now() - t_train
   -- final evaluation with the configured search
   local s, rows = evaluate(cache, test, cmvn, {})
-  write_hyps(cfg.exp_dir .. "/hyps.txt", rows, s)
+  if P.main then write_hyps(cfg.exp_dir .. "/hyps.txt", rows, s) end
   save(epoch, 0, { wer = s.wer })
-  plot_lattice(cache, test, cmvn)
+  if P.main then plot_lattice(cache, test, cmvn) end
   local total_min = (report.now() - T_START) / 60
   log:write{ event = "final", wer = s.wer, cer = s.cer, steps = step, minutes = total_min,
     steps_per_s = steps_run / math.max(train_s, 1e-9) }
   log:close()
+  if not P.main then return end
   print(fmt("\nresult (%s search, %d test utterances): %s", cfg.decode.method, s.sentences, summary_line(s)))
   print(fmt("steps %d, %.2f steps/s, %.1f minutes in all; hypotheses in %s/hyps.txt, log %s/log.jsonl",
     step, steps_run / math.max(train_s, 1e-9), total_min, cfg.exp_dir, cfg.exp_dir))
@@ -431,6 +476,8 @@ if not run then
 end
 local ok, err = xpcall(run, debug.traceback)
 if not ok then
-  io.stderr:write(tostring(err), "\n")
+  io.stderr:write(P.on and fmt("rank %d: ", P.rank) or "", tostring(err), "\n")
+  if P.on and P.size > 1 then tn.dist.abort(1) end -- the other ranks would wait in a collective
   os.exit(1)
 end
+if P.on then tn.dist.finalize() end

@@ -234,3 +234,32 @@ describe("asr_train.lua and Ctrl-C", function()
   end)
 end)
 
+
+describe("asr_train.lua --dist=true under mpirun #mpi", function()
+  it("trains on 2 CPU ranks: rank 0 alone prints, logs and checkpoints; the test set is decoded in shares", function()
+    local mpi = require "helpers.mpi"
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    local env = os.getenv("TERN_LIB") and ("-x TERN_LIB=" .. os.getenv("TERN_LIB") .. " ") or ""
+    local out, code = mpi.run(mpi.PREFIX .. "2 " .. env .. "luajit recipes/asr_train.lua --quick=true --dist=true "
+      .. "--threads=1 --train.epochs=3 --exp_dir=" .. tmp .. "/exp --data.dir=" .. tmp .. "/data")
+    assert.are.equal(0, code, out)
+    -- one result line (rank 0's), over every test utterance although each rank decoded half
+    local n = 0
+    for _ in out:gmatch("result %(greedy search, 12 test utterances%): WER") do n = n + 1 end
+    assert.are.equal(1, n, out)
+    contains(out, "per rank, 2 ranks")
+    local hyps = h.read_file(tmp .. "/exp/hyps.txt")
+    local refs = 0
+    for _ in hyps:gmatch("\tREF: ") do refs = refs + 1 end
+    assert.are.equal(12, refs, hyps)
+    local steps = 0
+    for _, l in ipairs(read_log(tmp .. "/exp/log.jsonl")) do
+      if l:find('"event":"step"', 1, true) then steps = steps + 1 end
+    end
+    assert.is_true(steps >= 2, "too few logged steps: " .. steps)
+    local ck = run("ls " .. tmp .. "/exp/ckpt")
+    assert.truthy(ck:find("ckpt", 1, true), ck)
+    run("rm -rf " .. tmp)
+  end)
+end)

@@ -512,4 +512,51 @@ describe("tern.autograd", function()
       assert.is_true(tn.memory_stats().current - base <= 4096)
     end)
   end)
+  describe("on_grad_ready", function()
+    local autograd = require "tern.autograd"
+
+    it("runs each leaf's hook once per backward, when its gradient is complete", function()
+      local w = tn.tensor({ 1, 2, 3 }, { dtype = "f64" }):requires_grad(true)
+      local v = tn.tensor({ 4, 5, 6 }, { dtype = "f64" }):requires_grad(true)
+      local seen = {}
+      autograd.on_grad_ready(w, function(leaf)
+        -- w feeds two nodes: its gradient is the sum of both when the hook runs
+        seen[#seen + 1] = { "w", leaf.grad:tolist() }
+      end)
+      autograd.on_grad_ready(v, function(leaf) seen[#seen + 1] = { "v", leaf.grad:tolist() } end)
+      local loss = (w * v):sum() + (w * 2):sum()
+      loss:backward()
+      assert.are.same(2, #seen)
+      local byname = {}
+      for _, e in ipairs(seen) do byname[e[1]] = e[2] end
+      assert.are.same({ 6, 7, 8 }, byname.w)
+      assert.are.same({ 1, 2, 3 }, byname.v)
+      -- and again on the next backward, with the accumulated gradient
+      seen = {}
+      ;((w * v):sum()):backward()
+      assert.are.same(2, #seen)
+      autograd.on_grad_ready(w, nil)
+      autograd.on_grad_ready(v, nil)
+      seen = {}
+      ;((w * v):sum()):backward()
+      assert.are.same(0, #seen)
+    end)
+
+    it("runs the hook of a leaf that is the root, and not for leaves the backward does not reach", function()
+      local a = tn.tensor({ 1, 2 }):requires_grad(true)
+      local b = tn.tensor({ 3, 4 }):requires_grad(true)
+      local n = { a = 0, b = 0 }
+      autograd.on_grad_ready(a, function() n.a = n.a + 1 end)
+      autograd.on_grad_ready(b, function() n.b = n.b + 1 end)
+      a:backward(tn.ones(2))
+      assert.are.same({ a = 1, b = 0 }, n)
+    end)
+
+    it("refuses a non-tensor leaf and a non-function hook", function()
+      assert.has_error(function() autograd.on_grad_ready({}, function() end) end,
+        "on_grad_ready: leaf must be a tensor, got table")
+      assert.has_error(function() autograd.on_grad_ready(tn.ones(1), 3) end,
+        "on_grad_ready: fn must be a function or nil, got number")
+    end)
+  end)
 end)

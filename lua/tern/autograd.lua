@@ -144,6 +144,7 @@ function M.backward(root, grad, opts)
       local prev = enabled
       enabled = false
       local ok, err = pcall(accumulate_leaf, root, grad)
+      if ok and rawget(root, "_on_grad") then ok, err = pcall(rawget(root, "_on_grad"), root) end
       enabled = prev
       if not ok then error(err, 0) end
       return
@@ -170,6 +171,45 @@ function M.backward(root, grad, opts)
     end
   end
   table.sort(nodes, function(x, y) return x.id > y.id end)
+
+  -- leaves with a grad-ready hook (M.on_grad_ready): the last node that feeds each, so the
+  -- hook runs as soon as that node's gradients are accumulated
+  local fire
+  for k = 1, #nodes do
+    local nd = nodes[k]
+    local edges = nd.edges
+    if edges then
+      for i = 1, nd.nedges do
+        local e = edges[i]
+        if e and e._c ~= nil and rawget(e, "_on_grad") then
+          fire = fire or {}
+          fire[e] = k -- the last (in tape order) node feeding e wins
+        end
+      end
+    end
+  end
+
+  if fire then
+    -- per node, its final leaves in edge order (deterministic: every rank of a data-parallel
+    -- job runs the hooks in the same order)
+    local at_node = {}
+    for k = 1, #nodes do
+      local nd = nodes[k]
+      local edges = nd.edges
+      if edges then
+        for i = 1, nd.nedges do
+          local e = edges[i]
+          if e and fire[e] == k then
+            fire[e] = -k -- listed once
+            local at = at_node[k]
+            if not at then at = {}; at_node[k] = at end
+            at[#at + 1] = e
+          end
+        end
+      end
+    end
+    fire = at_node
+  end
 
   local prev = enabled
   enabled = false
@@ -204,6 +244,10 @@ function M.backward(root, grad, opts)
           end
         end
       end
+      local at = fire and fire[k]
+      if at then
+        for i = 1, #at do rawget(at[i], "_on_grad")(at[i]) end
+      end
       if not retain then
         nd.fn = nil
         nd.ctx = nil
@@ -215,6 +259,21 @@ function M.backward(root, grad, opts)
   end)
   enabled = prev
   if not ok then error(err, 0) end
+end
+
+-- on_grad_ready(leaf, fn): fn(leaf) runs during every backward() that reaches leaf, once, as
+-- soon as its .grad holds that backward's whole gradient (after the last node feeding it),
+-- with recording off; the data-parallel optimizer starts a bucket's allreduce from it while
+-- backward goes on. fn nil removes the hook. Hooks run in a fixed order: by node in tape
+-- order, then by the node's input order.
+function M.on_grad_ready(leaf, fn)
+  if type(leaf) ~= "table" or leaf._c == nil then
+    error("on_grad_ready: leaf must be a tensor, got " .. type(leaf), 2)
+  end
+  if fn ~= nil and type(fn) ~= "function" then
+    error("on_grad_ready: fn must be a function or nil, got " .. type(fn), 2)
+  end
+  rawset(leaf, "_on_grad", fn)
 end
 
 -- gradcheck(fn, inputs, opts): compare the Jacobian that backward() gives with central finite

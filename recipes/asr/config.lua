@@ -17,6 +17,12 @@ function M.defaults()
     threads = 2,
     quick = false,
     resume = "auto",              -- auto (latest checkpoint of exp_dir if any) | none | a path
+    device = "cpu",               -- cpu | cuda (with --dist, the GPU of the rank's local_rank)
+    dist = false,                 -- data parallel over MPI ranks: mpirun -np N luajit ... --dist=true
+    dist_backend = "auto",        -- auto (nccl for cuda, else mpi) | nccl | mpi
+    dist_timeout = 300,           -- seconds a collective may wait for a peer before failing
+    dist_fusion_mb = 64,          -- allreduce bucket size (0: one allreduce per parameter)
+    dist_compression = "none",    -- none | fp16 (gradients travel as f16)
     data = {
       dir = "data/synth",         -- where the default data set is made and cached
       train = "",                 -- a LibriSpeech dir, CSV or JSONL manifest ("" = the default set)

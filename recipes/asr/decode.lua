@@ -13,11 +13,12 @@ local tn = require "tern"
 
 local M = {}
 
-local function i64(rows) return tn.tensor(rows, { dtype = "i64" }) end
+-- an i64 tensor of rows on the model's device
+local function i64(model, rows) return tn.tensor(rows, { dtype = "i64", device = model:device() }) end
 
 -- one decoder step: tokens (list of K ids), state {h, c} or nil -> dproj (K, J), state
 local function dec_step(model, tokens, state)
-  local emb = model.embedding(i64({ tokens })) -- (1, K, E)
+  local emb = model.embedding(i64(model, { tokens })) -- (1, K, E)
   local out, st = model.decoder(emb, state)
   return model.joiner.decoder_proj(out:select(1, 1)), st
 end
@@ -55,7 +56,7 @@ function M.greedy(model, enc, enc_lens, opts)
         end
         if not any then break end
         local nd, ns = dec_step(model, toks, state)
-        local m = tn.tensor(mask, { dtype = "u8" })
+        local m = tn.tensor(mask, { dtype = "u8", device = e:device() })
         dproj = tn.where(m:view(B, 1):ne(0), nd, dproj)
         local m3 = m:view(1, B, 1):ne(0)
         state = { tn.where(m3, ns[1], state[1]), tn.where(m3, ns[2], state[2]) }
@@ -80,7 +81,7 @@ local function beam_one(model, e, len, beam)
     local K = #hyps
     local rows = {}
     for k = 1, K do rows[k] = hyps[k].row - 1 end
-    local idx = i64(rows)
+    local idx = i64(model, rows)
     local dp = dproj:index_select(1, idx) -- (K, J)
     local lp = joint(model, e:select(1, t):unsqueeze(1), dp):log_softmax(2):totable()
     local cands = {}
@@ -119,7 +120,7 @@ local function beam_one(model, e, len, beam)
         prow[i] = hyps[n.parent].row - 1
         ptok[i] = n.tok
       end
-      local pidx = i64(prow)
+      local pidx = i64(model, prow)
       local st = { state[1]:index_select(2, pidx), state[2]:index_select(2, pidx) }
       local nd, ns = dec_step(model, ptok, st)
       local base = dproj:size(1)
@@ -138,7 +139,7 @@ local function beam_one(model, e, len, beam)
     if #order < dproj:size(1) then
       local sel = {}
       for i, r in ipairs(order) do sel[i] = r - 1 end
-      local sidx = i64(sel)
+      local sidx = i64(model, sel)
       dproj = dproj:index_select(1, sidx)
       state = { state[1]:index_select(2, sidx), state[2]:index_select(2, sidx) }
       for _, n in ipairs(new) do n.row = used[n.row] end

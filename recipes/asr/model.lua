@@ -58,6 +58,17 @@ function Transducer:init(cfg)
   self.dec_dim = dec_dim
 end
 
+-- The device of the parameters ("cpu" or "cuda"): where inputs made from Lua lists go.
+-- (a parameter keeps its identity when the model moves, so the first one is looked up once)
+function Transducer:device()
+  local p = rawget(self, "_dev_param")
+  if not p then
+    p = self.joiner:parameters()[1]
+    rawset(self, "_dev_param", p)
+  end
+  return p:device()
+end
+
 -- Frames after the front end for `n` input frames.
 function Transducer:out_frames(n) return math.floor(n / self.stack) end
 
@@ -84,11 +95,11 @@ function Transducer:encode(feats, feat_lens)
         for b = 1, B do row[b] = t > lens[b] and 1 or 0 end
         m[t] = row
       end
-      mask = tn.tensor(m, { dtype = "u8" })
+      mask = tn.tensor(m, { dtype = "u8", device = feats:device() })
     end
     h = self.encoder(x, nil, { mask_pad = mask })
   else
-    h = self.encoder(x, nil, { lengths = tn.tensor(lens, { dtype = "i64" }) })
+    h = self.encoder(x, nil, { lengths = tn.tensor(lens, { dtype = "i64", device = feats:device() }) })
   end
   return h:transpose(1, 2):contiguous(), lens
 end
@@ -107,10 +118,11 @@ function Transducer:decode_targets(tokens)
     end
     rows[b], sym[b] = r, s
   end
-  local ids = tn.tensor(rows, { dtype = "i64" })
+  local dev = self:device()
+  local ids = tn.tensor(rows, { dtype = "i64", device = dev })
   local emb = self.embedding(ids):transpose(1, 2):contiguous() -- (S+1, B, E)
   local out = self.decoder(emb)
-  return out:transpose(1, 2):contiguous(), (S > 0 and tn.tensor(sym, { dtype = "i64" }) or tn.zeros({ B, 0 }, { dtype = "i64" })), S
+  return out:transpose(1, 2):contiguous(), (S > 0 and tn.tensor(sym, { dtype = "i64", device = dev }) or tn.zeros({ B, 0 }, { dtype = "i64", device = dev })), S
 end
 
 -- icefall stateless7: during warm-up the simple loss carries the model and the pruned loss
@@ -131,12 +143,13 @@ function Transducer:loss(batch, opts)
   local B = #enc_lens
   local bnd = {}
   for b = 1, B do bnd[b] = { 0, 0, #batch.tokens[b], enc_lens[b] } end
-  local boundary = tn.tensor(bnd, { dtype = "i64" })
+  local boundary = tn.tensor(bnd, { dtype = "i64", device = enc:device() })
   local am, lm = self.joiner:simple(enc, dec)
   local simple, px_grad, py_grad = tn.rnnt.loss_smoothed{ lm = lm, am = am, symbols = symbols,
     termination_symbol = self.blank, boundary = boundary, reduction = "sum", return_grad = true,
     lm_only_scale = opts.lm_only_scale or 0.25, am_only_scale = opts.am_only_scale or 0.0 }
-  local ranges = tn.rnnt.get_prune_ranges{ px_grad = px_grad, py_grad = py_grad, boundary = boundary,
+  -- the boundary as Lua rows: the band width is worked out on the host, with no device read
+  local ranges = tn.rnnt.get_prune_ranges{ px_grad = px_grad, py_grad = py_grad, boundary = bnd,
     s_range = opts.s_range or 5 }
   local e, d = self.joiner:project(enc, dec)
   local logits = self.joiner:pruned(e, d, ranges)
