@@ -18,21 +18,11 @@ local function error_of(fn)
   return tostring(msg)
 end
 
--- output (stdout and stderr), exit status and seconds of a shell command
-local function run(cmd)
-  local t0 = os.time()
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local code = tonumber(out:match("exit=(%d+)%s*$"))
-  return out:gsub("exit=%d+%s*$", ""), code, os.time() - t0
-end
-
--- (In a sanitizer run LD_PRELOAD carries the ASan runtime into mpirun and the workers; OpenMPI's
--- own allocations that live until exit are no findings of tern's, so leak checks are off there.)
-local ENV = "ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" "
-local MPIRUN = ENV .. "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 "
-  .. "mpirun --allow-run-as-root --oversubscribe -np 2 luajit "
+-- the launches (spec/helpers/mpi.lua): run(cmd) -> output, status, seconds; ENV the sanitizer
+-- setting every subprocess gets; MPIRUN the bounded `mpirun -np 2 luajit ` prefix
+local mpi = require "helpers.mpi"
+local run, ENV = mpi.run, mpi.ENV
+local MPIRUN = mpi.PREFIX .. "2 luajit "
 
 describe("tn.dist", function()
   describe("before init", function()

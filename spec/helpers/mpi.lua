@@ -21,8 +21,8 @@ function M.run(cmd)
   return (out:gsub("exit=%d+%s*$", "")), code, os.time() - t0
 end
 
-local ENV = "ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" "
-M.PREFIX = ENV .. "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 "
+M.ENV = "ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" "
+M.PREFIX = M.ENV .. "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 "
   .. "mpirun --allow-run-as-root --oversubscribe -np "
 
 -- `mpirun -np n luajit <script and arguments>`: output, exit status, seconds
