@@ -349,7 +349,9 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
  *   c = U0 + (c_prev - U0) f              (padding: c = c_prev)
  *   h = x' + (g(c) - x') mask_c r        (no skip term: h = g(c) mask_c r; padding: h = 0)
  * with g = identity (activation 0) or tanh (1), x' = U3 when k == 4, else scale_x * x.
- * dtypes: f32 or f64, all tensors alike and contiguous.
+ * dtypes: f32 or f64; on CUDA also f16 / bf16 (the recurrence in f32, the saved cell state
+ * rounded to the storage dtype, as the package's CUDA kernel does); all tensors alike,
+ * contiguous and on one device.
  * Gradient policy: activation gradients (grad_U, grad_x, grad_c0) are written (=); parameter
  * gradients (grad_weight_c, grad_bias) accumulate (+=). */
 tn_status tn_sru_forward(tn_tensor *h,              /* [OUT] (L, B, D*d) */

@@ -2,7 +2,7 @@
 --
 --   mpirun -np 2 luajit recipes/bench_dist.lua [--backend=mpi|nccl|auto] [--min=4096]
 --                                               [--max=268435456] [--repeat=5] [--check=0]
---                                               [--case=allreduce]
+--                                               [--case=allreduce|fusion] [--layers=200 --width=64]
 --   luajit recipes/bench_dist.lua --np=2 ...   (re-launches itself under mpirun)
 --
 -- For each size from --min to --max bytes (powers of 4), f32 tensors of that size are summed
@@ -15,8 +15,8 @@
 -- per rank, local_rank selects it; each call waits for the GPU, so the time includes the launch).
 -- --check=1 keeps tn.dist's cross-rank shape check (one small allgather per call); it is off
 -- here so that the figures are the collective's alone.
--- --case: "allreduce" (this sweep). Further cases (e.g. the fusion buffer of a model with many
--- small parameters through DistributedOptimizer) register in CASES below.
+-- --case: "allreduce" (this sweep) or "fusion" (DistributedOptimizer's fusion buffer and overlap
+-- on a model of --layers=200 Linear(--width=64) layers: 400 small parameters; see fusion_case).
 
 local script = arg and arg[0] or "recipes/bench_dist.lua"
 local here = script:match("^(.*)/[^/]*$") or "."
@@ -30,7 +30,7 @@ local usage = "usage: [mpirun -np N] luajit recipes/bench_dist.lua [--np=2] [--b
   .. " [--min=4096] [--max=268435456] [--repeat=5] [--check=0] [--case=allreduce]\n"
 local opts = lib.parse_args("bench_dist",
   { np = "2", backend = "mpi", min = "4096", max = "268435456", ["repeat"] = "5", check = "0",
-    case = "allreduce" }, usage)
+    case = "allreduce", layers = "200", width = "64" }, usage)
 
 -- Started plainly: re-launch under mpirun with --np ranks (when mpirun exists).
 local launched = os.getenv("OMPI_COMM_WORLD_SIZE") or os.getenv("PMI_SIZE") or os.getenv("PMIX_RANK")
@@ -99,7 +99,65 @@ local function allreduce_sweep()
   end
 end
 
-local CASES = { allreduce = allreduce_sweep }
+-- The fusion buffer on a model of many small parameters: --layers Linear(--width, --width)
+-- layers (2 parameters each), one training step = forward on a batch of 16, backward, and
+-- DistributedOptimizer(SGD):step(). For fusion_mb 0 (one allreduce per parameter), 1 and 64
+-- (one bucket here), with and without overlap (buckets started from the grad-ready hooks during
+-- backward): the median step and the median of the gradient averaging alone
+-- (dopt:synchronize() after a backward without overlap), the slowest rank's.
+local function fusion_case()
+  local L, W = tonumber(opts.layers), tonumber(opts.width)
+  tn.manual_seed(1)
+  local layers = {}
+  for i = 1, L do
+    layers[#layers + 1] = tn.nn.Linear(W, W)
+    layers[#layers + 1] = tn.nn.Tanh()
+  end
+  local model = tn.nn.Sequential(unpack(layers))
+  if device == "cuda" then model:to("cuda") end
+  local x = tn.randn(16, W, { device = device })
+  local nparams = model:num_parameters()
+  local function slowest(ms)
+    local t = tn.tensor({ ms }, { dtype = "f64" })
+    dist.allreduce(t, { op = "max" })
+    return t:item()
+  end
+  local function sync_dev() if device == "cuda" then tn.cuda.synchronize() end end
+  for _, cfg in ipairs({ { 0, false }, { 0, true }, { 1, false }, { 1, true }, { 64, false }, { 64, true } }) do
+    local dopt = dist.DistributedOptimizer(tn.optim.SGD(model, { lr = 1e-4 }), { fusion_mb = cfg[1], overlap = cfg[2] })
+    local steps, syncs = {}, {}
+    for r = 1, REPEAT + 1 do
+      dist.barrier()
+      local t0 = now_ms()
+      dopt:zero_grad()
+      model(x):sum():backward()
+      sync_dev()
+      local t1 = now_ms()
+      dopt:synchronize()
+      sync_dev()
+      local t2 = now_ms()
+      dopt:step()
+      sync_dev()
+      if r > 1 then -- the first is warm-up
+        steps[r - 1] = now_ms() - t0
+        syncs[r - 1] = t2 - t1
+      end
+    end
+    local step_ms, wait_ms = slowest(lib.median(steps)), slowest(lib.median(syncs))
+    if rank == 0 then
+      emit_line(json({
+        { "op", "fusion" }, { "backend", backend }, { "device", device }, { "ranks", size },
+        { "layers", L }, { "width", W }, { "params", nparams }, { "tensors", 2 * L },
+        { "fusion_mb", cfg[1] }, { "overlap", cfg[2] }, { "buckets", #dopt:buckets() },
+        { "step_ms", step_ms }, { "sync_wait_ms", wait_ms },
+      }))
+    end
+    -- the hooks of this optimizer stay on the parameters: drop them before the next one
+    for _, p in ipairs(model:parameters()) do require("tern.autograd").on_grad_ready(p, nil) end
+  end
+end
+
+local CASES = { allreduce = allreduce_sweep, fusion = fusion_case }
 local case = CASES[opts.case]
 if not case then
   io.stderr:write("bench_dist: unknown case " .. opts.case .. "\n" .. usage)

@@ -8,15 +8,7 @@ local h = require "helpers.init"
 local mpi = require "helpers.mpi"
 local tn = h.tn
 
-local function contains(s, part)
-  assert.truthy(tostring(s):find(part, 1, true), "'" .. tostring(s) .. "' does not contain '" .. part .. "'")
-end
-
-local function error_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local contains, error_of = h.contains, h.error_of
 
 describe("tn.dist.DistributedOptimizer", function()
   it("refuses what is not an optimizer, unknown and bad options, before init", function()

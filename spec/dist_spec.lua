@@ -8,15 +8,7 @@ local h = require "helpers.init"
 local tn = h.tn
 local dist = tn.dist
 
-local function contains(s, part)
-  assert.truthy(s:find(part, 1, true), "'" .. s .. "' does not contain '" .. part .. "'")
-end
-
-local function error_of(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
+local contains, error_of = h.contains, h.error_of
 
 -- the launches (spec/helpers/mpi.lua): run(cmd) -> output, status, seconds; ENV the sanitizer
 -- setting every subprocess gets; MPIRUN the bounded `mpirun -np 2 luajit ` prefix

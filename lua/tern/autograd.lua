@@ -172,9 +172,10 @@ function M.backward(root, grad, opts)
   end
   table.sort(nodes, function(x, y) return x.id > y.id end)
 
-  -- leaves with a grad-ready hook (M.on_grad_ready): the last node that feeds each, so the
-  -- hook runs as soon as that node's gradients are accumulated
-  local fire
+  -- leaves with a grad-ready hook (M.on_grad_ready): fire[k] lists the leaves whose last (in
+  -- tape order) feeding node is nodes[k], in edge order, so the hooks run as soon as that
+  -- node's gradients are accumulated, in the same order on every rank of a data-parallel job
+  local fire, last, seen_edges
   for k = 1, #nodes do
     local nd = nodes[k]
     local edges = nd.edges
@@ -182,33 +183,25 @@ function M.backward(root, grad, opts)
       for i = 1, nd.nedges do
         local e = edges[i]
         if e and e._c ~= nil and rawget(e, "_on_grad") then
-          fire = fire or {}
-          fire[e] = k -- the last (in tape order) node feeding e wins
+          if not last then last, seen_edges = {}, {} end
+          last[e] = k
+          seen_edges[#seen_edges + 1] = k
+          seen_edges[#seen_edges + 1] = e
         end
       end
     end
   end
-
-  if fire then
-    -- per node, its final leaves in edge order (deterministic: every rank of a data-parallel
-    -- job runs the hooks in the same order)
-    local at_node = {}
-    for k = 1, #nodes do
-      local nd = nodes[k]
-      local edges = nd.edges
-      if edges then
-        for i = 1, nd.nedges do
-          local e = edges[i]
-          if e and fire[e] == k then
-            fire[e] = -k -- listed once
-            local at = at_node[k]
-            if not at then at = {}; at_node[k] = at end
-            at[#at + 1] = e
-          end
-        end
+  if last then
+    fire = {}
+    for j = 1, #seen_edges, 2 do
+      local k, e = seen_edges[j], seen_edges[j + 1]
+      if last[e] == k then
+        last[e] = nil -- listed once
+        local at = fire[k]
+        if not at then at = {}; fire[k] = at end
+        at[#at + 1] = e
       end
     end
-    fire = at_node
   end
 
   local prev = enabled

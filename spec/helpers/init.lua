@@ -194,6 +194,11 @@ function M.leaf(shape, seed, opts)
   return t:requires_grad(true)
 end
 
+-- Assert that string s contains part (plain text), showing both when it does not.
+function M.contains(s, part)
+  assert.truthy(tostring(s):find(part, 1, true), "'" .. tostring(s) .. "' does not contain '" .. part .. "'")
+end
+
 -- Run fn and return the error message it raises (fails the spec when it does not raise).
 function M.error_of(fn, ...)
   local ok, err = pcall(fn, ...)
