@@ -1055,7 +1055,6 @@ tn_status tn_rnnt_logprobs_simple_backward(tn_tensor *grad_lm, tn_tensor *grad_a
 #ifdef TERN_HAVE_CUDA
     if (rc == TN_OK && am->device == TN_CUDA) {
         free(bnd);
-        if (!grad_lm && !grad_am) return TN_OK;
         return tn_cuda_rnnt_simple_backward(op, grad_lm, grad_am, grad_px, grad_py, lm, am, symbols, boundary,
                                             termination_symbol, rnnt_type, lm_only_scale, am_only_scale);
     }

@@ -284,6 +284,7 @@ static tn_status band_setup(const char *op, band_ctx *c, const tn_tensor *logits
     TN_TRY(tn_rnnt_internal_boundary(op, boundary, B, S, T, rnnt_type != TN_RNNT_REGULAR, bnd));
     c->B = B, c->T = T, c->R = R, c->S = S, c->C = C, c->term = term;
     c->ldt = logits->dtype;
+    c->T0 = rnnt_type == TN_RNNT_REGULAR ? T + 1 : T; /* the shape checks of px / grad_px need it on either device */
     if (logits->device != TN_CPU) return TN_OK; /* CUDA: symbols, ranges and boundary are read on the device */
     c->sb = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B * T + B * S + 1));
     if (!c->sb) {
@@ -338,9 +339,10 @@ static tn_status band_logprobs(const char *op, tn_tensor *px, tn_tensor *py, tn_
     if (rc == TN_OK)
         rc = tn_rnnt_internal_device(op, "logits", logits, "px", px, "py", py, "lse", lse, (const char *)NULL);
 #ifdef TERN_HAVE_CUDA
-    if (rc == TN_OK && logits->device == TN_CUDA)
-        rc = tn_cuda_rnnt_band(op, px, py, lse, logits, symbols, ranges, boundary, term, rnnt_type, delay_penalty);
-    else
+    if (rc == TN_OK && logits->device == TN_CUDA) { /* nothing below may run on device pointers */
+        free(bnd);
+        return tn_cuda_rnnt_band(op, px, py, lse, logits, symbols, ranges, boundary, term, rnnt_type, delay_penalty);
+    }
 #endif
     if (rc == TN_OK) rc = band_bufs(op, &c, tn_par_threads(c.B * c.T * c.R * c.C, RNNT_ROW_PAR_MIN));
     if (rc == TN_OK) {
@@ -398,10 +400,11 @@ static tn_status band_logprobs_backward(const char *op, tn_tensor *grad_logits, 
         rc = tn_rnnt_internal_device(op, "logits", logits, "grad_logits", grad_logits, "grad_px", grad_px, "grad_py",
                                      grad_py, "lse", lse, (const char *)NULL);
 #ifdef TERN_HAVE_CUDA
-    if (rc == TN_OK && logits->device == TN_CUDA)
-        rc = tn_cuda_rnnt_band_backward(op, grad_logits, grad_px, grad_py, logits, lse, symbols, ranges, boundary, term,
-                                        rnnt_type);
-    else
+    if (rc == TN_OK && logits->device == TN_CUDA) { /* nothing below may run on device pointers */
+        free(bnd);
+        return tn_cuda_rnnt_band_backward(op, grad_logits, grad_px, grad_py, logits, lse, symbols, ranges, boundary,
+                                          term, rnnt_type);
+    }
 #endif
     if (rc == TN_OK) rc = band_bufs(op, &c, tn_par_threads(c.B * c.T * c.R * c.C, RNNT_ROW_PAR_MIN));
     if (rc == TN_OK) {

@@ -1115,6 +1115,10 @@ extern "C" tn_status tn_cuda_rnnt_simple_backward(const char *op, tn_tensor *gra
                                                   const tn_tensor *boundary, int64_t term, int32_t rnnt_type,
                                                   double lm_only_scale, double am_only_scale) {
     const cudaStream_t st = tn_cuda_stream_now();
+    if (!grad_lm && !grad_am) { /* nothing to compute, but the CPU still checks symbols and boundary */
+        TN_TRY(rnnt_check_symbols(op, symbols, am->shape[2], st));
+        return rnnt_check_boundary(op, boundary, lm->shape[1] - 1, am->shape[1], rnnt_type != TN_RNNT_REGULAR, st);
+    }
     simple_state s;
     /* symbols and boundary checked as by the CPU's backward; the finiteness of lm / am is the
      * forward's check (the CPU's backward does not repeat it either) */
