@@ -843,7 +843,15 @@ tn_status tn_dist_allgather(tn_tensor **out, const tn_tensor *t) {
     int nccl = 0;
     TN_TRY(use_nccl("allgather", t, &nccl));
     TN_TRY(check_same(2, t, 0, -1, what));
+#ifdef TERN_HAVE_NCCL
+    /* a new out is made on the current device (and stream): the communicator's, as t */
+    if (nccl) TN_TRY(tn_cuda_set_device(t->device_index));
+#endif
     TN_TRY(tn_prepare_out("dist.allgather", out, nd, shape, t->dtype, t->device));
+    /* the collective writes out's bytes linearly (NCCL: on t's device) */
+    if (!tn_tensor_is_contiguous(*out) || (nccl && (*out)->device_index != t->device_index))
+        return tn_error(TN_ERR_ARG, "dist.allgather: out %s%s must be contiguous%s", tn_dtype_name((*out)->dtype),
+                        TN_SHAPE(*out), nccl ? " and on t's device" : "");
     double t0 = now_s();
     if (nccl) {
 #ifdef TERN_HAVE_NCCL

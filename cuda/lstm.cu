@@ -269,7 +269,8 @@ template <typename T> struct lstm_forward_run {
         tn_status s = lstm_init_state((char *)hs, h0, (size_t)(B * P) * sizeof(T));
         if (s == TN_OK) s = lstm_init_state((char *)cs, c0, (size_t)(B * H) * sizeof(T));
         if (s == TN_OK) s = lstm_upload_len(op, &hold_len, len, B, &dlen);
-        for (int64_t step = 0; s == TN_OK && step < L && B * H > 0; step++) {
+        /* B > 0, not B * H > 0: with a projection and H = 0 the steps still write out (zeros) and h */
+        for (int64_t step = 0; s == TN_OK && step < L && B > 0; step++) {
             const int64_t t = reverse ? L - 1 - step : step;
             T *gt = (T *)gates->data + t * B * G;                  /* (B, 4H) */
             const T *xt = (const T *)xproj->data + t * B * G;      /* (B, 4H) */
@@ -337,7 +338,7 @@ template <typename T> struct lstm_backward_run {
         if (s == TN_OK) s = lstm_upload_len(op, &hold_len, len, B, &dlen);
         if (s != TN_OK) goto done;
 
-        for (int64_t step = 0; step < L && B * H > 0; step++) {
+        for (int64_t step = 0; step < L && B > 0; step++) {
             const int64_t t = reverse ? step : L - 1 - step;
             T *dgt = (T *)grad_xproj->data + t * B * G;                                   /* (B, 4H) */
             const T *gt = (const T *)gates->data + t * B * G;                             /* (B, 4H) */
