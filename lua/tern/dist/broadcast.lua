@@ -17,6 +17,17 @@ local M = {}
 
 local function dist() return require "tern.dist" end
 
+-- The keys of a table in one order on every rank: numbers first, then the rest by value.
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) then return a < b end
+    return type(a) == "number"
+  end)
+  return keys
+end
+
 -- The tensors of x in a fixed order: a module's flat parameter buffers then its named buffers
 -- (sorted by name); a list as it is; a {name = tensor} table sorted by name.
 local function tensors_of(x, what, level)
@@ -39,10 +50,7 @@ local function tensors_of(x, what, level)
     if #x > 0 then
       for i, t in ipairs(x) do r[i], names[i] = t, fmt("[%d]", i) end
     else
-      local keys = {}
-      for k in pairs(x) do keys[#keys + 1] = k end
-      table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-      for _, k in ipairs(keys) do r[#r + 1], names[#names + 1] = x[k], tostring(k) end
+      for _, k in ipairs(sorted_keys(x)) do r[#r + 1], names[#names + 1] = x[k], tostring(k) end
     end
   else
     error(fmt("tn.dist.%s: expected a module, a tensor or a table of tensors, got %s", what, type(x)), level + 1)
@@ -129,21 +137,21 @@ function M.broadcast_parameters(model, root)
   end
 end
 
--- The state tensors of an optimizer's state_dict in a fixed order, and its step counters.
-local function state_tensors(sd, out, names, prefix)
-  if Tensor.is_tensor(sd) then
-    out[#out + 1] = sd
-    names[#names + 1] = prefix
-    return
+-- Walk an optimizer's state_dict in that order: its tensors into ts (their paths into names),
+-- its numbers (step counts, hyperparameters) as {table, key} places into nums.
+local function walk_state(x, path, ts, names, nums)
+  if Tensor.is_tensor(x) then
+    ts[#ts + 1], names[#names + 1] = x, path
+  elseif type(x) == "table" then
+    for _, k in ipairs(sorted_keys(x)) do
+      local v = x[k]
+      if type(v) == "number" then
+        nums[#nums + 1] = { x, k }
+      else
+        walk_state(v, path .. "." .. tostring(k), ts, names, nums)
+      end
+    end
   end
-  if type(sd) ~= "table" then return end
-  local keys = {}
-  for k in pairs(sd) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
-    if type(a) == type(b) then return a < b end
-    return type(a) == "number"
-  end)
-  for _, k in ipairs(keys) do state_tensors(sd[k], out, names, prefix .. "." .. tostring(k)) end
 end
 
 function M.broadcast_optimizer_state(opt, root)
@@ -154,39 +162,21 @@ function M.broadcast_optimizer_state(opt, root)
     error(fmt("tn.dist.broadcast_optimizer_state: expected an optimizer, got %s", type(opt)), 2)
   end
   local sd = opt:state_dict()
-  local ts, names = {}, {}
-  state_tensors(sd, ts, names, "state")
+  local ts, names, places = {}, {}, {}
+  walk_state(sd, "state", ts, names, places)
   check_layout(ts, names, "broadcast_optimizer_state", 2)
   local d = dist()
   for _, t in ipairs(ts) do
     if t:numel() > 0 then d.broadcast(t, root) end -- the state tensors themselves (state_dict shares them)
   end
   -- the numbers: step counts, hyperparameters (an lr policy may have moved them on root)
-  local nums, where = {}, {}
-  local function walk(x, path)
-    if type(x) ~= "table" or Tensor.is_tensor(x) then return end
-    local keys = {}
-    for k in pairs(x) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b)
-      if type(a) == type(b) then return a < b end
-      return type(a) == "number"
-    end)
-    for _, k in ipairs(keys) do
-      local v = x[k]
-      if type(v) == "number" then
-        nums[#nums + 1] = v
-        where[#where + 1] = { x, k }
-      else
-        walk(v, path .. "." .. tostring(k))
-      end
-    end
-  end
-  walk(sd, "state")
-  if #nums > 0 then
+  if #places > 0 then
+    local nums = {}
+    for i, w in ipairs(places) do nums[i] = w[1][w[2]] end
     local t = Tensor.tensor(nums, { dtype = "f64" })
     d.broadcast(t, root)
     local v = t:tolist()
-    for i, w in ipairs(where) do w[1][w[2]] = v[i] end
+    for i, w in ipairs(places) do w[1][w[2]] = v[i] end
     opt:load_state_dict(sd) -- copies the tensors onto themselves and takes the numbers
   end
 end
