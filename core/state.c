@@ -24,12 +24,16 @@ enum { TN_ERROR_BUF = 1024 };
 static _Thread_local char tn_error_buf[TN_ERROR_BUF]; /* NUL-terminated, "" = no error */
 static _Thread_local tn_status tn_error_code;            /* status of the last tn_error */
 
+/* Formats into a local buffer first: callers may pass tn_last_error() (this very buffer) as
+ * an argument to wrap the previous message ("%s: ...: %s", ..., tn_last_error()). */
 tn_status tn_error(tn_status code, const char *fmt, ...) {
+    char msg[TN_ERROR_BUF];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tn_error_buf, sizeof tn_error_buf, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (n < 0) snprintf(tn_error_buf, sizeof tn_error_buf, "error %d (unformattable message)", code);
+    if (n < 0) snprintf(msg, sizeof msg, "error %d (unformattable message)", code);
+    memcpy(tn_error_buf, msg, sizeof msg);
     tn_error_code = code;
     return code;
 }

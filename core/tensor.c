@@ -303,12 +303,9 @@ static tn_status empty_impl(const char *opname, tn_tensor **out, int32_t ndim, c
     if (!data) {
         free(s);
         free(t);
-        if (tn_last_status() != TN_OK) { /* the allocator said why (no device, a CUDA error) */
-            char why[512];
-            snprintf(why, sizeof why, "%s", tn_last_error());
-            return tn_error(tn_last_status(), "%s: %s (shape %s, %s)", opname, why,
+        if (tn_last_status() != TN_OK) /* the allocator said why (no device, a CUDA error) */
+            return tn_error(tn_last_status(), "%s: %s (shape %s, %s)", opname, tn_last_error(),
                             TN_DIMS(ndim, shape), tn_dtype_name(dtype));
-        }
         return tn_error(TN_ERR_OOM, "%s: out of %s memory allocating %lld bytes for shape %s (%s)",
                         opname, tn_device_name(device), (long long)nbytes, TN_DIMS(ndim, shape),
                         tn_dtype_name(dtype));

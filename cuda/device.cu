@@ -197,11 +197,9 @@ extern "C" tn_status tn_cuda_copy_peer(void *dst, int32_t ddev, const void *src,
     if (ready && cudaEventDestroy(ready) != cudaSuccess) (void)cudaGetLastError();
     if (done && cudaEventDestroy(done) != cudaSuccess) (void)cudaGetLastError();
     if (cudaSetDevice(cur) != cudaSuccess) (void)cudaGetLastError();
-    if (rc != TN_OK) {
-        char why[512]; /* tn_error writes the buffer tn_last_error() reads */
-        snprintf(why, sizeof why, "%s", tn_last_error());
-        return tn_error(rc, "copy from cuda:%d to cuda:%d (%zu bytes): %s", (int)sdev, (int)ddev, nbytes, why);
-    }
+    if (rc != TN_OK)
+        return tn_error(rc, "copy from cuda:%d to cuda:%d (%zu bytes): %s", (int)sdev, (int)ddev, nbytes,
+                        tn_last_error());
     return TN_OK;
 }
 

@@ -37,6 +37,10 @@ static void test_state(void) {
     CHECK(strcmp(tn_last_error(), "") == 0);
     CHECK(tn_error(TN_ERR_SHAPE, "op: %s %d", "x", 3) == TN_ERR_SHAPE);
     CHECK(strcmp(tn_last_error(), "op: x 3") == 0);
+    /* wrapping the previous message: the argument is the buffer being written */
+    tn_error(TN_ERR_IO, "outer: %s (%d)", tn_last_error(), 7);
+    CHECK(strcmp(tn_last_error(), "outer: op: x 3 (7)") == 0);
+    CHECK(tn_last_status() == TN_ERR_IO);
     char big[3000];
     memset(big, 'a', sizeof big - 1);
     big[sizeof big - 1] = '\0';
