@@ -87,6 +87,23 @@ static __device__ __forceinline__ sru_in<M> sru_load(const T *U, const T *x, con
     return in;
 }
 
+/* A column's constants: v_f, v_r (0 for v1), b_f, b_r, and its dropout mask value (1 without). */
+template <typename M> struct sru_col {
+    M vf, vr, bf, br, mc;
+};
+
+template <typename T, typename M>
+static __device__ __forceinline__ sru_col<M> sru_col_load(const T *weight_c, const T *bias, const T *mask_c,
+                                                          int64_t cd, int64_t col, int64_t Dd) {
+    sru_col<M> p;
+    p.vf = weight_c ? (M)tn_cuda_load(weight_c + cd) : (M)0;
+    p.vr = weight_c ? (M)tn_cuda_load(weight_c + Dd + cd) : (M)0;
+    p.bf = tn_cuda_load(bias + cd);
+    p.br = tn_cuda_load(bias + Dd + cd);
+    p.mc = mask_c ? (M)tn_cuda_load(mask_c + col) : (M)1;
+    return p;
+}
+
 /* ---- forward ------------------------------------------------------------------------------------ */
 
 /* One thread per column (b, cd), cd = dir * d + j in [0, Dd). */
@@ -107,10 +124,7 @@ sru_fwd_kernel(T *h,                 // (L, B, Dd)
     const M sx = (M)scale_x;
     TN_CUDA_GRID_LOOP(col, B * Dd) {
         const int64_t b = col / Dd, cd = col % Dd, dir = cd / d;
-        const M vf = weight_c ? (M)tn_cuda_load(weight_c + cd) : (M)0;
-        const M vr = weight_c ? (M)tn_cuda_load(weight_c + Dd + cd) : (M)0;
-        const M bf = tn_cuda_load(bias + cd), br = tn_cuda_load(bias + Dd + cd);
-        const M mc = mask_c ? (M)tn_cuda_load(mask_c + col) : (M)1;
+        const sru_col<M> k = sru_col_load<T, M>(weight_c, bias, mask_c, cd, col, Dd);
         M cp = c0 ? (M)tn_cuda_load(c0 + col) : (M)0;
         int64_t t = dir ? L - 1 : 0;
         sru_in<M> nx = sru_load<T, M>(U, x, mask_pad, t, b, B, t * B * Dd + col, K);
@@ -125,7 +139,7 @@ sru_fwd_kernel(T *h,                 // (L, B, Dd)
             } else {
                 const M xp = K == 4 ? in.u3 : sx * in.x;
                 M hv;
-                cp = sru_fwd(in.u0, in.u1, in.u2, xp, vf, vr, bf, br, mc, cp, act, skip, &hv);
+                cp = sru_fwd(in.u0, in.u1, in.u2, xp, k.vf, k.vr, k.bf, k.br, k.mc, cp, act, skip, &hv);
                 tn_cuda_store(c + row, cp);
                 tn_cuda_store(h + row, hv);
             }
@@ -160,10 +174,7 @@ sru_bwd_kernel(T *grad_U,            // (L, B, Dd*k)
     const M sx = (M)scale_x;
     TN_CUDA_GRID_LOOP(col, B * Dd) {
         const int64_t b = col / Dd, cd = col % Dd, dir = cd / d;
-        const M vf = weight_c ? (M)tn_cuda_load(weight_c + cd) : (M)0;
-        const M vr = weight_c ? (M)tn_cuda_load(weight_c + Dd + cd) : (M)0;
-        const M bf = tn_cuda_load(bias + cd), br = tn_cuda_load(bias + Dd + cd);
-        const M mc = mask_c ? (M)tn_cuda_load(mask_c + col) : (M)1;
+        const sru_col<M> k = sru_col_load<T, M>(weight_c, bias, mask_c, cd, col, Dd);
         const M c0v = c0 ? (M)tn_cuda_load(c0 + col) : (M)0;
         M gc = grad_c_last ? (M)tn_cuda_load(grad_c_last + col) : (M)0;
         P avf = 0, avr = 0, abf = 0, abr = 0;
@@ -191,7 +202,7 @@ sru_bwd_kernel(T *grad_U,            // (L, B, Dd*k)
             } else {
                 const M xp = K == 4 ? in.u3 : sx * in.x;
                 M du0, du1, du2, dxp;
-                gc = sru_bwd(in.u0, in.u1, in.u2, xp, vf, vr, bf, br, mc, cp, gh, gc, act, skip, &du0, &du1, &du2,
+                gc = sru_bwd(in.u0, in.u1, in.u2, xp, k.vf, k.vr, k.bf, k.br, k.mc, cp, gh, gc, act, skip, &du0, &du1, &du2,
                              &dxp);
                 tn_cuda_store(gu, du0);
                 tn_cuda_store(gu + 1, du1);
