@@ -97,6 +97,64 @@ end
 -- line "device":"cuda". CUDA is asynchronous: each timed batch of calls sits between two
 -- tn.cuda.synchronize() calls (host clock), after warm-up; medians over --repeat batches.
 -- Progress goes to stderr. Returns the exit status.
+-- The per-call overhead cases of one device, into cases: add of two 16-element tensors from
+-- Lua, the C entry point alone (allocating and freeing its output, then into a preallocated
+-- one), and the chain (a*b + a):sum(). d = {bench, peak_reset, peak, emit(fields, th), topts
+-- (tensor options: the device), n (calls per timing), note_add (nil or the note of the Lua
+-- add), note_chain}.
+local function overhead_cases(cases, d)
+  local bench, peak_reset, peak, emit, topts, N = d.bench, d.peak_reset, d.peak, d.emit, d.topts, d.n
+  cases.add_16 = function(th)
+    local a, b = tn.rand(16, topts), tn.rand(16, topts)
+    peak_reset()
+    local ms = bench(function(n)
+      local c
+      for _ = 1, n do c = a + b end
+      return c
+    end, N)
+    emit({ op = "add", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak(),
+      note = d.note_add }, th)
+    -- the C entry point alone, allocating its output and freeing it
+    local ca, cb = a._c, b._c
+    local binary, free = C.tn_binary, C.tn_tensor_free
+    local OUTP = ffi.new("tn_tensor *[1]")
+    peak_reset()
+    ms = bench(function(n)
+      for _ = 1, n do
+        OUTP[0] = nil
+        binary(OUTP, ca, cb, 0)
+        free(OUTP[0])
+      end
+    end, N)
+    emit({ op = "add", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
+      note = "tn_binary + tn_tensor_free through the FFI, no Lua wrapping" }, th)
+    -- the C entry point into a preallocated output (no allocation at all)
+    local o = tn.zeros(16, topts)
+    local co = o._c
+    peak_reset()
+    ms = bench(function(n)
+      for _ = 1, n do
+        OUTP[0] = co
+        binary(OUTP, ca, cb, 0)
+      end
+    end, N)
+    emit({ op = "add_out", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
+      note = "tn_binary into a preallocated out" }, th)
+  end
+  -- a small chain: three ops and a 0-d result
+  cases.muladdsum_16 = function(th)
+    local a, b = tn.rand(16, topts), tn.rand(16, topts)
+    peak_reset()
+    local ms = bench(function(n)
+      local r
+      for _ = 1, n do r = (a * b + a):sum() end
+      return r
+    end, N / 2)
+    emit({ op = "muladdsum", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak(),
+      note = d.note_chain }, th)
+  end
+end
+
 local function run_cuda()
   if not tn.cuda.is_available() then
     io.stderr:write("bench_tensor: --device=cuda needs a GPU (tn.cuda.is_available() is false)\n")
@@ -215,52 +273,9 @@ int cudaMemcpyAsync(void *dst, const void *src, size_t count, int kind, void *st
 
   -- (1) per-call overhead of a small op from Lua, launch included: N calls, then one synchronize
   local NSMALL = 5000
-  cases.add_16 = function()
-    local a, b = tn.rand(16, CU), tn.rand(16, CU)
-    peak_reset()
-    local ms = bench(function(n)
-      local c
-      for _ = 1, n do c = a + b end
-      return c
-    end, NSMALL)
-    emit({ op = "add", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-      note = "a + b on CUDA tensors, " .. NSMALL .. " calls then one tn.cuda.synchronize()" })
-    local ca, cb = a._c, b._c
-    local binary, free = C.tn_binary, C.tn_tensor_free
-    peak_reset()
-    ms = bench(function(n)
-      for _ = 1, n do
-        OUTP[0] = nil
-        binary(OUTP, ca, cb, 0)
-        free(OUTP[0])
-      end
-    end, NSMALL)
-    emit({ op = "add", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-      note = "tn_binary + tn_tensor_free through the FFI, no Lua wrapping" })
-    local o = tn.zeros(16, CU)
-    local co = o._c
-    peak_reset()
-    ms = bench(function(n)
-      for _ = 1, n do
-        OUTP[0] = co
-        binary(OUTP, ca, cb, 0)
-      end
-    end, NSMALL)
-    emit({ op = "add_out", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-      note = "tn_binary into a preallocated out" })
-  end
-
-  cases.muladdsum_16 = function()
-    local a, b = tn.rand(16, CU), tn.rand(16, CU)
-    peak_reset()
-    local ms = bench(function(n)
-      local s
-      for _ = 1, n do s = (a * b + a):sum() end
-      return s
-    end, NSMALL / 2)
-    emit({ op = "muladdsum", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-      note = "(a*b+a):sum() on CUDA, 3 ops per call, no host sync per call" })
-  end
+  overhead_cases(cases, { bench = bench, peak_reset = peak_reset, peak = peak, emit = emit, topts = CU,
+    n = NSMALL, note_add = "a + b on CUDA tensors, " .. NSMALL .. " calls then one tn.cuda.synchronize()",
+    note_chain = "(a*b+a):sum() on CUDA, 3 ops per call, no host sync per call" })
 
   -- (2) large elementwise ops vs a device-to-device copy of the same dtype in the same run
   local M256 = 256 * 1024 * 1024
@@ -704,57 +719,9 @@ local OUTP = ffi.new("tn_tensor *[1]")
 
 local cases = {}
 
--- (1) per-op overhead: add of two 16-element tensors, called from Lua
-cases.add_16 = function(th)
-  local a, b = tn.rand(16), tn.rand(16)
-  local N = 20000
-  peak_reset()
-  local ms = bench(function(n)
-    local c
-    for _ = 1, n do c = a + b end
-    return c
-  end, N)
-  emit({ op = "add", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak() }, th)
-  -- the C entry point alone, allocating its output and freeing it
-  local ca, cb = a._c, b._c
-  local binary, free = C.tn_binary, C.tn_tensor_free
-  peak_reset()
-  ms = bench(function(n)
-    for _ = 1, n do
-      OUTP[0] = nil
-      binary(OUTP, ca, cb, 0)
-      free(OUTP[0])
-    end
-  end, N)
-  emit({ op = "add", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-    note = "tn_binary + tn_tensor_free through the FFI, no Lua wrapping" }, th)
-  -- the C entry point into a preallocated output (no allocation at all)
-  local o = tn.empty(16)
-  local co = o._c
-  peak_reset()
-  ms = bench(function(n)
-    for _ = 1, n do
-      OUTP[0] = co
-      binary(OUTP, ca, cb, 0)
-    end
-  end, N)
-  emit({ op = "add_out", shape = "16", impl = "c_direct", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-    note = "tn_binary into a preallocated out" }, th)
-end
-
--- a small chain: (a*b + a):sum() — three ops and a 0-d result
-cases.muladdsum_16 = function(th)
-  local a, b = tn.rand(16), tn.rand(16)
-  local N = 10000
-  peak_reset()
-  local ms = bench(function(n)
-    local s
-    for _ = 1, n do s = (a * b + a):sum() end
-    return s
-  end, N)
-  emit({ op = "muladdsum", shape = "16", impl = "tern", ms = ms, us_per_call = ms * 1e3, peak = peak(),
-    note = "(a*b+a):sum(), 3 ops per call" }, th)
-end
+-- (1) per-op overhead: add of two 16-element tensors, called from Lua, and a small chain
+overhead_cases(cases, { bench = bench, peak_reset = peak_reset, peak = peak, emit = emit, topts = {}, n = 20000,
+  note_chain = "(a*b+a):sum(), 3 ops per call" })
 
 -- (2) large elementwise ops vs memcpy and a plain loop
 local M16 = 16 * 1024 * 1024
