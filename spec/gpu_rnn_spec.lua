@@ -251,6 +251,26 @@ describe("sru on cuda #gpu", function()
   end)
 end)
 
+-- f64 finite differences on the GPU of fn(x): x holds fixed (tensors already on the GPU, or
+-- host values) and, as the inputs differentiated, CUDA copies of inputs[k] for each k of keys
+-- that inputs has.
+local function gradcheck_cuda(fn, inputs, keys, fixed)
+  local names, list = {}, {}
+  for _, k in ipairs(keys) do
+    if inputs[k] then
+      names[#names + 1] = k
+      list[#list + 1] = inputs[k]:cuda():requires_grad(true)
+    end
+  end
+  assert.gradcheck(function(...)
+    local x = {}
+    for k, v in pairs(fixed) do x[k] = v end
+    local args = { ... }
+    for i, k in ipairs(names) do x[k] = args[i] end
+    return fn(x)
+  end, list)
+end
+
 describe("sru gradients on cuda (f64 finite differences) #gpu", function()
   local cases = {
     { name = "k = 3, skip, c0", L = 3, B = 2, d = 2, c0 = true },
@@ -263,21 +283,8 @@ describe("sru gradients on cuda (f64 finite differences) #gpu", function()
   for _, cfg in ipairs(cases) do
     it("are right: " .. cfg.name, function()
       local inputs = sru_inputs(cfg)
-      local names, list = {}, {}
-      for _, k in ipairs({ "U", "x", "weight_c", "bias", "c0" }) do
-        if inputs[k] then
-          names[#names + 1] = k
-          list[#list + 1] = inputs[k]:cuda():requires_grad(true)
-        end
-      end
-      local extra = { mask_c = inputs.mask_c and inputs.mask_c:cuda(), mask_pad = inputs.mask_pad and inputs.mask_pad:cuda() }
-      local fn = sru_fn(cfg)
-      assert.gradcheck(function(...)
-        local x = { mask_c = extra.mask_c, mask_pad = extra.mask_pad }
-        local args = { ... }
-        for i, k in ipairs(names) do x[k] = args[i] end
-        return fn(x)
-      end, list)
+      gradcheck_cuda(sru_fn(cfg), inputs, { "U", "x", "weight_c", "bias", "c0" },
+        { mask_c = inputs.mask_c and inputs.mask_c:cuda(), mask_pad = inputs.mask_pad and inputs.mask_pad:cuda() })
     end)
   end
 end)
@@ -430,20 +437,7 @@ describe("lstm gradients on cuda (f64 finite differences) #gpu", function()
   for _, cfg in ipairs(cases) do
     it("are right: " .. cfg.name, function()
       local inputs = lstm_inputs(cfg)
-      local names, list = {}, {}
-      for _, k in ipairs({ "xproj", "w_hh", "w_hr", "h0", "c0" }) do
-        if inputs[k] then
-          names[#names + 1] = k
-          list[#list + 1] = inputs[k]:cuda():requires_grad(true)
-        end
-      end
-      local fn = lstm_fn(cfg)
-      assert.gradcheck(function(...)
-        local x = { lengths = inputs.lengths }
-        local args = { ... }
-        for i, k in ipairs(names) do x[k] = args[i] end
-        return fn(x)
-      end, list)
+      gradcheck_cuda(lstm_fn(cfg), inputs, { "xproj", "w_hh", "w_hr", "h0", "c0" }, { lengths = inputs.lengths })
     end)
   end
 end)
