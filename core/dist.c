@@ -103,8 +103,11 @@ static const char *const dist_backend_names[] = { "auto", "mpi", "nccl" };
 /* cuda/dist.cu */
 tn_status tn_nccl_unique_id(void *id, size_t cap);
 tn_status tn_nccl_comm_init(const void *id, int32_t rank, int32_t size, int32_t device);
-void tn_nccl_comm_free(int abort_comm);
+tn_status tn_nccl_comm_free(int abort_comm);
 int32_t tn_nccl_device(void);
+/* 1 the communicator is ready, 0 a non-blocking call on it is still in progress, < 0 an error
+ * (set; the communicator is aborted) */
+int tn_nccl_state(void);
 /* kind: 0 allreduce (op), 1 broadcast (root), 2 allgather (into out); own_stream: run on the
  * communication stream after the current stream's work (async) instead of the current stream */
 tn_status tn_nccl_start(void **ev, tn_tensor *t, tn_tensor *out, int32_t kind, int32_t op,
@@ -294,6 +297,36 @@ static tn_status mpi_wait(MPI_Request *req, const char *what, double t0) {
     return s;
 }
 
+#ifdef TERN_HAVE_NCCL
+/* Called by cuda/dist.cu when an NCCL call on the non-blocking communicator answered
+ * ncclInProgress (its creation, the first collective that connects the peers, finalisation):
+ * waits until the communicator is ready, bounded by the timeout like every other wait. On a
+ * timeout or a signal the communicator is aborted (nothing else may touch it while a call is in
+ * progress) and the job is marked broken. */
+tn_status tn_dist_nccl_settle(const char *what);
+tn_status tn_dist_nccl_settle(const char *what) {
+    const double t0 = now_s(), limit = tn_dist_get_timeout();
+    tn_status s = TN_OK;
+    wait_begin(what);
+    for (;;) {
+        int r = tn_nccl_state();
+        if (r > 0) break;
+        if (r < 0) {
+            snprintf(D.broken_why, sizeof D.broken_why, "rank %d: %.200s failed", (int)D.rank, what);
+            D.broken = 1;
+            s = tn_last_status();
+            break;
+        }
+        double el = now_s() - t0;
+        if (el > limit) { (void)tn_nccl_comm_free(1); s = timed_out(what, el); break; }
+        if ((s = wait_interrupted(what, el)) != TN_OK) { (void)tn_nccl_comm_free(1); break; }
+        nap(el);
+    }
+    wait_end();
+    return s;
+}
+#endif
+
 /* ---- the cross-rank check ------------------------------------------------------------------ */
 
 enum { DESC_N = 5 + TN_MAX_DIMS }; /* kind, dtype, ndim, op, root, shape */
@@ -481,7 +514,11 @@ tn_status tn_dist_finalize(void) {
                         "would wait for the dead peer); end the job with dist.abort() or a "
                         "non-zero exit", D.broken_why);
 #ifdef TERN_HAVE_NCCL
-    if (D.nccl) tn_nccl_comm_free(0);
+    if (D.nccl) {
+        D.nccl = 0;
+        /* finalising waits for the queued collectives; a failure (a dead peer) aborts it */
+        TN_TRY(tn_nccl_comm_free(0));
+    }
 #endif
     D.nccl = 0;
     MPI_Comm_free(&D.comm);
@@ -506,7 +543,7 @@ tn_status tn_dist_abort(int32_t code) {
     MPI_Initialized(&flag);
     if (!flag) return tn_error(TN_ERR_UNSUPPORTED, "dist.abort: MPI is not initialised");
 #ifdef TERN_HAVE_NCCL
-    if (D.nccl) tn_nccl_comm_free(1);
+    if (D.nccl) (void)tn_nccl_comm_free(1);
 #endif
     fflush(stdout);
     fflush(stderr);
@@ -718,7 +755,7 @@ tn_status tn_dist_work_test(tn_dist_work_t *w, int32_t *done) {
 #ifdef TERN_HAVE_NCCL
         int r = tn_nccl_poll(w->nccl_ev);
         if (r < 0) { D.broken = 1; snprintf(D.broken_why, sizeof D.broken_why, "%s failed", w->what); return tn_last_status(); }
-        if (r == 0) return el > tn_dist_get_timeout() ? (tn_nccl_comm_free(1), timed_out(w->what, el)) : TN_OK;
+        if (r == 0) return el > tn_dist_get_timeout() ? ((void)tn_nccl_comm_free(1), timed_out(w->what, el)) : TN_OK;
 #endif
     } else {
         int flag = 0;
