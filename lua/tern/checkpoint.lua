@@ -78,13 +78,7 @@ local function string_checksum(s) return fnv64(s, #s) end
 
 -- JSON writing ---------------------------------------------------------------------------------
 
-local escapes = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
-local function json_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(ch)
-    return escapes[ch] or fmt("\\u%04x", ch:byte())
-  end) .. '"'
-end
+local json_string = serialize._json_string
 
 -- The shortest decimal that reads back as exactly x; {"$num": ...} for inf and nan.
 local function json_number(x)

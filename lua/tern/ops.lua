@@ -600,16 +600,20 @@ local function back_matmul(g, ctx)
   return ga, gb
 end
 
--- a, b with >= 2 dims each (matmul handles the 1-d cases by unsqueezing around this)
-local function matmul_nd(a, b)
+-- out = cfn(out, a, b) for matmul and bmm, recorded with ctx {a, b}. Raises at level 3, the
+-- methods' caller: bmm calls it without a tail call, matmul through matmul_nd's tail call.
+local function product(a, b, cfn, opname, back)
   OUT[0] = nil
-  check(C.tn_matmul(OUT, a._c, b._c), 3)
+  check(cfn(OUT, a._c, b._c), 3)
   local out = wrap(OUT[0])
   if grad_enabled() and (needs(a) or needs(b)) then
-    record(out, "matmul", back_matmul, { a = a, b = b }, a, b)
+    record(out, opname, back, { a = a, b = b }, a, b)
   end
   return out
 end
+
+-- a, b with >= 2 dims each (matmul handles the 1-d cases by unsqueezing around this)
+local function matmul_nd(a, b) return product(a, b, C.tn_matmul, "matmul", back_matmul) end
 
 function Tensor.matmul(a, b)
   as_tensor_arg(a, "matmul", "input")
@@ -643,13 +647,8 @@ end
 function Tensor.bmm(a, b)
   as_tensor_arg(a, "bmm", "input")
   as_tensor_arg(b, "bmm", "other")
-  OUT[0] = nil
-  check(C.tn_bmm(OUT, a._c, b._c), 2)
-  local out = wrap(OUT[0])
-  if grad_enabled() and (needs(a) or needs(b)) then
-    record(out, "bmm", back_bmm, { a = a, b = b }, a, b)
-  end
-  return out
+  local r = product(a, b, C.tn_bmm, "bmm", back_bmm)
+  return r -- no tail call: product raises at level 3
 end
 Tensor.mm = Tensor.matmul
 

@@ -46,6 +46,22 @@ local function json_decode(s, where)
     pos = s:find("[^ \t\r\n]", pos) or #s + 1
   end
   local value
+  -- Opens an object or array at pos: true when it is empty (its closing bracket consumed).
+  local function open(close)
+    pos = pos + 1
+    ws()
+    if s:sub(pos, pos) == close then pos = pos + 1 return true end
+    return false
+  end
+  -- After a member or element: true at ',', false at the closing bracket (both consumed).
+  local function more(close)
+    ws()
+    local d = s:sub(pos, pos)
+    pos = pos + 1
+    if d == close then return false end
+    if d ~= "," then fail("expected ',' or '" .. close .. "'") end
+    return true
+  end
   local function str()
     pos = pos + 1 -- opening quote
     local buf = {}
@@ -95,11 +111,9 @@ local function json_decode(s, where)
     ws()
     local c = s:sub(pos, pos)
     if c == "{" then
-      pos = pos + 1
       local obj = {}
-      ws()
-      if s:sub(pos, pos) == "}" then pos = pos + 1 return obj end
-      while true do
+      if open("}") then return obj end
+      repeat
         ws()
         if s:sub(pos, pos) ~= '"' then fail("expected a key") end
         local k = str()
@@ -107,25 +121,13 @@ local function json_decode(s, where)
         if s:sub(pos, pos) ~= ":" then fail("expected ':'") end
         pos = pos + 1
         obj[k] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "}" then return obj end
-        if d ~= "," then fail("expected ',' or '}'") end
-      end
+      until not more("}")
+      return obj
     elseif c == "[" then
-      pos = pos + 1
       local arr = {}
-      ws()
-      if s:sub(pos, pos) == "]" then pos = pos + 1 return arr end
-      while true do
-        arr[#arr + 1] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "]" then return arr end
-        if d ~= "," then fail("expected ',' or ']'") end
-      end
+      if open("]") then return arr end
+      repeat arr[#arr + 1] = value() until not more("]")
+      return arr
     elseif c == '"' then
       return str()
     elseif s:sub(pos, pos + 3) == "true" then pos = pos + 4 return true
@@ -144,6 +146,7 @@ local function json_decode(s, where)
   return v
 end
 M._json_decode = json_decode
+M._json_string = json_string -- tern.checkpoint writes its JSON with it
 
 -- save ---------------------------------------------------------------------------------------
 

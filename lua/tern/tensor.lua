@@ -498,19 +498,17 @@ local function view_out(t, st, name, fn)
   return out
 end
 
-function Tensor.view(t, ...)
-  local n = read_shape(SHAPE, "view", true, 2, ...)
+-- view, reshape and expand: a shape (varargs or a table, -1 allowed) -> cfn(out, t, n, shape).
+-- Tail-called by them: its levels are theirs.
+local function shaped_view(t, opname, cfn, back, ...)
+  local n = read_shape(SHAPE, opname, true, 2, ...)
   OUT[0] = nil
-  local r = view_out(t, C.tn_view(OUT, t._c, n, SHAPE), "view", back_reshape)
+  local r = view_out(t, cfn(OUT, t._c, n, SHAPE), opname, back)
   return r -- no tail call: view_out raises at level 3
 end
 
-function Tensor.reshape(t, ...)
-  local n = read_shape(SHAPE, "reshape", true, 2, ...)
-  OUT[0] = nil
-  local r = view_out(t, C.tn_reshape(OUT, t._c, n, SHAPE), "reshape", back_reshape)
-  return r -- no tail call: view_out raises at level 3
-end
+function Tensor.view(t, ...) return shaped_view(t, "view", C.tn_view, back_reshape, ...) end
+function Tensor.reshape(t, ...) return shaped_view(t, "reshape", C.tn_reshape, back_reshape, ...) end
 
 function Tensor.flatten(t)
   return t:reshape(-1)
@@ -605,12 +603,7 @@ function Tensor.squeeze(t, d)
 end
 
 -- expand(2, 3) or expand({2, 3}); -1 keeps a size
-function Tensor.expand(t, ...)
-  local n = read_shape(SHAPE, "expand", true, 2, ...)
-  OUT[0] = nil
-  local r = view_out(t, C.tn_expand(OUT, t._c, n, SHAPE), "expand", back_sum_to)
-  return r -- no tail call: view_out raises at level 3
-end
+function Tensor.expand(t, ...) return shaped_view(t, "expand", C.tn_expand, back_sum_to, ...) end
 
 function Tensor.expand_as(t, other) return t:expand(shape_table(other._c)) end
 

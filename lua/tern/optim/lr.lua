@@ -64,10 +64,16 @@ local function bad(name, opt, expected, got)
   error(fmt("tn.optim.lr.%s: %s must be %s, got %s", name, opt, expected, tostring(got)), 0)
 end
 
-local function num(name, o, key, default, lo, lo_open)
+-- o[key], else default; one of them must be given (what names the kind of value).
+local function given(name, o, key, default, what)
   local v = o[key]
   if v == nil then v = default end
-  if v == nil then bad(name, key, "given (a number)", nil) end
+  if v == nil then bad(name, key, "given (" .. what .. ")", nil) end
+  return v
+end
+
+local function num(name, o, key, default, lo, lo_open)
+  local v = given(name, o, key, default, "a number")
   if type(v) ~= "number" or v ~= v or v == huge or v == -huge then
     bad(name, key, "a finite number", v)
   end
@@ -78,9 +84,7 @@ local function num(name, o, key, default, lo, lo_open)
 end
 
 local function int(name, o, key, default, lo)
-  local v = o[key]
-  if v == nil then v = default end
-  if v == nil then bad(name, key, "given (an integer)", nil) end
+  local v = given(name, o, key, default, "an integer")
   if not is_int(v) or v < lo then
     bad(name, key, lo > 0 and "a positive integer" or "a non-negative integer", v)
   end
@@ -122,8 +126,9 @@ local function check_opts(name, o)
   end
 end
 
-local function new(name, fn)
-  return setmetatable({ name = name, global_step = 0, _fn = fn }, Policy)
+-- p: the checked options (policy.options); fn: the value at a step.
+local function new(name, p, fn)
+  return setmetatable({ name = name, global_step = 0, _fn = fn, options = p }, Policy)
 end
 
 -- Common decay options: lr, min_lr <= lr, warmup_steps, begin_decay_at.
@@ -137,18 +142,33 @@ local function decay_common(name, o)
   return p
 end
 
+-- The options of exp_decay, poly_decay and cosine_decay: the common ones and decay_steps.
+local function decay_opts(name, o)
+  check_opts(name, o)
+  local p = decay_common(name, o)
+  p.decay_steps = int(name, o, "decay_steps", nil, 1)
+  return p
+end
+
 -- value with warm-up applied: base(s) * s / W for s < W.
 local function warm(p, s, v)
   if s < p.warmup then return v * s / p.warmup end
   return v
 end
 
+-- poly_decay and cosine_decay: the warmed-up lr before begin_decay_at, then shape(t) of the
+-- steps t since then, capped at decay_steps (the value stays where the decay ends).
+local function decay_after_begin(p, shape)
+  return function(s)
+    if s < p.begin then return warm(p, s, p.lr) end
+    return shape(math.min(s - p.begin, p.decay_steps))
+  end
+end
+
 local function fixed(o)
   check_opts("fixed", o)
   local p = { lr = num("fixed", o, "lr", nil, 0), warmup = int("fixed", o, "warmup_steps", 0, 0) }
-  local self = new("fixed", function(s) return warm(p, s, p.lr) end)
-  self.options = p
-  return self
+  return new("fixed", p, function(s) return warm(p, s, p.lr) end)
 end
 
 local function piecewise_constant(o)
@@ -198,26 +218,22 @@ local function piecewise_constant(o)
     error("tn.optim.lr.piecewise_constant: values (one per interval) or lr + decay_rates is required", 0)
   end
   local p = { boundaries = bounds, values = values, warmup = int(name, o, "warmup_steps", 0, 0) }
-  local self = new(name, function(s)
+  return new(name, p, function(s)
     local i = 1
     while i <= #bounds and s > bounds[i] do i = i + 1 end
     return warm(p, s, values[i])
   end)
-  self.options = p
-  return self
 end
 
 local function exp_decay(o)
   local name = "exp_decay"
-  check_opts(name, o)
-  local p = decay_common(name, o)
-  p.decay_steps = int(name, o, "decay_steps", nil, 1)
+  local p = decay_opts(name, o)
   p.decay_rate = num(name, o, "decay_rate", nil, 0, true)
   if o.staircase ~= nil and o.use_staircase_decay ~= nil then
     error("tn.optim.lr.exp_decay: give staircase or use_staircase_decay (its OpenSeq2Seq name), not both", 0)
   end
   p.staircase = bool(name, o, o.use_staircase_decay ~= nil and "use_staircase_decay" or "staircase", false)
-  local self = new(name, function(s)
+  return new(name, p, function(s)
     local v = p.lr
     if s >= p.begin then
       local e = (s - p.begin) / p.decay_steps
@@ -227,37 +243,21 @@ local function exp_decay(o)
     if s < p.warmup then return warm(p, s, v) end
     return math.max(p.min_lr, v)
   end)
-  self.options = p
-  return self
 end
 
 local function poly_decay(o)
-  local name = "poly_decay"
-  check_opts(name, o)
-  local p = decay_common(name, o)
-  p.decay_steps = int(name, o, "decay_steps", nil, 1)
-  p.power = num(name, o, "power", 1, 0, true)
-  local self = new(name, function(s)
-    if s < p.begin then return warm(p, s, p.lr) end
-    local t = math.min(s - p.begin, p.decay_steps)
+  local p = decay_opts("poly_decay", o)
+  p.power = num("poly_decay", o, "power", 1, 0, true)
+  return new("poly_decay", p, decay_after_begin(p, function(t)
     return (p.lr - p.min_lr) * (1 - t / p.decay_steps) ^ p.power + p.min_lr
-  end)
-  self.options = p
-  return self
+  end))
 end
 
 local function cosine_decay(o)
-  local name = "cosine_decay"
-  check_opts(name, o)
-  local p = decay_common(name, o)
-  p.decay_steps = int(name, o, "decay_steps", nil, 1)
-  local self = new(name, function(s)
-    if s < p.begin then return warm(p, s, p.lr) end
-    local t = math.min(s - p.begin, p.decay_steps)
+  local p = decay_opts("cosine_decay", o)
+  return new("cosine_decay", p, decay_after_begin(p, function(t)
     return p.min_lr + (p.lr - p.min_lr) * 0.5 * (1 + math.cos(math.pi * t / p.decay_steps))
-  end)
-  self.options = p
-  return self
+  end))
 end
 
 local function noam(o)
@@ -275,13 +275,11 @@ local function noam(o)
   if o.max_lr ~= nil then p.max_lr = num(name, o, "max_lr", nil, 0, true) end
   local c = p.lr * p.scale * p.d_model ^ -0.5
   local w = p.warmup_steps ^ -1.5
-  local self = new(name, function(s)
+  return new(name, p, function(s)
     local v = c * math.min((s + 1) * w, (s + 1) ^ -0.5)
     if p.max_lr and v > p.max_lr then v = p.max_lr end
     return v
   end)
-  self.options = p
-  return self
 end
 
 local public = require("tern.lib").at_caller
