@@ -428,16 +428,82 @@ static void ix_plan_strides(int64_t *dst, const tn_tensor *t, int nd) {
     for (int i = 0; i < nd; i++) dst[i] = t->ndim > 0 ? t->strides[i] : 0;
 }
 
+/* The checks gather, index_select (t is a) and scatter_add, index_add (t is out, with src) share:
+ * the operands, their device and backend, index's dtype, a 1-D index when index_1d, and src's
+ * dtype. */
+static tn_status ix_check_operands(const char *opname, const char *tname, const tn_tensor *t, const tn_tensor *index,
+                                   const tn_tensor *src, int index_1d) {
+    TN_TRY(tn_check_tensor(opname, tname, t));
+    TN_TRY(tn_check_tensor(opname, "index", index));
+    if (src) TN_TRY(tn_check_tensor(opname, "src", src));
+    TN_TRY(tn_check_same_device(opname, t, index));
+    if (src) TN_TRY(tn_check_same_device(opname, t, src));
+    TN_TRY(tn_check_backend(opname, t));
+    TN_TRY(tn_check_index_dtype(opname, "index", index));
+    if (index_1d && index->ndim > 1)
+        return tn_error(TN_ERR_SHAPE, "%s: index must be 1-D, got %s %s", opname, TN_SHAPE(index),
+                        tn_dtype_name(index->dtype));
+    if (src && t->dtype != src->dtype)
+        return tn_error(TN_ERR_DTYPE, "%s: out %s is %s but src %s is %s", opname, TN_SHAPE(t),
+                        tn_dtype_name(t->dtype), TN_SHAPE(src), tn_dtype_name(src->dtype));
+    return TN_OK;
+}
+
+/* Runs the op once its arguments are checked: with accumulate = 0 (gather, index_select)
+ * out = operand at the index along dim, with accumulate = 1 (scatter_add, index_add) out at
+ * the index += operand. The iteration is index's shape, or with index_1d (index_select,
+ * index_add) the direct operand's (out, or src), index then varying along dim only. Operands
+ * over out's storage are read from copies. */
+static tn_status ix_apply(const char *opname, tn_tensor *out, const tn_tensor *operand, int32_t dim,
+                          const tn_tensor *index, int index_1d, int64_t xdim_size, int accumulate) {
+    tn_tensor *ho = NULL, *hi = NULL;
+    tn_status s = ix_unalias(&ho, operand, out);
+    if (s == TN_OK) s = ix_unalias(&hi, index, out);
+    if (s == TN_OK) {
+        tn_tensor *d = accumulate ? ho : out; /* direct operand, read only when accumulating */
+        tn_tensor *x = accumulate ? out : ho; /* indexed operand, read only when not */
+        ix_plan p;
+        memset(&p, 0, sizeof p);
+        ix_plan_dims(&p, index_1d ? d : index);
+        p.dim = dim;
+        if (index_1d) p.istr[dim] = hi->ndim == 1 ? hi->strides[0] : 0;
+        else ix_plan_strides(p.istr, hi, p.nd);
+        ix_plan_strides(p.dstr, d, p.nd);
+        ix_plan_strides(p.xstr, x, p.nd);
+        p.xdim_stride = p.xstr[dim];
+        p.xdim_size = xdim_size;
+        p.xstr[dim] = 0;
+        p.ip = hi->data;
+        p.dp = d->data;
+        p.xp = x->data;
+        p.itype = index->dtype;
+        p.dtype = x->dtype;
+        p.accumulate = accumulate;
+        p.ix = hi;
+        s = ix_exec(opname, &p, x->device);
+    }
+    tn_tensor_free(ho);
+    tn_tensor_free(hi);
+    return s;
+}
+
+/* gather / index_select after the checks: out prepared as (ndim) shape of a's dtype, then
+ * ix_apply; an out allocated here is freed again on failure. */
+static tn_status ix_apply_take(const char *opname, tn_tensor **out, int32_t ndim, const int64_t *shape,
+                               const tn_tensor *a, int32_t dim, const tn_tensor *index, int index_1d, int64_t size) {
+    const int allocated = *out == NULL;
+    TN_TRY(tn_prepare_out(opname, out, ndim, shape, a->dtype, a->device));
+    const tn_status s = ix_apply(opname, *out, a, dim, index, index_1d, size, 0);
+    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
+    return s;
+}
+
 /* ---- gather / scatter_add ------------------------------------------------------------------ */
 
 tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index) {
     static const char *op = "gather";
     if (!out) return tn_error(TN_ERR_ARG, "gather: out is NULL");
-    TN_TRY(tn_check_tensor(op, "a", a));
-    TN_TRY(tn_check_tensor(op, "index", index));
-    TN_TRY(tn_check_same_device(op, a, index));
-    TN_TRY(tn_check_backend(op, a));
-    TN_TRY(tn_check_index_dtype(op, "index", index));
+    TN_TRY(ix_check_operands(op, "a", a, index, NULL, 0));
     TN_TRY(ix_check_dim(op, a, dim, 1));
     if (index->ndim != a->ndim)
         return tn_error(TN_ERR_SHAPE, "gather: index %s must have as many dims as a %s, %s", TN_SHAPE(index),
@@ -448,49 +514,12 @@ tn_status tn_gather(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_t
                             TN_SHAPE(a), TN_D(d), tn_dtype_name(a->dtype));
     const int64_t size = a->ndim > 0 ? a->shape[dim] : 1;
     TN_TRY(ix_check_values(op, index, dim, size));
-    const int allocated = *out == NULL;
-    TN_TRY(tn_prepare_out(op, out, index->ndim, index->shape, a->dtype, a->device));
-    tn_tensor *ha = NULL, *hi = NULL;
-    tn_status s = ix_unalias(&ha, a, *out);
-    if (s == TN_OK) s = ix_unalias(&hi, index, *out);
-    if (s == TN_OK) {
-        ix_plan p;
-        memset(&p, 0, sizeof p);
-        ix_plan_dims(&p, index);
-        p.dim = dim;
-        ix_plan_strides(p.istr, hi, p.nd);
-        ix_plan_strides(p.dstr, *out, p.nd);
-        ix_plan_strides(p.xstr, ha, p.nd);
-        p.xdim_stride = p.xstr[dim];
-        p.xdim_size = size;
-        p.xstr[dim] = 0;
-        p.ip = hi->data;
-        p.dp = (*out)->data;
-        p.xp = ha->data; /* read only: accumulate = 0 */
-        p.itype = index->dtype;
-        p.dtype = a->dtype;
-        p.accumulate = 0;
-        p.ix = hi;
-        s = ix_exec(op, &p, a->device);
-    }
-    tn_tensor_free(ha);
-    tn_tensor_free(hi);
-    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
-    return s;
+    return ix_apply_take(op, out, index->ndim, index->shape, a, dim, index, 0, size);
 }
 
 tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src) {
     static const char *op = "scatter_add";
-    TN_TRY(tn_check_tensor(op, "out", out));
-    TN_TRY(tn_check_tensor(op, "index", index));
-    TN_TRY(tn_check_tensor(op, "src", src));
-    TN_TRY(tn_check_same_device(op, out, index));
-    TN_TRY(tn_check_same_device(op, out, src));
-    TN_TRY(tn_check_backend(op, out));
-    TN_TRY(tn_check_index_dtype(op, "index", index));
-    if (out->dtype != src->dtype)
-        return tn_error(TN_ERR_DTYPE, "scatter_add: out %s is %s but src %s is %s", TN_SHAPE(out),
-                        tn_dtype_name(out->dtype), TN_SHAPE(src), tn_dtype_name(src->dtype));
+    TN_TRY(ix_check_operands(op, "out", out, index, src, 0));
     TN_TRY(ix_check_dim(op, out, dim, 1));
     if (index->ndim != out->ndim || src->ndim != out->ndim)
         return tn_error(TN_ERR_SHAPE, "scatter_add: out %s, index %s and src %s must have the same number of dims, %s",
@@ -501,102 +530,28 @@ tn_status tn_scatter_add(tn_tensor *out, int32_t dim, const tn_tensor *index, co
                             "scatter_add: index %s is larger than src %s or out %s in dim %lld, %s", TN_SHAPE(index),
                             TN_SHAPE(src), TN_SHAPE(out), TN_D(d), tn_dtype_name(out->dtype));
     TN_TRY(ix_check_no_overlap(op, out));
-    TN_TRY(ix_check_values(op, index, dim, out->ndim > 0 ? out->shape[dim] : 1));
-    tn_tensor *hs = NULL, *hi = NULL;
-    tn_status s = ix_unalias(&hs, src, out);
-    if (s == TN_OK) s = ix_unalias(&hi, index, out);
-    if (s == TN_OK) {
-        ix_plan p;
-        memset(&p, 0, sizeof p);
-        ix_plan_dims(&p, index);
-        p.dim = dim;
-        ix_plan_strides(p.istr, hi, p.nd);
-        ix_plan_strides(p.dstr, hs, p.nd);
-        ix_plan_strides(p.xstr, out, p.nd);
-        p.xdim_stride = p.xstr[dim];
-        p.xdim_size = out->ndim > 0 ? out->shape[dim] : 1;
-        p.xstr[dim] = 0;
-        p.ip = hi->data;
-        p.dp = hs->data; /* read only: accumulate = 1 */
-        p.xp = out->data;
-        p.itype = index->dtype;
-        p.dtype = out->dtype;
-        p.accumulate = 1;
-        p.ix = hi;
-        s = ix_exec(op, &p, out->device);
-    }
-    tn_tensor_free(hs);
-    tn_tensor_free(hi);
-    return s;
+    const int64_t size = out->ndim > 0 ? out->shape[dim] : 1;
+    TN_TRY(ix_check_values(op, index, dim, size));
+    return ix_apply(op, out, src, dim, index, 0, size, 1);
 }
 
 /* ---- index_select / index_add -------------------------------------------------------------- */
 
-static tn_status ix_check_1d_index(const char *opname, const tn_tensor *index) {
-    if (index->ndim > 1)
-        return tn_error(TN_ERR_SHAPE, "%s: index must be 1-D, got %s %s", opname, TN_SHAPE(index),
-                        tn_dtype_name(index->dtype));
-    return TN_OK;
-}
-
 tn_status tn_index_select(tn_tensor **out, const tn_tensor *a, int32_t dim, const tn_tensor *index) {
     static const char *op = "index_select";
     if (!out) return tn_error(TN_ERR_ARG, "index_select: out is NULL");
-    TN_TRY(tn_check_tensor(op, "a", a));
-    TN_TRY(tn_check_tensor(op, "index", index));
-    TN_TRY(tn_check_same_device(op, a, index));
-    TN_TRY(tn_check_backend(op, a));
-    TN_TRY(tn_check_index_dtype(op, "index", index));
-    TN_TRY(ix_check_1d_index(op, index));
+    TN_TRY(ix_check_operands(op, "a", a, index, NULL, 1));
     TN_TRY(ix_check_dim(op, a, dim, 0));
     TN_TRY(ix_check_values(op, index, dim, a->shape[dim]));
     int64_t oshape[TN_MAX_DIMS]; /* (a->ndim) a's shape with shape[dim] = numel(index) */
     for (int i = 0; i < a->ndim; i++) oshape[i] = a->shape[i];
     oshape[dim] = tn_tensor_numel(index);
-    const int allocated = *out == NULL;
-    TN_TRY(tn_prepare_out(op, out, a->ndim, oshape, a->dtype, a->device));
-    tn_tensor *ha = NULL, *hi = NULL;
-    tn_status s = ix_unalias(&ha, a, *out);
-    if (s == TN_OK) s = ix_unalias(&hi, index, *out);
-    if (s == TN_OK) {
-        ix_plan p;
-        memset(&p, 0, sizeof p);
-        ix_plan_dims(&p, *out);
-        p.dim = dim;
-        p.istr[dim] = hi->ndim == 1 ? hi->strides[0] : 0;
-        ix_plan_strides(p.dstr, *out, p.nd);
-        ix_plan_strides(p.xstr, ha, p.nd);
-        p.xdim_stride = p.xstr[dim];
-        p.xdim_size = a->shape[dim];
-        p.xstr[dim] = 0;
-        p.ip = hi->data;
-        p.dp = (*out)->data;
-        p.xp = ha->data; /* read only */
-        p.itype = index->dtype;
-        p.dtype = a->dtype;
-        p.accumulate = 0;
-        p.ix = hi;
-        s = ix_exec(op, &p, a->device);
-    }
-    tn_tensor_free(ha);
-    tn_tensor_free(hi);
-    if (s != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
-    return s;
+    return ix_apply_take(op, out, a->ndim, oshape, a, dim, index, 1, a->shape[dim]);
 }
 
 tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, const tn_tensor *src) {
     static const char *op = "index_add";
-    TN_TRY(tn_check_tensor(op, "out", out));
-    TN_TRY(tn_check_tensor(op, "index", index));
-    TN_TRY(tn_check_tensor(op, "src", src));
-    TN_TRY(tn_check_same_device(op, out, index));
-    TN_TRY(tn_check_same_device(op, out, src));
-    TN_TRY(tn_check_backend(op, out));
-    TN_TRY(tn_check_index_dtype(op, "index", index));
-    TN_TRY(ix_check_1d_index(op, index));
-    if (out->dtype != src->dtype)
-        return tn_error(TN_ERR_DTYPE, "index_add: out %s is %s but src %s is %s", TN_SHAPE(out),
-                        tn_dtype_name(out->dtype), TN_SHAPE(src), tn_dtype_name(src->dtype));
+    TN_TRY(ix_check_operands(op, "out", out, index, src, 1));
     TN_TRY(ix_check_dim(op, out, dim, 0));
     int fits = src->ndim == out->ndim && src->shape[dim] == tn_tensor_numel(index);
     for (int d = 0; fits && d < out->ndim; d++) fits = d == dim || src->shape[d] == out->shape[d];
@@ -607,32 +562,7 @@ tn_status tn_index_add(tn_tensor *out, int32_t dim, const tn_tensor *index, cons
                         tn_dtype_name(out->dtype));
     TN_TRY(ix_check_no_overlap(op, out));
     TN_TRY(ix_check_values(op, index, dim, out->shape[dim]));
-    tn_tensor *hs = NULL, *hi = NULL;
-    tn_status s = ix_unalias(&hs, src, out);
-    if (s == TN_OK) s = ix_unalias(&hi, index, out);
-    if (s == TN_OK) {
-        ix_plan p;
-        memset(&p, 0, sizeof p);
-        ix_plan_dims(&p, src);
-        p.dim = dim;
-        p.istr[dim] = hi->ndim == 1 ? hi->strides[0] : 0;
-        ix_plan_strides(p.dstr, hs, p.nd);
-        ix_plan_strides(p.xstr, out, p.nd);
-        p.xdim_stride = p.xstr[dim];
-        p.xdim_size = out->shape[dim];
-        p.xstr[dim] = 0;
-        p.ip = hi->data;
-        p.dp = hs->data; /* read only */
-        p.xp = out->data;
-        p.itype = index->dtype;
-        p.dtype = out->dtype;
-        p.accumulate = 1;
-        p.ix = hi;
-        s = ix_exec(op, &p, out->device);
-    }
-    tn_tensor_free(hs);
-    tn_tensor_free(hi);
-    return s;
+    return ix_apply(op, out, src, dim, index, 1, out->shape[dim], 1);
 }
 
 /* ---- cat ----------------------------------------------------------------------------------- */
@@ -683,16 +613,13 @@ static tn_status cat_cuda_flush(tn_tensor *o, int64_t rows, int64_t pitch, int32
     return s;
 }
 
-/* cat into a prepared CUDA out (its shape oshape): contiguous inputs into a contiguous out go
+/* cat into a prepared CUDA out (its shape oshape, outer and inner as in tn_cat): contiguous inputs into a contiguous out go
  * in batches through one kernel each; the others through a strided copy into their narrow of
  * out. */
 static tn_status cat_cuda(tn_tensor *o, const tn_tensor *const *ts, int32_t n, int32_t dim, const tn_tensor *ref,
-                          const int64_t *oshape) {
+                          const int64_t *oshape, int64_t outer, int64_t inner) {
     if (tn_tensor_numel(o) == 0) return TN_OK;
     const int64_t es = (int64_t)tn_dtype_size(ref->dtype);
-    int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
-    for (int d = 0; d < dim; d++) outer *= oshape[d];
-    for (int d = dim + 1; d < ref->ndim; d++) inner *= oshape[d];
     const int64_t pitch = oshape[dim] * inner * es; /* bytes per row of out (out contiguous) */
     const int out_contig = tn_tensor_is_contiguous(o);
     const char *src[CAT_CUDA_BATCH];
@@ -772,17 +699,17 @@ tn_status tn_cat(tn_tensor **out, const tn_tensor *const *ts, int32_t n, int32_t
     const int allocated = *out == NULL;
     TN_TRY(tn_prepare_out(op, out, ref->ndim, oshape, ref->dtype, ref->device));
     tn_tensor *o = *out;
+    int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
+    for (int d = 0; d < dim; d++) outer *= oshape[d];
+    for (int d = dim + 1; d < ref->ndim; d++) inner *= oshape[d];
 #ifdef TERN_HAVE_CUDA
     if (o->device == TN_CUDA) {
-        const tn_status sc = cat_cuda(o, ts, n, dim, ref, oshape);
+        const tn_status sc = cat_cuda(o, ts, n, dim, ref, oshape, outer, inner);
         if (sc != TN_OK && allocated) { tn_tensor_free(*out); *out = NULL; }
         return sc;
     }
 #endif
     const size_t es = tn_dtype_size(ref->dtype);
-    int64_t outer = 1, inner = 1; /* dims before dim, elements after dim */
-    for (int d = 0; d < dim; d++) outer *= oshape[d];
-    for (int d = dim + 1; d < ref->ndim; d++) inner *= oshape[d];
     const int out_contig = tn_tensor_is_contiguous(o);
     tn_status s = TN_OK;
     int64_t pos = 0; /* offset along dim */

@@ -274,45 +274,35 @@ ix_cat_rows_kernel(const __grid_constant__ ix_cat_batch b) { /* blockIdx.y: inpu
 
 /* ---- launches --------------------------------------------------------------------------------- */
 
+/* k64 (an i64 index) or k32 (an i32 index) by itype, over it.numel elements on stream st. */
+template <typename... A>
+static tn_status ix_launch_itype(void (*k64)(tn_iter, A...), void (*k32)(tn_iter, A...), int32_t itype,
+                                 cudaStream_t st, const tn_iter &it, A... args) {
+    (itype == TN_I64 ? k64 : k32)<<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, args...);
+    return TN_CUDA_CHECK_LAUNCH();
+}
+
 template <typename U> struct ix_take_run {
     static tn_status run(const tn_iter &it, int64_t xdim_stride, int64_t xdim_size, int32_t itype,
                          const unsigned long long *bad) {
-        const cudaStream_t st = tn_cuda_stream_now();
-        if (itype == TN_I64)
-            ix_take_kernel<U, int64_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
-        else
-            ix_take_kernel<U, int32_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
-        return TN_CUDA_CHECK_LAUNCH();
+        return ix_launch_itype(ix_take_kernel<U, int64_t>, ix_take_kernel<U, int32_t>, itype, tn_cuda_stream_now(),
+                               it, xdim_stride, xdim_size, bad);
     }
 };
 
 template <typename T> struct ix_put_add_run {
     static tn_status run(const tn_iter &it, int64_t xdim_stride, int64_t xdim_size, int32_t itype,
                          const unsigned long long *bad) {
-        const cudaStream_t st = tn_cuda_stream_now();
-        if (itype == TN_I64)
-            ix_put_add_kernel<T, int64_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
-        else
-            ix_put_add_kernel<T, int32_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, xdim_stride, xdim_size, bad);
-        return TN_CUDA_CHECK_LAUNCH();
+        return ix_launch_itype(ix_put_add_kernel<T, int64_t>, ix_put_add_kernel<T, int32_t>, itype,
+                               tn_cuda_stream_now(), it, xdim_stride, xdim_size, bad);
     }
 };
 
 template <typename T> struct ix_put_add_ordered_run {
     static tn_status run(const tn_iter &it, int64_t n, int64_t istride, int64_t dstride, int32_t itype,
                          const unsigned long long *bad) {
-        const cudaStream_t st = tn_cuda_stream_now();
-        if (itype == TN_I64)
-            ix_put_add_ordered_kernel<T, int64_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride, bad);
-        else
-            ix_put_add_ordered_kernel<T, int32_t>
-                <<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, n, istride, dstride, bad);
-        return TN_CUDA_CHECK_LAUNCH();
+        return ix_launch_itype(ix_put_add_ordered_kernel<T, int64_t>, ix_put_add_ordered_kernel<T, int32_t>, itype,
+                               tn_cuda_stream_now(), it, n, istride, dstride, bad);
     }
 };
 
@@ -353,6 +343,28 @@ static tn_status ix_check_itype(const char *opname, int32_t itype) {
     return TN_OK;
 }
 
+/* [OUT] flag: a new (1) CUDA tensor that, once the check queued on st has run, holds the
+ * row-major position of index's first value outside [0, size) (ULLONG_MAX when none); NULL on
+ * failure. index is non-empty, of a checked itype. */
+static tn_status ix_check_queue(tn_tensor **flag, const tn_tensor *index, int64_t size, cudaStream_t st) {
+    tn_iter it;
+    tn_iter_init(&it, index->ndim, index->shape);
+    tn_iter_add_tensor(&it, index);
+    tn_iter_finish(&it);
+    const int64_t one = 1;
+    *flag = NULL;
+    TN_TRY(tn_tensor_empty(flag, 1, &one, TN_I64, TN_CUDA));
+    unsigned long long *fp = (unsigned long long *)(*flag)->data;
+    tn_status s = TN_CUDA_CHECK(cudaMemsetAsync(fp, 0xff, sizeof *fp, st));
+    if (s == TN_OK)
+        s = ix_launch_itype(ix_check_kernel<int64_t>, ix_check_kernel<int32_t>, index->dtype, st, it, size, fp);
+    if (s != TN_OK) {
+        tn_tensor_free(*flag);
+        *flag = NULL;
+    }
+    return s;
+}
+
 /* ---- entry points (declared in core/index.c) --------------------------------------------------- */
 
 /* [OUT] bad: the row-major position of the first value of index (CUDA, any strides) outside
@@ -365,25 +377,11 @@ extern "C" tn_status tn_cuda_index_check(int64_t *bad, int64_t *badv, const tn_t
     TN_TRY(ix_check_itype(op, index->dtype));
     const int64_t numel = tn_tensor_numel(index);
     if (numel == 0) return TN_OK;
-    tn_iter it;
-    tn_iter_init(&it, index->ndim, index->shape);
-    tn_iter_add_tensor(&it, index);
-    tn_iter_finish(&it);
     const cudaStream_t st = tn_cuda_stream_now();
-    const int64_t one = 1;
     tn_tensor *flag = NULL; /* (1) the first bad position, ULLONG_MAX when none */
-    TN_TRY(tn_tensor_empty(&flag, 1, &one, TN_I64, TN_CUDA));
-    unsigned long long *fp = (unsigned long long *)flag->data;
+    TN_TRY(ix_check_queue(&flag, index, size, st));
     unsigned long long first = ~0ull;
-    tn_status s = TN_CUDA_CHECK(cudaMemsetAsync(fp, 0xff, sizeof *fp, st));
-    if (s == TN_OK) {
-        if (index->dtype == TN_I64)
-            ix_check_kernel<int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
-        else
-            ix_check_kernel<int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
-        s = TN_CUDA_CHECK_LAUNCH();
-    }
-    if (s == TN_OK) s = TN_CUDA_CHECK(cudaMemcpyAsync(&first, fp, sizeof first, cudaMemcpyDeviceToHost, st));
+    tn_status s = TN_CUDA_CHECK(cudaMemcpyAsync(&first, flag->data, sizeof first, cudaMemcpyDeviceToHost, st));
     if (s == TN_OK) s = TN_CUDA_CHECK(cudaStreamSynchronize(st));
     tn_tensor_free(flag);
     TN_TRY(s);
@@ -513,10 +511,6 @@ extern "C" tn_status tn_cuda_index_check_async(tn_tensor **flag, const char *opn
     ix_pending *rec;
     int dev;
     TN_TRY(ix_pending_of(1, &rec, &dev));
-    tn_iter it;
-    tn_iter_init(&it, index->ndim, index->shape);
-    tn_iter_add_tensor(&it, index);
-    tn_iter_finish(&it);
     ix_check_desc d;
     memset(&d, 0, sizeof d);
     d.data = index->data;
@@ -527,21 +521,9 @@ extern "C" tn_status tn_cuda_index_check_async(tn_tensor **flag, const char *opn
     d.size = size;
     for (int32_t k = 0; k < index->ndim; k++) d.shape[k] = index->shape[k], d.strides[k] = index->strides[k];
     const cudaStream_t st = tn_cuda_stream_now();
-    const int64_t one = 1;
-    TN_TRY(tn_tensor_empty(flag, 1, &one, TN_I64, TN_CUDA));
-    unsigned long long *fp = (unsigned long long *)(*flag)->data;
-    tn_status s = TN_CUDA_CHECK(cudaMemsetAsync(fp, 0xff, sizeof *fp, st));
-    if (s == TN_OK) {
-        if (index->dtype == TN_I64)
-            ix_check_kernel<int64_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
-        else
-            ix_check_kernel<int32_t><<<tn_cuda_blocks(it.numel), TN_CUDA_THREADS, 0, st>>>(it, size, fp);
-        s = TN_CUDA_CHECK_LAUNCH();
-    }
-    if (s == TN_OK) {
-        ix_check_record_kernel<<<1, 1, 0, st>>>(d, fp, rec);
-        s = TN_CUDA_CHECK_LAUNCH();
-    }
+    TN_TRY(ix_check_queue(flag, index, size, st));
+    ix_check_record_kernel<<<1, 1, 0, st>>>(d, (const unsigned long long *)(*flag)->data, rec);
+    const tn_status s = TN_CUDA_CHECK_LAUNCH();
     if (s != TN_OK) {
         tn_tensor_free(*flag);
         *flag = NULL;
