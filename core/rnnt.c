@@ -263,24 +263,38 @@ static inline int mi_fwd_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s
     return 0;
 }
 
-/* Backward from the weights the forward stored: g(s, t) = d score / d p(s, t); each stored weight
- * becomes g(successor) * weight in place (no exp or log). */
-static inline int mi_grad_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
+/* Reverse step of utterance b: g(s, t) = d score / d p(s, t) = sum over the successors of
+ * g(successor) * weight of the move, each term also written as the gradient of that move's px / py
+ * entry; g(s1, t1) = 1, or grad_scores[b] when the backward from p_in is given it. The two
+ * backward passes differ only in where a weight comes from: saved == 0, the normalised weight the
+ * forward stored in px_grad / py_grad (no exp or log; overwritten in place); saved == 1,
+ * exp(p + px - p(successor)) from the saved table p_in. Always inlined with a constant `saved`, so
+ * each pass keeps only its own loads. */
+static inline __attribute__((always_inline)) int mi_rev_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s,
+                                                             int64_t t, int saved) {
     const tn_rnnt_bnd bd = c->bnd[b];
-    const int64_t S = c->S, T = c->T, T0 = c->T0;
+    const int64_t S = c->S, T = c->T, T0 = c->T0, T1 = T + 1;
     const int o = c->o, f64 = c->f64;
-    double g = 1.0;
-    if (s != bd.s1 || t != bd.t1) {
+    const int64_t po = b * (S + 1) * T1;
+    double g;
+    if (s == bd.s1 && t == bd.t1) {
+        g = saved && c->grad_scores ? ld(c->grad_scores, b, f64) : 1.0;
+    } else {
         g = 0.0;
+        const double pst = saved ? ld(c->p_in, po + s * T1 + t, f64) : 0.0;
         if (s < bd.s1 && t + o <= bd.t1) {
             const int64_t i = b * S * T0 + s * T0 + t;
-            const double gx = tab[MI_AT(c, s + 1, t + o)] * ld(c->pxg, i, f64);
+            const double w = saved ? tn_rnnt_ratio(pst + ld(c->px, i, f64), ld(c->p_in, po + (s + 1) * T1 + t + o, f64))
+                                   : ld(c->pxg, i, f64);
+            const double gx = tab[MI_AT(c, s + 1, t + o)] * w;
             st(c->pxg, i, f64, gx);
             g += gx;
         }
         if (t < bd.t1) {
             const int64_t i = b * (S + 1) * T + s * T + t;
-            const double gy = tab[MI_AT(c, s, t + 1)] * ld(c->pyg, i, f64);
+            const double w = saved ? tn_rnnt_ratio(pst + ld(c->py, i, f64), ld(c->p_in, po + s * T1 + t + 1, f64))
+                                   : ld(c->pyg, i, f64);
+            const double gy = tab[MI_AT(c, s, t + 1)] * w;
             st(c->pyg, i, f64, gy);
             g += gy;
         }
@@ -289,35 +303,14 @@ static inline int mi_grad_cell(const mi_ctx *c, int64_t b, double *tab, int64_t 
     return 0;
 }
 
-/* Backward from the saved table p_in: the weights are recomputed as exp(p + px - p(successor)). */
+/* Backward from the weights the forward stored. */
+static inline int mi_grad_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
+    return mi_rev_cell(c, b, tab, s, t, 0);
+}
+
+/* Backward from the saved table p_in. */
 static inline int mi_back_cell(const mi_ctx *c, int64_t b, double *tab, int64_t s, int64_t t) {
-    const tn_rnnt_bnd bd = c->bnd[b];
-    const int64_t S = c->S, T = c->T, T0 = c->T0, T1 = T + 1;
-    const int o = c->o, f64 = c->f64;
-    const int64_t po = b * (S + 1) * T1;
-    double g;
-    if (s == bd.s1 && t == bd.t1) {
-        g = c->grad_scores ? ld(c->grad_scores, b, f64) : 1.0;
-    } else {
-        g = 0.0;
-        const double pst = ld(c->p_in, po + s * T1 + t, f64);
-        if (s < bd.s1 && t + o <= bd.t1) {
-            const int64_t i = b * S * T0 + s * T0 + t;
-            const double w = tn_rnnt_ratio(pst + ld(c->px, i, f64), ld(c->p_in, po + (s + 1) * T1 + t + o, f64));
-            const double gx = tab[MI_AT(c, s + 1, t + o)] * w;
-            st(c->pxg, i, f64, gx);
-            g += gx;
-        }
-        if (t < bd.t1) {
-            const int64_t i = b * (S + 1) * T + s * T + t;
-            const double w = tn_rnnt_ratio(pst + ld(c->py, i, f64), ld(c->p_in, po + s * T1 + t + 1, f64));
-            const double gy = tab[MI_AT(c, s, t + 1)] * w;
-            st(c->pyg, i, f64, gy);
-            g += gy;
-        }
-    }
-    tab[MI_AT(c, s, t)] = g;
-    return 0;
+    return mi_rev_cell(c, b, tab, s, t, 1);
 }
 
 /* A barrier for the team of a wave-mode sweep. OpenMP's own barrier sleeps in a futex under
@@ -527,9 +520,11 @@ static tn_status mi_run(const char *op, mi_ctx *c, void (*fn)(const mi_ctx *, in
     return TN_OK;
 }
 
-/* Checks px, py (and the optional outputs) and fills the shared part of the context. */
+/* Checks px and py and fills the shared part of the context (the rest zero). */
 static tn_status mi_check(const char *op, mi_ctx *c, const tn_tensor *px, const tn_tensor *py,
                           const tn_tensor *boundary, tn_rnnt_bnd **bnd) {
+    memset(c, 0, sizeof *c);
+    if (!px) return tn_error(TN_ERR_ARG, "%s: argument 'px' is NULL", op);
     TN_TRY(tn_rnnt_internal_float(op, "py", py, 3, NULL, -1));
     const int64_t B = py->shape[0], S = py->shape[1] - 1, T = py->shape[2];
     TN_TRY(tn_rnnt_internal_float(op, "px", px, 3, NULL, py->dtype));
@@ -546,23 +541,33 @@ static tn_status mi_check(const char *op, mi_ctx *c, const tn_tensor *px, const 
     return TN_OK;
 }
 
+/* Checks px_grad, py_grad (px's and py's shapes) and the table p (B, S+1, T+1): the forward's
+ * optional outputs (a NULL one is skipped), the backward's required arguments. */
+static tn_status mi_check_grads(const char *op, const mi_ctx *c, const tn_tensor *px, const tn_tensor *py,
+                                const tn_tensor *px_grad, const tn_tensor *py_grad, const tn_tensor *p,
+                                int required) {
+    const int64_t sp[3] = {c->B, c->S + 1, c->T + 1};
+    tn_status rc = TN_OK;
+    if (required || px_grad) rc = tn_rnnt_internal_float(op, "px_grad", px_grad, 3, px->shape, py->dtype);
+    if (rc == TN_OK && (required || py_grad))
+        rc = tn_rnnt_internal_float(op, "py_grad", py_grad, 3, py->shape, py->dtype);
+    if (rc == TN_OK && (required || p)) rc = tn_rnnt_internal_float(op, "p", p, 3, sp, py->dtype);
+    return rc;
+}
+
 tn_status tn_rnnt_mutual_information(tn_tensor *scores, tn_tensor *px_grad, tn_tensor *py_grad, tn_tensor *p,
                                      const tn_tensor *px, const tn_tensor *py, const tn_tensor *boundary) {
     static const char *op = "rnnt_mutual_information";
     mi_ctx c;
-    memset(&c, 0, sizeof c);
-    if (!px) return tn_error(TN_ERR_ARG, "%s: argument 'px' is NULL", op);
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(mi_check(op, &c, px, py, boundary, &bnd));
     tn_status rc = TN_OK;
     const int64_t B = c.B, S = c.S, T = c.T;
-    const int64_t sb[1] = {B}, sp[3] = {B, S + 1, T + 1};
+    const int64_t sb[1] = {B};
     if ((px_grad == NULL) != (py_grad == NULL))
         rc = tn_error(TN_ERR_ARG, "%s: give both px_grad and py_grad (return_grad) or neither", op);
     if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "scores", scores, 1, sb, py->dtype);
-    if (rc == TN_OK && px_grad) rc = tn_rnnt_internal_float(op, "px_grad", px_grad, 3, px->shape, py->dtype);
-    if (rc == TN_OK && py_grad) rc = tn_rnnt_internal_float(op, "py_grad", py_grad, 3, py->shape, py->dtype);
-    if (rc == TN_OK && p) rc = tn_rnnt_internal_float(op, "p", p, 3, sp, py->dtype);
+    if (rc == TN_OK) rc = mi_check_grads(op, &c, px, py, px_grad, py_grad, p, 0);
     if (rc == TN_OK && (px_grad == px || px_grad == py || py_grad == px || py_grad == py))
         rc = tn_error(TN_ERR_ARG, "%s: px_grad / py_grad must not be px or py", op);
     if (rc == TN_OK)
@@ -606,15 +611,10 @@ tn_status tn_rnnt_mutual_information_backward(tn_tensor *px_grad, tn_tensor *py_
                                               const tn_tensor *p) {
     static const char *op = "rnnt_mutual_information_backward";
     mi_ctx c;
-    memset(&c, 0, sizeof c);
-    if (!px) return tn_error(TN_ERR_ARG, "%s: argument 'px' is NULL", op);
     tn_rnnt_bnd *bnd = NULL;
     TN_TRY(mi_check(op, &c, px, py, boundary, &bnd));
-    const int64_t B = c.B, S = c.S, T = c.T;
-    const int64_t sb[1] = {B}, sp[3] = {B, S + 1, T + 1};
-    tn_status rc = tn_rnnt_internal_float(op, "px_grad", px_grad, 3, px->shape, py->dtype);
-    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "py_grad", py_grad, 3, py->shape, py->dtype);
-    if (rc == TN_OK) rc = tn_rnnt_internal_float(op, "p", p, 3, sp, py->dtype);
+    const int64_t sb[1] = {c.B};
+    tn_status rc = mi_check_grads(op, &c, px, py, px_grad, py_grad, p, 1);
     if (rc == TN_OK && grad_scores) rc = tn_rnnt_internal_float(op, "grad_scores", grad_scores, 1, sb, py->dtype);
     if (rc == TN_OK)
         rc = tn_rnnt_internal_device(op, "px", px, "py", py, "boundary", boundary, "px_grad", px_grad, "py_grad",

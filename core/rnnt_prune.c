@@ -661,6 +661,33 @@ tn_status tn_rnnt_do_pruning(tn_tensor *lm_pruned, const tn_tensor *lm, const tn
     return TN_OK;
 }
 
+/* Utterance b of do_pruning's backward: grad_lm[b] = 0, then each pruned row's gradient added to
+ * the row of lm it was copied from, in (t, k) order. Inlined with a constant f64, so each dtype
+ * gets its own loops. */
+static inline __attribute__((always_inline)) void pruning_scatter(void *grad_lm, const void *grad_lm_pruned,
+                                                                  const tn_tensor *ranges, int64_t b, int64_t T,
+                                                                  int64_t R, int64_t S1, int64_t D, int f64) {
+    const size_t es = f64 ? sizeof(double) : sizeof(float);
+    const int64_t go = b * S1 * D, so = b * T * R * D;
+    memset((char *)grad_lm + (size_t)go * es, 0, es * (size_t)(S1 * D));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t k = 0; k < R; k++) {
+            const int64_t gi = go + ldi3(ranges, b, t, k) * D, si = so + (t * R + k) * D;
+            if (f64) {
+                double *gr = (double *)grad_lm + gi;
+                const double *sr = (const double *)grad_lm_pruned + si;
+                for (int64_t d = 0; d < D; d++) gr[d] += sr[d];
+            } else {
+                float *gr = (float *)grad_lm + gi;
+                const float *sr = (const float *)grad_lm_pruned + si;
+#ifdef _OPENMP
+#pragma omp simd
+#endif
+                for (int64_t d = 0; d < D; d++) gr[d] += sr[d];
+            }
+        }
+}
+
 tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm, const tn_tensor *grad_lm_pruned, const tn_tensor *ranges) {
     static const char *op = "rnnt_do_pruning_backward";
     int64_t B, T, R, S1;
@@ -679,30 +706,8 @@ tn_status tn_rnnt_do_pruning_backward(tn_tensor *grad_lm, const tn_tensor *grad_
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
     for (int64_t b = 0; b < B; b++) { /* each utterance owns its rows of grad_lm: no atomics, fixed order */
-        if (f64) {
-            double *g = (double *)grad_lm->data + b * S1 * D;
-            const double *src = (const double *)grad_lm_pruned->data + b * T * R * D;
-            memset(g, 0, sizeof(double) * (size_t)(S1 * D));
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t k = 0; k < R; k++) {
-                    double *gr = g + ldi3(ranges, b, t, k) * D;
-                    const double *sr = src + (t * R + k) * D;
-                    for (int64_t d = 0; d < D; d++) gr[d] += sr[d];
-                }
-        } else {
-            float *g = (float *)grad_lm->data + b * S1 * D;
-            const float *src = (const float *)grad_lm_pruned->data + b * T * R * D;
-            memset(g, 0, sizeof(float) * (size_t)(S1 * D));
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t k = 0; k < R; k++) {
-                    float *gr = g + ldi3(ranges, b, t, k) * D;
-                    const float *sr = src + (t * R + k) * D;
-#ifdef _OPENMP
-#pragma omp simd
-#endif
-                    for (int64_t d = 0; d < D; d++) gr[d] += sr[d];
-                }
-        }
+        if (f64) pruning_scatter(grad_lm->data, grad_lm_pruned->data, ranges, b, T, R, S1, D, 1);
+        else pruning_scatter(grad_lm->data, grad_lm_pruned->data, ranges, b, T, R, S1, D, 0);
     }
     return TN_OK;
 }
