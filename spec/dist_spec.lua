@@ -16,6 +16,21 @@ local mpi = require "helpers.mpi"
 local run, ENV = mpi.run, mpi.ENV
 local MPIRUN = mpi.PREFIX .. "2 luajit "
 
+-- cmd exits with status 0 and its output contains every one of the given parts
+local function succeeds(cmd, ...)
+  local out, code = run(cmd)
+  assert.are.same(0, code, out)
+  for _, part in ipairs({ ... }) do contains(out, part) end
+end
+
+-- cmd fails, within 40 s; returns its output
+local function fails_quickly(cmd)
+  local out, code, secs = run(cmd)
+  assert.are_not.same(0, code, out)
+  assert.truthy(secs < 40, "took " .. secs .. " s:\n" .. out)
+  return out
+end
+
 describe("tn.dist", function()
   describe("before init", function()
     if dist.is_initialized() then return end
@@ -81,9 +96,7 @@ describe("tn.dist", function()
     if not tn.has_mpi() then return end
 
     it("runs as rank 0 of size 1", function()
-      local out, code = run(ENV .. "timeout 120 env -u OMPI_COMM_WORLD_SIZE luajit spec/mpi/single.lua")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok")
+      succeeds(ENV .. "timeout 120 env -u OMPI_COMM_WORLD_SIZE luajit spec/mpi/single.lua", "rank 0: ok")
     end)
   end)
 
@@ -92,16 +105,11 @@ describe("tn.dist", function()
 
     it("runs the collectives on CUDA tensors through NCCL (one rank)", function()
       if not tn.has_nccl() then return end
-      local out, code = run(ENV .. "timeout 120 luajit spec/mpi/gpu.lua nccl")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok (nccl, 1 ranks)")
+      succeeds(ENV .. "timeout 120 luajit spec/mpi/gpu.lua nccl", "rank 0: ok (nccl, 1 ranks)")
     end)
 
     it("stages CUDA tensors through host memory on the mpi backend #mpi", function()
-      local out, code = run(MPIRUN .. "spec/mpi/gpu.lua mpi")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok (mpi, 2 ranks)")
-      contains(out, "rank 1: ok (mpi, 2 ranks)")
+      succeeds(MPIRUN .. "spec/mpi/gpu.lua mpi", "rank 0: ok (mpi, 2 ranks)", "rank 1: ok (mpi, 2 ranks)")
     end)
   end)
 
@@ -112,38 +120,26 @@ describe("tn.dist", function()
     end
 
     it("reduces, broadcasts and gathers every dtype", function()
-      local out, code = run(MPIRUN .. "spec/mpi/collectives.lua")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok (size 2")
-      contains(out, "rank 1: ok (size 2")
+      succeeds(MPIRUN .. "spec/mpi/collectives.lua", "rank 0: ok (size 2", "rank 1: ok (size 2")
     end)
 
     it("gives the same results when an allreduce goes in many chunks", function()
-      local out, code = run("TERN_DIST_CHUNK_KB=1 " .. MPIRUN .. "spec/mpi/collectives.lua")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok (size 2")
-      contains(out, "rank 1: ok (size 2")
+      succeeds("TERN_DIST_CHUNK_KB=1 " .. MPIRUN .. "spec/mpi/collectives.lua", "rank 0: ok (size 2",
+        "rank 1: ok (size 2")
     end)
 
     it("raises an error on every rank when the ranks pass different sizes or dtypes", function()
-      local out, code = run(MPIRUN .. "spec/mpi/mismatch.lua")
-      assert.are.same(0, code, out)
-      contains(out, "rank 0: ok")
-      contains(out, "rank 1: ok")
+      succeeds(MPIRUN .. "spec/mpi/mismatch.lua", "rank 0: ok", "rank 1: ok")
     end)
 
     it("ends the job within the timeout when a rank does not reach a collective", function()
-      local out, code, secs = run(MPIRUN .. "spec/mpi/dies.lua hang 5")
-      assert.are_not.same(0, code, out)
-      assert.truthy(secs < 40, "took " .. secs .. " s:\n" .. out)
+      local out = fails_quickly(MPIRUN .. "spec/mpi/dies.lua hang 5")
       contains(out, "rank 0: allreduce of f32[1000] waited 5 s")
       contains(out, "a peer rank probably died")
     end)
 
     it("ends the job quickly when a rank exits with an error", function()
-      local out, code, secs = run(MPIRUN .. "spec/mpi/dies.lua exit 5")
-      assert.are_not.same(0, code, out)
-      assert.truthy(secs < 40, "took " .. secs .. " s:\n" .. out)
+      local out = fails_quickly(MPIRUN .. "spec/mpi/dies.lua exit 5")
       contains(out, "rank 1: exiting with status 3")
       -- mpirun ends rank 0 (SIGTERM) and names rank 1's exit; rank 0 names the collective it
       -- was waiting in (or, had it reached its timeout first, says so)

@@ -52,6 +52,19 @@ end
 local function copy3(s) return { s[1], s[2], s[3] } end
 local function pos_dim(d, nd) return d > 0 and d or nd + d + 1 end
 
+-- One `it` per view of VIEWS, titled title:format(dt, view name), that runs
+-- body(view, base, s, d, dd) for every dim d of DIMS: base a (4, 5, 6) tensor of dtype dt, view
+-- the function that makes the view of a base, s the view's shape, dd the positive d.
+local function it_every_view_and_dim(title, dt, body)
+  for _, v in ipairs(VIEWS) do
+    it(title:format(dt, v[1]), function()
+      local base = values({ 4, 5, 6 }, dt)
+      local s = v[2](base):shape()
+      for _, d in ipairs(DIMS) do body(v[2], base, s, d, pos_dim(d, 3)) end
+    end)
+  end
+end
+
 local gpu = require "helpers.gpu"
 local to_gpu, run_both, strip = gpu.to_gpu, gpu.run_both, gpu.strip
 
@@ -121,28 +134,21 @@ end
 describe("gpu index #gpu", function()
   describe("gather", function()
     for _, dt in ipairs(DTYPES) do
-      for _, v in ipairs(VIEWS) do
-        it(("gives the CPU's %s result on a %s input along every dim, contiguous and transposed i64 / i32 "
-          .. "indices with repeats"):format(dt, v[1]), function()
-          local base = values({ 4, 5, 6 }, dt)
-          local s = v[2](base):shape()
-          for _, d in ipairs(DIMS) do
-            local dd = pos_dim(d, 3)
-            local is = copy3(s)
-            is[dd] = s[dd] + 2                -- more picks than entries: values repeat
-            local other = dd == 1 and 2 or 1
-            is[other] = s[other] - 1          -- smaller than the input in another dim
-            for _, ity in ipairs(ITYPES) do
-              local e, g = run_both(function(x) return v[2](x.a):gather(d, x.i) end,
-                { a = base, i = indices(is, s[dd], ity) })
-              assert.tensor_equal(e, g)
-              local rev = indices({ is[3], is[2], is[1] }, s[dd], ity)
-              e, g = run_both(function(x) return v[2](x.a):gather(d, x.i:transpose(1, 3)) end, { a = base, i = rev })
-              assert.tensor_equal(e, g)
-            end
-          end
-        end)
-      end
+      it_every_view_and_dim("gives the CPU's %s result on a %s input along every dim, contiguous and transposed "
+        .. "i64 / i32 indices with repeats", dt, function(view, base, s, d, dd)
+        local is = copy3(s)
+        is[dd] = s[dd] + 2                -- more picks than entries: values repeat
+        local other = dd == 1 and 2 or 1
+        is[other] = s[other] - 1          -- smaller than the input in another dim
+        for _, ity in ipairs(ITYPES) do
+          local e, g = run_both(function(x) return view(x.a):gather(d, x.i) end,
+            { a = base, i = indices(is, s[dd], ity) })
+          assert.tensor_equal(e, g)
+          local rev = indices({ is[3], is[2], is[1] }, s[dd], ity)
+          e, g = run_both(function(x) return view(x.a):gather(d, x.i:transpose(1, 3)) end, { a = base, i = rev })
+          assert.tensor_equal(e, g)
+        end
+      end)
     end
 
     it("gathers from 1-d inputs and with empty indices", function()
@@ -176,26 +182,19 @@ describe("gpu index #gpu", function()
 
   describe("scatter_add", function()
     for _, dt in ipairs(DTYPES) do
-      for _, v in ipairs(VIEWS) do
-        it(("gives the CPU's %s sums from a %s src along every dim, repeated i64 / i32 indices")
-          :format(dt, v[1]), function()
-          local base = values({ 4, 5, 6 }, dt)
-          local s = v[2](base):shape()
-          for _, d in ipairs(DIMS) do
-            local dd = pos_dim(d, 3)
-            local os = copy3(s)
-            os[dd] = 3                        -- every out element gets several values
-            local is = copy3(s)
-            local other = dd == 1 and 2 or 1
-            is[other] = s[other] - 1          -- index smaller than src and out in another dim
-            for _, ity in ipairs(ITYPES) do
-              local e, g = run_both(function(x) return x.o:scatter_add(d, x.i, v[2](x.s)) end,
-                { o = values(os, dt), i = indices(is, 3, ity), s = base })
-              check_sum(e, g, dt)
-            end
-          end
-        end)
-      end
+      it_every_view_and_dim("gives the CPU's %s sums from a %s src along every dim, repeated i64 / i32 indices",
+        dt, function(view, base, s, d, dd)
+        local os = copy3(s)
+        os[dd] = 3                        -- every out element gets several values
+        local is = copy3(s)
+        local other = dd == 1 and 2 or 1
+        is[other] = s[other] - 1          -- index smaller than src and out in another dim
+        for _, ity in ipairs(ITYPES) do
+          local e, g = run_both(function(x) return x.o:scatter_add(d, x.i, view(x.s)) end,
+            { o = values(os, dt), i = indices(is, 3, ity), s = base })
+          check_sum(e, g, dt)
+        end
+      end)
 
       it(("adds %s with atomics when the list along dim is long (2000 values into 500 / 300 places)")
         :format(dt), function()
@@ -262,28 +261,21 @@ describe("gpu index #gpu", function()
 
   describe("index_select", function()
     for _, dt in ipairs(DTYPES) do
-      for _, v in ipairs(VIEWS) do
-        it(("gives the CPU's %s slices of a %s input along every dim, repeated, strided and empty index lists")
-          :format(dt, v[1]), function()
-          local base = values({ 4, 5, 6 }, dt)
-          local s = v[2](base):shape()
-          for _, d in ipairs(DIMS) do
-            local dd = pos_dim(d, 3)
-            for _, ity in ipairs(ITYPES) do
-              local e, g = run_both(function(x) return v[2](x.a):index_select(d, x.i) end,
-                { a = base, i = indices({ s[dd] + 3 }, s[dd], ity) })
-              assert.tensor_equal(e, g)
-              e, g = run_both(function(x) return v[2](x.a):index_select(d, x.i:select(2, 2)) end, -- stride 2
-                { a = base, i = indices({ 5, 2 }, s[dd], ity) })
-              assert.tensor_equal(e, g)
-              e, g = run_both(function(x) return v[2](x.a):index_select(d, x.i) end,
-                { a = base, i = tn.empty(0, { dtype = ity }) })
-              assert.are.equal(0, g:size(dd))
-              assert.tensor_equal(e, g)
-            end
-          end
-        end)
-      end
+      it_every_view_and_dim("gives the CPU's %s slices of a %s input along every dim, repeated, strided and empty "
+        .. "index lists", dt, function(view, base, s, d, dd)
+        for _, ity in ipairs(ITYPES) do
+          local e, g = run_both(function(x) return view(x.a):index_select(d, x.i) end,
+            { a = base, i = indices({ s[dd] + 3 }, s[dd], ity) })
+          assert.tensor_equal(e, g)
+          e, g = run_both(function(x) return view(x.a):index_select(d, x.i:select(2, 2)) end, -- stride 2
+            { a = base, i = indices({ 5, 2 }, s[dd], ity) })
+          assert.tensor_equal(e, g)
+          e, g = run_both(function(x) return view(x.a):index_select(d, x.i) end,
+            { a = base, i = tn.empty(0, { dtype = ity }) })
+          assert.are.equal(0, g:size(dd))
+          assert.tensor_equal(e, g)
+        end
+      end)
     end
 
     it("selects with a 0-d index", function()
@@ -295,23 +287,16 @@ describe("gpu index #gpu", function()
 
   describe("index_add", function()
     for _, dt in ipairs(DTYPES) do
-      for _, v in ipairs(VIEWS) do
-        it(("gives the CPU's %s sums of a %s src along every dim, repeated i64 / i32 indices"):format(dt, v[1]),
-          function()
-          local base = values({ 4, 5, 6 }, dt)
-          local s = v[2](base):shape()
-          for _, d in ipairs(DIMS) do
-            local dd = pos_dim(d, 3)
-            local os = copy3(s)
-            os[dd] = 4
-            for _, ity in ipairs(ITYPES) do
-              local e, g = run_both(function(x) return x.o:index_add(d, x.i, v[2](x.s)) end,
-                { o = values(os, dt), i = indices({ s[dd] }, 4, ity), s = base })
-              check_sum(e, g, dt)
-            end
-          end
-        end)
-      end
+      it_every_view_and_dim("gives the CPU's %s sums of a %s src along every dim, repeated i64 / i32 indices", dt,
+        function(view, base, s, d, dd)
+        local os = copy3(s)
+        os[dd] = 4
+        for _, ity in ipairs(ITYPES) do
+          local e, g = run_both(function(x) return x.o:index_add(d, x.i, view(x.s)) end,
+            { o = values(os, dt), i = indices({ s[dd] }, 4, ity), s = base })
+          check_sum(e, g, dt)
+        end
+      end)
 
       it(("adds %s rows with atomics when the list is long (3000 rows into 300)"):format(dt), function()
         local e, g = run_both(function(x) return x.o:index_add(1, x.i, x.s) end,

@@ -18,9 +18,7 @@ local tn = h.tn
 local nn = tn.nn
 local R = require "tern.nn.recurrence"
 
-local function contains(s, part)
-  assert.truthy(tostring(s):find(part, 1, true), "'" .. tostring(s) .. "' does not contain '" .. part .. "'")
-end
+local contains = h.contains
 
 -- Largest |x| of a CPU tensor (0 for an empty one).
 local function max_abs(t)
@@ -42,15 +40,7 @@ end
 local TOL = { f64 = 1e-10, f32 = 2e-5, f16 = 3e-2, bf16 = 1.2e-1 }
 local GTOL = { f64 = 1e-10, f32 = 1e-4, f16 = 6e-2, bf16 = 2.5e-1 } -- gradients
 
--- mask_pad (L, B) u8 from valid lengths (1 = padding)
-local function pad_mask(lengths, L)
-  local rows = {}
-  for t = 1, L do
-    rows[t] = {}
-    for b, n in ipairs(lengths) do rows[t][b] = t > n and 1 or 0 end
-  end
-  return tn.tensor(rows, { dtype = "u8" })
-end
+local pad_mask = h.pad_mask
 
 -- a deterministic 0 / 2 dropout mask (B, n) (p = 0.5, scaled)
 local function drop_mask(B, n)
@@ -129,6 +119,44 @@ local function compare(fn, inputs, wrt, seeds, dtype, what)
   end
 end
 
+-- Per dtype, an `it` per configuration of cases comparing fn_of(cfg) on the GPU with the CPU
+-- (compare) on inputs_of(cfg); wrap(fn), when given, runs each comparison (the LSTM's turns
+-- TF32 off).
+local function it_equals_cpu(what, cases, inputs_of, fn_of, wrt, wrap)
+  wrap = wrap or function(fn) fn() end
+  for _, dt in ipairs({ "f64", "f32", "f16", "bf16" }) do
+    describe(dt, function()
+      for _, cfg in ipairs(cases) do
+        it("equals the cpu, forward and every gradient: " .. cfg.name, function()
+          local inputs, seeds = inputs_of(cfg)
+          wrap(function()
+            compare(fn_of(cfg), inputs, wrt, seeds, dt, what .. " " .. dt .. " " .. cfg.name)
+          end)
+        end)
+      end
+    end)
+  end
+end
+
+-- The reference of a module comparison: make(5, 4, o) in eval mode, o a copy of opts with
+-- dtype f64 (the compared modules are built from o too and load the reference's state).
+local function f64_ref(make, opts)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.dtype = "f64"
+  local ref = make(5, 4, o)
+  ref:eval()
+  return ref, o
+end
+
+-- The CPU module's gradients eg all exist on the GPU (gg) and agree within twice GTOL[dt].
+local function near_grads(eg, gg, dt)
+  for k, v in pairs(eg) do
+    assert.truthy(gg[k], "no gradient of " .. k .. " on cuda")
+    near(v, gg[k], GTOL[dt] * 2, "gradient of " .. k)
+  end
+end
+
 -- ---- SRU ---------------------------------------------------------------------------------
 
 -- The inputs of one SRU configuration: cfg = {L, B, d, k, bidir, skip, act, v1, c0, mask_c,
@@ -183,16 +211,7 @@ local SRU_CASES = {
 }
 
 describe("sru on cuda #gpu", function()
-  for _, dt in ipairs({ "f64", "f32", "f16", "bf16" }) do
-    describe(dt, function()
-      for _, cfg in ipairs(SRU_CASES) do
-        it("equals the cpu, forward and every gradient: " .. cfg.name, function()
-          local inputs, seeds = sru_inputs(cfg)
-          compare(sru_fn(cfg), inputs, SRU_WRT, seeds, dt, "sru " .. dt .. " " .. cfg.name)
-        end)
-      end
-    end)
-  end
+  it_equals_cpu("sru", SRU_CASES, sru_inputs, sru_fn, SRU_WRT)
 
   it("of zero steps gives c_last = c0 (zeros without c0) and grad_c0 = grad_c_last", function()
     for _, with_c0 in ipairs({ true, false }) do
@@ -271,6 +290,17 @@ local function gradcheck_cuda(fn, inputs, keys, fixed)
   end, list)
 end
 
+-- An `it` per configuration of cases: gradcheck_cuda of fn_of(cfg) over the keys of
+-- inputs_of(cfg), with fixed_of(inputs) held fixed.
+local function it_gradchecks(cases, inputs_of, fn_of, keys, fixed_of)
+  for _, cfg in ipairs(cases) do
+    it("are right: " .. cfg.name, function()
+      local inputs = inputs_of(cfg)
+      gradcheck_cuda(fn_of(cfg), inputs, keys, fixed_of(inputs))
+    end)
+  end
+end
+
 describe("sru gradients on cuda (f64 finite differences) #gpu", function()
   local cases = {
     { name = "k = 3, skip, c0", L = 3, B = 2, d = 2, c0 = true },
@@ -280,13 +310,9 @@ describe("sru gradients on cuda (f64 finite differences) #gpu", function()
     { name = "no skip term, v1, scale_x", L = 3, B = 2, d = 2, skip = false, v1 = true, scale_x = 1.3 },
     { name = "k = 3, scale_x", L = 3, B = 2, d = 2, scale_x = 0.7 },
   }
-  for _, cfg in ipairs(cases) do
-    it("are right: " .. cfg.name, function()
-      local inputs = sru_inputs(cfg)
-      gradcheck_cuda(sru_fn(cfg), inputs, { "U", "x", "weight_c", "bias", "c0" },
-        { mask_c = inputs.mask_c and inputs.mask_c:cuda(), mask_pad = inputs.mask_pad and inputs.mask_pad:cuda() })
-    end)
-  end
+  it_gradchecks(cases, sru_inputs, sru_fn, { "U", "x", "weight_c", "bias", "c0" }, function(inputs)
+    return { mask_c = inputs.mask_c and inputs.mask_c:cuda(), mask_pad = inputs.mask_pad and inputs.mask_pad:cuda() }
+  end)
 end)
 
 describe("nn.SRU on cuda #gpu", function()
@@ -302,11 +328,7 @@ describe("nn.SRU on cuda #gpu", function()
     for _, c in ipairs(configs) do
       it("equals the module on the cpu (" .. dt .. "): " .. c.name, function()
         tn.manual_seed(3)
-        local o = {}
-        for k, v in pairs(c.opts) do o[k] = v end
-        o.dtype = "f64"
-        local ref = nn.SRU(5, 4, o)
-        ref:eval()
+        local ref, o = f64_ref(nn.SRU, c.opts)
         local L, B = 6, 3
         local xin = c.opts.batch_first and tn.randn({ B, L, 5 }, { dtype = "f64" }) or tn.randn({ L, B, 5 }, { dtype = "f64" })
         local c0 = c.c0 and tn.randn({ ref.num_layers, B, ref.output_size }, { dtype = "f64" }) or nil
@@ -338,10 +360,7 @@ describe("nn.SRU on cuda #gpu", function()
         assert.are.equal(dt, gh:dtype())
         near(eh, gh, TOL[dt] * 2, "h")
         near(ec, gc, TOL[dt] * 2, "c")
-        for k, v in pairs(eg) do
-          assert.truthy(gg[k], "no gradient of " .. k .. " on cuda")
-          near(v, gg[k], GTOL[dt] * 2, "gradient of " .. k)
-        end
+        near_grads(eg, gg, dt)
       end)
     end
   end
@@ -394,18 +413,7 @@ local LSTM_CASES = {
 }
 
 describe("lstm on cuda #gpu", function()
-  for _, dt in ipairs({ "f64", "f32", "f16", "bf16" }) do
-    describe(dt, function()
-      for _, cfg in ipairs(LSTM_CASES) do
-        it("equals the cpu, forward and every gradient: " .. cfg.name, function()
-          local inputs, seeds = lstm_inputs(cfg)
-          with_tf32_off(function()
-            compare(lstm_fn(cfg), inputs, LSTM_WRT, seeds, dt, "lstm " .. dt .. " " .. cfg.name)
-          end)
-        end)
-      end
-    end)
-  end
+  it_equals_cpu("lstm", LSTM_CASES, lstm_inputs, lstm_fn, LSTM_WRT, with_tf32_off)
 
   it("takes lengths on the gpu too (copied to the host)", function()
     local cfg = { lengths = { 5, 2, 3 }, h0 = true, c0 = true, reverse = true }
@@ -434,12 +442,9 @@ describe("lstm gradients on cuda (f64 finite differences) #gpu", function()
     { name = "reverse with lengths", L = 3, B = 2, H = 2, h0 = true, c0 = true, lengths = { 3, 1 }, reverse = true },
     { name = "a projection and lengths", L = 3, B = 2, H = 3, P = 2, h0 = true, c0 = true, lengths = { 2, 3 } },
   }
-  for _, cfg in ipairs(cases) do
-    it("are right: " .. cfg.name, function()
-      local inputs = lstm_inputs(cfg)
-      gradcheck_cuda(lstm_fn(cfg), inputs, { "xproj", "w_hh", "w_hr", "h0", "c0" }, { lengths = inputs.lengths })
-    end)
-  end
+  it_gradchecks(cases, lstm_inputs, lstm_fn, { "xproj", "w_hh", "w_hr", "h0", "c0" }, function(inputs)
+    return { lengths = inputs.lengths }
+  end)
 end)
 
 describe("nn.LSTM on cuda #gpu", function()
@@ -454,11 +459,7 @@ describe("nn.LSTM on cuda #gpu", function()
       it("equals the module on the cpu (" .. dt .. "): " .. c.name, function()
         with_tf32_off(function()
           tn.manual_seed(5)
-          local o = {}
-          for k, v in pairs(c.opts) do o[k] = v end
-          o.dtype = "f64"
-          local ref = nn.LSTM(5, 4, o)
-          ref:eval()
+          local ref, o = f64_ref(nn.LSTM, c.opts)
           local L, B = 6, 3
           local D = o.bidirectional and 2 or 1
           local P = (o.proj_size or 0) > 0 and o.proj_size or 4
@@ -490,10 +491,7 @@ describe("nn.LSTM on cuda #gpu", function()
           near(eo, go_, TOL[dt] * 2, "output")
           near(es[1], gs[1], TOL[dt] * 2, "h_n")
           near(es[2], gs[2], TOL[dt] * 2, "c_n")
-          for k, v in pairs(eg) do
-            assert.truthy(gg[k], "no gradient of " .. k .. " on cuda")
-            near(v, gg[k], GTOL[dt] * 2, "gradient of " .. k)
-          end
+          near_grads(eg, gg, dt)
         end)
       end)
     end

@@ -86,14 +86,15 @@ local function check_sru(m, L, B, fwd_opts, with_c0)
   end)
 end
 
--- mask_pad (L, B) u8 from valid lengths (1 = padding)
-local function pad_mask(lengths, L)
-  local rows = {}
-  for t = 1, L do
-    rows[t] = {}
-    for b, n in ipairs(lengths) do rows[t][b] = t > n and 1 or 0 end
-  end
-  return tn.tensor(rows, { dtype = "u8" })
+local pad_mask = h.pad_mask
+
+-- fn, written on one line, raises an error that starts with prefix and names that line (the
+-- module's caller, not a line inside tern).
+local function raises_at_line(fn, prefix)
+  local line = debug.getinfo(fn, "S").linedefined
+  local ok, err = pcall(fn)
+  assert.is_false(ok)
+  contains(tostring(err), "rnn_spec.lua:" .. line .. ": " .. prefix)
 end
 
 describe("nn.LSTM", function()
@@ -343,10 +344,7 @@ describe("nn.LSTM", function()
     end)
 
     it("raises at the caller's line", function()
-      local line = debug.getinfo(1, "l").currentline + 1
-      local ok, err = pcall(function() local r = m(tn.zeros(5, 2, 7, { dtype = "f64" })) return r end)
-      assert.is_false(ok)
-      contains(tostring(err), "rnn_spec.lua:" .. line .. ": LSTM:")
+      raises_at_line(function() local r = m(tn.zeros(5, 2, 7, { dtype = "f64" })) return r end, "LSTM:")
     end)
 
     it("rejects bad constructor options", function()
@@ -615,10 +613,7 @@ describe("nn.SRU", function()
     end)
 
     it("raises at the caller's line", function()
-      local line = debug.getinfo(1, "l").currentline + 1
-      local ok, err = pcall(function() local r = m(tn.zeros(5, 2, { dtype = "f64" })) return r end)
-      assert.is_false(ok)
-      contains(tostring(err), "rnn_spec.lua:" .. line .. ": SRU:")
+      raises_at_line(function() local r = m(tn.zeros(5, 2, { dtype = "f64" })) return r end, "SRU:")
     end)
 
     it("raises from a bare SRUCell for a wrong shape or dtype, and from the kernel for c0 and mask_pad", function()

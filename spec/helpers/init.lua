@@ -194,6 +194,16 @@ function M.leaf(shape, seed, opts)
   return t:requires_grad(true)
 end
 
+-- mask_pad (L, B) u8 from valid lengths (1 = padding), as nn.SRU takes it.
+function M.pad_mask(lengths, L)
+  local rows = {}
+  for t = 1, L do
+    rows[t] = {}
+    for b, n in ipairs(lengths) do rows[t][b] = t > n and 1 or 0 end
+  end
+  return tn.tensor(rows, { dtype = "u8" })
+end
+
 -- Assert that string s contains part (plain text), showing both when it does not.
 function M.contains(s, part)
   assert.truthy(tostring(s):find(part, 1, true), "'" .. tostring(s) .. "' does not contain '" .. part .. "'")

@@ -16,7 +16,6 @@ local F = require "tern.nn.functional"
 local R = require "tern.nn.recurrence"
 
 local fmt = string.format
-local shape_str = R.shape_str
 
 local LSTM = Module:extend("LSTM")
 
@@ -76,16 +75,8 @@ function LSTM:forward(input, hx, opts)
       error("LSTM: the state must be a table {h0, c0}", 2)
     end
     h0, c0 = hx[1], hx[2]
-    local want_h = { self.num_layers * D, B, P }
-    local want_c = { self.num_layers * D, B, H }
-    if not Tensor.is_tensor(h0) or table.concat(h0:shape(), ",") ~= table.concat(want_h, ",") then
-      error(fmt("LSTM: h0 must have shape {%s}, got %s", table.concat(want_h, ", "),
-        Tensor.is_tensor(h0) and shape_str(h0) or type(h0)), 2)
-    end
-    if not Tensor.is_tensor(c0) or table.concat(c0:shape(), ",") ~= table.concat(want_c, ",") then
-      error(fmt("LSTM: c0 must have shape {%s}, got %s", table.concat(want_c, ", "),
-        Tensor.is_tensor(c0) and shape_str(c0) or type(c0)), 2)
-    end
+    R.check_state("LSTM", "h0", h0, { self.num_layers * D, B, P }, 2)
+    R.check_state("LSTM", "c0", c0, { self.num_layers * D, B, H }, 2)
     if h0:dtype() ~= input:dtype() or c0:dtype() ~= input:dtype() then
       error(fmt("LSTM: h0 and c0 must be %s like the input, got %s and %s", input:dtype(), h0:dtype(), c0:dtype()), 2)
     end

@@ -181,11 +181,7 @@ function SRU:forward(input, c0, opts)
   local x, L, B = R.check_input("SRU", input, self.batch_first, self.input_size,
     self.rnn_lst[1].weight:dtype(), 2, self.rnn_lst[1].weight:device())
   if c0 ~= nil then
-    local want = { self.num_layers, B, self.output_size }
-    if not Tensor.is_tensor(c0) or table.concat(c0:shape(), ",") ~= table.concat(want, ",") then
-      error(fmt("SRU: c0 must have shape {%s}, got %s", table.concat(want, ", "),
-        Tensor.is_tensor(c0) and shape_str(c0) or type(c0)), 2)
-    end
+    R.check_state("SRU", "c0", c0, { self.num_layers, B, self.output_size }, 2)
     if c0:dtype() ~= input:dtype() then
       error(fmt("SRU: c0 is %s but the input is %s", c0:dtype(), input:dtype()), 2)
     end

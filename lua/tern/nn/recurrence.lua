@@ -165,6 +165,14 @@ function M.check_lengths(name, lengths, L, B, level, device)
   return lengths
 end
 
+-- A recurrent state argument (h0, c0) of a module: a tensor of exactly the shape want.
+function M.check_state(name, what, t, want, level)
+  if not Tensor.is_tensor(t) or table.concat(t:shape(), ",") ~= table.concat(want, ",") then
+    error(fmt("%s: %s must have shape {%s}, got %s", name, what, table.concat(want, ", "),
+      Tensor.is_tensor(t) and shape_str(t) or type(t)), level + 1)
+  end
+end
+
 -- The sequence input of a recurrent module: a 3-d tensor with input_size features, of the
 -- parameters' dtype (and device, when given). Returns the time-major view x (L, B, in), L and B.
 function M.check_input(name, input, batch_first, input_size, dtype, level, device)
