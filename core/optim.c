@@ -105,6 +105,12 @@ static void tlist_free(tlist *L) {
     L->numel = L->ustart = NULL;
 }
 
+/* tlist_free, passing on the status of the call it ends. */
+static tn_status tlist_done(tlist *L, tn_status s) {
+    tlist_free(L);
+    return s;
+}
+
 static tn_status tlist_init(const char *op, tlist *L, int32_t n, tn_tensor *const *ts) {
     L->n = n;
     L->total = 0;
@@ -457,49 +463,80 @@ static tn_status check_opt(const char *op, opt_lists *o, int32_t n, tn_tensor *c
     return s;
 }
 
+/* ---- the f32 update loop shared by the optimizers ---------------------------------------------- */
+
+/* The lists every optimizer reads; the first member of each optimizer's context. */
+typedef struct opt_io {
+    tn_tensor *const *params, *const *grads, *const *model;
+    int32_t gdt, mdt;
+} opt_io;
+
+/* Updates the f32 params p (nb elements from element e of entry i) with the f32 gradients g. */
+typedef void (*block_fn)(const void *ctx, int32_t i, int64_t e, float *p, const float *g, int64_t nb, int avx);
+
+/* One unit of an f32 optimizer, in blocks of TN_OPTIM_BLK: the gradients as f32, the masters
+ * reseeded from the model copy, step, the saturating write-back to the model copy. step is a
+ * constant at every call site, and inlined as this is. */
+TN_OPTIM_INLINE void f32_unit_blocks(const opt_io *io, const void *ctx, int32_t i, int64_t a, int64_t len,
+                                     block_fn step, const int avx) {
+    float *p = (float *)io->params[i]->data + a;
+    uint16_t *model = io->model ? (uint16_t *)io->model[i]->data + a : NULL;
+    float gb[TN_OPTIM_BLK];
+    for (int64_t o = 0; o < len; o += TN_OPTIM_BLK) {
+        int64_t nb = len - o < TN_OPTIM_BLK ? len - o : TN_OPTIM_BLK;
+        const float *g = grad_block_f32(gb, io->grads[i]->data, io->gdt, a + o, nb, avx);
+        float *pp = p + o;
+        if (model) reseed_block(pp, model + o, io->mdt, nb, avx);
+        step(ctx, i, a + o, pp, g, nb, avx);
+        if (model) store_model(model + o, io->mdt, pp, nb, avx);
+    }
+}
+
+/* The unit functions of optimizer `name` (its context type ctx_t starts with an opt_io):
+ * name##_unit_f32 (UNIT_COPIES, pick_##name##_unit_f32) runs name##_block over f32 blocks,
+ * name##_unit_f64 runs name##_f64(ctx, i, a, p, g, len) on the f64 params and grads. */
+#define OPT_UNITS(name, ctx_t)                                                                     \
+    TN_OPTIM_INLINE void name##_unit_f32_body(void *c, int32_t i, int64_t a, int64_t len,          \
+                                              const int avx) {                                     \
+        f32_unit_blocks(&((const ctx_t *)c)->io, c, i, a, len, name##_block, avx);                 \
+    }                                                                                              \
+    UNIT_COPIES(name##_unit_f32)                                                                   \
+    static void name##_unit_f64(void *c, int32_t i, int64_t a, int64_t len, int64_t u) {           \
+        (void)u;                                                                                   \
+        const opt_io *io = &((const ctx_t *)c)->io;                                                \
+        double *p = (double *)io->params[i]->data + a;                                             \
+        name##_f64(c, i, a, p, (const double *)io->grads[i]->data + a, len);                       \
+    }
+
 /* ---- SGD --------------------------------------------------------------------------------------- */
 
 typedef struct sgd_ctx {
-    tn_tensor *const *params, *const *grads, *const *buf, *const *model;
-    int32_t gdt, mdt;
+    opt_io io;
+    tn_tensor *const *buf;
     tn_sgd_coef_f cf;
     tn_sgd_coef_d cd;
 } sgd_ctx;
 
-TN_OPTIM_INLINE void sgd_unit_f32_body(void *vctx, int32_t i, int64_t a, int64_t len, const int avx) {
+TN_OPTIM_INLINE void sgd_block(const void *vctx, int32_t i, int64_t e, float *pp, const float *g, int64_t nb,
+                               const int avx) {
+    (void)avx;
     const sgd_ctx *x = vctx;
     const tn_sgd_coef_f c = x->cf;
-    float *p = (float *)x->params[i]->data + a;
-    float *bf = c.has_momentum ? (float *)x->buf[i]->data + a : NULL;
-    uint16_t *model = x->model ? (uint16_t *)x->model[i]->data + a : NULL;
-    float gb[TN_OPTIM_BLK];
-    for (int64_t o = 0; o < len; o += TN_OPTIM_BLK) {
-        int64_t nb = len - o < TN_OPTIM_BLK ? len - o : TN_OPTIM_BLK;
-        const float *g = grad_block_f32(gb, x->grads[i]->data, x->gdt, a + o, nb, avx);
-        float *pp = p + o;
-        if (model) reseed_block(pp, model + o, x->mdt, nb, avx);
-        if (bf) {
-            float *bb = bf + o;
+    if (c.has_momentum) {
+        float *bb = (float *)x->buf[i]->data + e;
 #pragma omp simd
-            for (int64_t j = 0; j < nb; j++) pp[j] = tn_sgd_f(pp[j], g[j], &bb[j], &c);
-        } else {
+        for (int64_t j = 0; j < nb; j++) pp[j] = tn_sgd_f(pp[j], g[j], &bb[j], &c);
+    } else {
 #pragma omp simd
-            for (int64_t j = 0; j < nb; j++) {
-                float unused = 0;
-                pp[j] = tn_sgd_f(pp[j], g[j], &unused, &c);
-            }
+        for (int64_t j = 0; j < nb; j++) {
+            float unused = 0;
+            pp[j] = tn_sgd_f(pp[j], g[j], &unused, &c);
         }
-        if (model) store_model(model + o, x->mdt, pp, nb, avx);
     }
 }
-UNIT_COPIES(sgd_unit_f32)
-
-static void sgd_unit_f64(void *vctx, int32_t i, int64_t a, int64_t len, int64_t u) {
-    (void)u;
+TN_OPTIM_INLINE void sgd_f64(const void *vctx, int32_t i, int64_t a, double *p, const double *g, int64_t len) {
     const sgd_ctx *x = vctx;
     const tn_sgd_coef_d c = x->cd;
-    double *p = (double *)x->params[i]->data + a;
-    const double *g = (const double *)x->grads[i]->data + a;
     if (c.has_momentum) {
         double *b = (double *)x->buf[i]->data + a;
 #pragma omp simd
@@ -512,6 +549,7 @@ static void sgd_unit_f64(void *vctx, int32_t i, int64_t a, int64_t len, int64_t 
         }
     }
 }
+OPT_UNITS(sgd, sgd_ctx)
 
 tn_status tn_optim_sgd(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
                        tn_tensor *const *momentum_buf, tn_tensor *const *model, const tn_optim_hparams *h) {
@@ -523,68 +561,53 @@ tn_status tn_optim_sgd(int32_t n, tn_tensor *const *params, tn_tensor *const *gr
     const char *const names[1] = { "momentum_buf" };
     opt_lists o;
     TN_TRY(check_opt(op, &o, n, params, grads, 1, states, names, model, h));
-    sgd_ctx x = { params, grads, momentum_buf, model, o.gdt, o.mdt, { .grad_scale = 0 }, { .grad_scale = 0 } };
+    sgd_ctx x = { { params, grads, model, o.gdt, o.mdt }, momentum_buf, { .grad_scale = 0 }, { .grad_scale = 0 } };
     x.cd = (tn_sgd_coef_d){ h->grad_scale, h->weight_decay, h->momentum, 1.0 - h->dampening, -h->lr,
                             h->weight_decay != 0, has_m, h->nesterov != 0, h->step == 1 };
     x.cf = (tn_sgd_coef_f){ (float)x.cd.grad_scale, (float)x.cd.weight_decay, (float)x.cd.momentum,
                             (float)x.cd.one_minus_dampening, (float)x.cd.neg_lr,
                             x.cd.has_wd, x.cd.has_momentum, x.cd.nesterov, x.cd.first };
 #ifdef TERN_HAVE_CUDA
-    if (n > 0 && params[0]->device == TN_CUDA) {
-        tn_status s = tn_cuda_optim_sgd(n, params, grads, momentum_buf, model, o.pdt, o.gdt, o.mdt, &x.cf, &x.cd);
-        tlist_free(&o.L);
-        return s;
-    }
+    if (n > 0 && params[0]->device == TN_CUDA)
+        return tlist_done(&o.L, tn_cuda_optim_sgd(n, params, grads, momentum_buf, model, o.pdt, o.gdt, o.mdt,
+                                                  &x.cf, &x.cd));
 #endif
     run_units(&o.L, o.pdt == TN_F64 ? sgd_unit_f64 : pick_sgd_unit_f32(), &x);
-    tlist_free(&o.L);
-    return TN_OK;
+    return tlist_done(&o.L, TN_OK);
 }
 
 /* ---- Adam / AdamW ------------------------------------------------------------------------------ */
 
 typedef struct adam_ctx {
-    tn_tensor *const *params, *const *grads, *const *m, *const *v, *const *model;
-    int32_t gdt, mdt;
+    opt_io io;
+    tn_tensor *const *m, *const *v;
     tn_adam_coef_f cf;
     tn_adam_coef_d cd;
 } adam_ctx;
 
-/* One unit of f32 Adam (split at the square root: see kernels/optim.h). */
-TN_OPTIM_INLINE void adam_unit_f32_body(void *vctx, int32_t i, int64_t a, int64_t len, const int avx) {
+/* One block of f32 Adam (split at the square root: see kernels/optim.h). */
+TN_OPTIM_INLINE void adam_block(const void *vctx, int32_t i, int64_t e, float *pp, const float *g, int64_t nb,
+                                const int avx) {
     const adam_ctx *x = vctx;
     const tn_adam_coef_f c = x->cf;
-    float *p = (float *)x->params[i]->data + a;
-    float *m = (float *)x->m[i]->data + a, *v = (float *)x->v[i]->data + a;
-    uint16_t *model = x->model ? (uint16_t *)x->model[i]->data + a : NULL;
-    float gb[TN_OPTIM_BLK], sq[TN_OPTIM_BLK];
-    for (int64_t o = 0; o < len; o += TN_OPTIM_BLK) {
-        int64_t nb = len - o < TN_OPTIM_BLK ? len - o : TN_OPTIM_BLK;
-        const float *g = grad_block_f32(gb, x->grads[i]->data, x->gdt, a + o, nb, avx);
-        float *pp = p + o, *mm = m + o, *vv = v + o;
-        if (model) reseed_block(pp, model + o, x->mdt, nb, avx);
+    float *mm = (float *)x->m[i]->data + e, *vv = (float *)x->v[i]->data + e;
+    float sq[TN_OPTIM_BLK];
 #pragma omp simd
-        for (int64_t j = 0; j < nb; j++) tn_adam_moments_f(g[j], pp[j], &mm[j], &vv[j], &c);
-        sqrt_block(sq, vv, nb, avx);
+    for (int64_t j = 0; j < nb; j++) tn_adam_moments_f(g[j], pp[j], &mm[j], &vv[j], &c);
+    sqrt_block(sq, vv, nb, avx);
 #pragma omp simd
-        for (int64_t j = 0; j < nb; j++) pp[j] = tn_adam_param_f(pp[j], mm[j], sq[j], &c);
-        if (model) store_model(model + o, x->mdt, pp, nb, avx);
-    }
+    for (int64_t j = 0; j < nb; j++) pp[j] = tn_adam_param_f(pp[j], mm[j], sq[j], &c);
 }
-UNIT_COPIES(adam_unit_f32)
-
-static void adam_unit_f64(void *vctx, int32_t i, int64_t a, int64_t len, int64_t u) {
-    (void)u;
+TN_OPTIM_INLINE void adam_f64(const void *vctx, int32_t i, int64_t a, double *p, const double *g, int64_t len) {
     const adam_ctx *x = vctx;
     const tn_adam_coef_d c = x->cd;
-    double *p = (double *)x->params[i]->data + a;
-    const double *g = (const double *)x->grads[i]->data + a;
     double *m = (double *)x->m[i]->data + a, *v = (double *)x->v[i]->data + a;
     for (int64_t j = 0; j < len; j++) {
         tn_adam_moments_d(g[j], p[j], &m[j], &v[j], &c);
         p[j] = tn_adam_param_d(p[j], m[j], sqrt(v[j]), &c);
     }
 }
+OPT_UNITS(adam, adam_ctx)
 
 tn_status tn_optim_adam(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
                         tn_tensor *const *exp_avg, tn_tensor *const *exp_avg_sq, tn_tensor *const *model,
@@ -596,7 +619,8 @@ tn_status tn_optim_adam(int32_t n, tn_tensor *const *params, tn_tensor *const *g
         return tn_error(TN_ERR_ARG, "%s: exp_avg and exp_avg_sq are required", op);
     opt_lists o;
     TN_TRY(check_opt(op, &o, n, params, grads, 2, states, names, model, h));
-    adam_ctx x = { params, grads, exp_avg, exp_avg_sq, model, o.gdt, o.mdt, { .grad_scale = 0 }, { .grad_scale = 0 } };
+    adam_ctx x = { { params, grads, model, o.gdt, o.mdt }, exp_avg, exp_avg_sq, { .grad_scale = 0 },
+                   { .grad_scale = 0 } };
     /* torch: bias_correction1 = 1 - beta1 ** step, step_size = lr / bias_correction1,
      * bias_correction2_sqrt = sqrt(1 - beta2 ** step), all in double */
     double t = (double)h->step;
@@ -610,16 +634,12 @@ tn_status tn_optim_adam(int32_t n, tn_tensor *const *params, tn_tensor *const *g
                              (float)x.cd.one_minus_beta2, (float)x.cd.bias_correction2_sqrt, (float)x.cd.eps,
                              (float)x.cd.neg_step_size, x.cd.has_wd, x.cd.decoupled };
 #ifdef TERN_HAVE_CUDA
-    if (n > 0 && params[0]->device == TN_CUDA) {
-        tn_status s = tn_cuda_optim_adam(n, params, grads, exp_avg, exp_avg_sq, model, o.pdt, o.gdt, o.mdt, &x.cf,
-                                         &x.cd);
-        tlist_free(&o.L);
-        return s;
-    }
+    if (n > 0 && params[0]->device == TN_CUDA)
+        return tlist_done(&o.L, tn_cuda_optim_adam(n, params, grads, exp_avg, exp_avg_sq, model, o.pdt, o.gdt,
+                                                   o.mdt, &x.cf, &x.cd));
 #endif
     run_units(&o.L, o.pdt == TN_F64 ? adam_unit_f64 : pick_adam_unit_f32(), &x);
-    tlist_free(&o.L);
-    return TN_OK;
+    return tlist_done(&o.L, TN_OK);
 }
 
 /* ---- per-tensor sums of squares -------------------------------------------------------------- */
@@ -660,41 +680,31 @@ static tn_status sumsq_lists(const char *op, const tlist *L, tn_tensor *const *a
 /* ---- NovoGrad ---------------------------------------------------------------------------------- */
 
 typedef struct novo_ctx {
-    tn_tensor *const *params, *const *grads, *const *m, *const *model;
-    int32_t gdt, mdt;
+    opt_io io;
+    tn_tensor *const *m;
     const double *gscale; /* (n) grad_scale / (sqrt(v) + eps) per entry */
     tn_optim_hparams h;
 } novo_ctx;
 
-TN_OPTIM_INLINE void novo_unit_f32_body(void *vctx, int32_t i, int64_t a, int64_t len, const int avx) {
+TN_OPTIM_INLINE void novo_block(const void *vctx, int32_t i, int64_t e, float *pp, const float *g, int64_t nb,
+                                const int avx) {
+    (void)avx;
     const novo_ctx *x = vctx;
     const tn_novograd_coef_f c = { (float)x->gscale[i], (float)x->h.weight_decay, (float)x->h.beta1,
                                    x->h.grad_averaging ? (float)(1.0 - x->h.beta1) : 1.0f, (float)-x->h.lr };
-    float *p = (float *)x->params[i]->data + a, *m = (float *)x->m[i]->data + a;
-    uint16_t *model = x->model ? (uint16_t *)x->model[i]->data + a : NULL;
-    float gb[TN_OPTIM_BLK];
-    for (int64_t o = 0; o < len; o += TN_OPTIM_BLK) {
-        int64_t nb = len - o < TN_OPTIM_BLK ? len - o : TN_OPTIM_BLK;
-        const float *g = grad_block_f32(gb, x->grads[i]->data, x->gdt, a + o, nb, avx);
-        float *pp = p + o, *mm = m + o;
-        if (model) reseed_block(pp, model + o, x->mdt, nb, avx);
+    float *mm = (float *)x->m[i]->data + e;
 #pragma omp simd
-        for (int64_t j = 0; j < nb; j++) pp[j] = tn_novograd_f(pp[j], g[j], &mm[j], &c);
-        if (model) store_model(model + o, x->mdt, pp, nb, avx);
-    }
+    for (int64_t j = 0; j < nb; j++) pp[j] = tn_novograd_f(pp[j], g[j], &mm[j], &c);
 }
-UNIT_COPIES(novo_unit_f32)
-
-static void novo_unit_f64(void *vctx, int32_t i, int64_t a, int64_t len, int64_t u) {
-    (void)u;
+TN_OPTIM_INLINE void novo_f64(const void *vctx, int32_t i, int64_t a, double *p, const double *g, int64_t len) {
     const novo_ctx *x = vctx;
     const tn_novograd_coef_d c = { x->gscale[i], x->h.weight_decay, x->h.beta1,
                                    x->h.grad_averaging ? 1.0 - x->h.beta1 : 1.0, -x->h.lr };
-    double *p = (double *)x->params[i]->data + a, *m = (double *)x->m[i]->data + a;
-    const double *g = (const double *)x->grads[i]->data + a;
+    double *m = (double *)x->m[i]->data + a;
 #pragma omp simd
     for (int64_t j = 0; j < len; j++) p[j] = tn_novograd_d(p[j], g[j], &m[j], &c);
 }
+OPT_UNITS(novo, novo_ctx)
 
 tn_status tn_optim_novograd(int32_t n, tn_tensor *const *params, tn_tensor *const *grads,
                             tn_tensor *const *exp_avg, tn_tensor *grad_ema, tn_tensor *const *model,
@@ -720,11 +730,9 @@ tn_status tn_optim_novograd(int32_t n, tn_tensor *const *params, tn_tensor *cons
                      tn_dtype_name(grad_ema->dtype), TN_SHAPE(grad_ema), tn_device_name(grad_ema->device));
     }
 #ifdef TERN_HAVE_CUDA
-    if (s == TN_OK && n > 0 && pdev == TN_CUDA) {
-        s = tn_cuda_optim_novograd(n, params, grads, exp_avg, grad_ema, model, pdt, o.gdt, o.mdt, h);
-        tlist_free(&o.L);
-        return s;
-    }
+    if (s == TN_OK && n > 0 && pdev == TN_CUDA)
+        return tlist_done(&o.L, tn_cuda_optim_novograd(n, params, grads, exp_avg, grad_ema, model, pdt, o.gdt,
+                                                       o.mdt, h));
 #endif
     double *sums = s == TN_OK ? malloc(sizeof(double) * (size_t)(2 * n + 1)) : NULL;
     if (s == TN_OK && !sums) s = tn_error(TN_ERR_OOM, "%s: out of memory", op);
@@ -745,12 +753,11 @@ tn_status tn_optim_novograd(int32_t n, tn_tensor *const *params, tn_tensor *cons
             }
             gscale[i] = h->grad_scale / (sqrt(v) + h->eps);
         }
-        novo_ctx x = { params, grads, exp_avg, model, o.gdt, o.mdt, gscale, *h };
+        novo_ctx x = { { params, grads, model, o.gdt, o.mdt }, exp_avg, gscale, *h };
         run_units(&o.L, pdt == TN_F64 ? novo_unit_f64 : pick_novo_unit_f32(), &x);
     }
     free(sums);
-    tlist_free(&o.L);
-    return s;
+    return tlist_done(&o.L, s);
 }
 
 /* ---- LARC -------------------------------------------------------------------------------------- */
@@ -797,11 +804,9 @@ tn_status tn_optim_larc(int32_t n, tn_tensor *const *grads, tn_tensor *const *pa
     if (s == TN_OK && clip && !(lr > 0))
         s = tn_error(TN_ERR_ARG, "%s: clip mode divides by lr, which must be > 0, got %g", op, lr);
 #ifdef TERN_HAVE_CUDA
-    if (s == TN_OK && n > 0 && params[0]->device == TN_CUDA) {
-        s = tn_cuda_optim_larc(n, grads, params, pdt, eta, eps, weight_decay, lr, clip, grad_scale);
-        tlist_free(&L);
-        return s;
-    }
+    if (s == TN_OK && n > 0 && params[0]->device == TN_CUDA)
+        return tlist_done(&L, tn_cuda_optim_larc(n, grads, params, pdt, eta, eps, weight_decay, lr, clip,
+                                                 grad_scale));
 #endif
     double *buf = s == TN_OK ? malloc(sizeof(double) * (size_t)(3 * n + 1)) : NULL;
     uint8_t *has = s == TN_OK ? malloc((size_t)n + 1) : NULL;
@@ -822,8 +827,7 @@ tn_status tn_optim_larc(int32_t n, tn_tensor *const *grads, tn_tensor *const *pa
     }
     free(buf);
     free(has);
-    tlist_free(&L);
-    return s;
+    return tlist_done(&L, s);
 }
 
 /* ---- norms and clipping --------------------------------------------------------------------- */
@@ -852,8 +856,7 @@ tn_status tn_optim_norms(tn_tensor *out, int32_t n, tn_tensor *const *ts) {
     tn_status s = sumsq_lists(op, &L, ts, NULL, (double *)out->data, NULL);
     if (s == TN_OK)
         for (int32_t i = 0; i < n; i++) ((double *)out->data)[i] = sqrt(((double *)out->data)[i]);
-    tlist_free(&L);
-    return s;
+    return tlist_done(&L, s);
 }
 
 typedef struct scale_ctx {
@@ -923,8 +926,7 @@ tn_status tn_grad_clip_norm(double *total_norm, int32_t n, tn_tensor *const *gra
         }
     }
     free(sums);
-    tlist_free(&L);
-    return s;
+    return tlist_done(&L, s);
 }
 
 /* ---- mixed precision: unscale and check --------------------------------------------------- */
@@ -1010,11 +1012,8 @@ tn_status tn_amp_unscale_check(int32_t *found_inf, double *amax, int32_t n, tn_t
                          TN_D(i));
     }
 #ifdef TERN_HAVE_CUDA
-    if (s == TN_OK && n > 0 && grads[0]->device == TN_CUDA) {
-        s = tn_cuda_amp_unscale_check(found_inf, amax, n, out, grads, inv_scale);
-        tlist_free(&L);
-        return s;
-    }
+    if (s == TN_OK && n > 0 && grads[0]->device == TN_CUDA)
+        return tlist_done(&L, tn_cuda_amp_unscale_check(found_inf, amax, n, out, grads, inv_scale));
 #endif
     int64_t U = L.ustart[n];
     double *amx = s == TN_OK ? malloc(sizeof(double) * (size_t)(U + 1)) : NULL;
@@ -1038,8 +1037,7 @@ tn_status tn_amp_unscale_check(int32_t *found_inf, double *amax, int32_t n, tn_t
     }
     free(amx);
     free(bad);
-    tlist_free(&L);
-    return s;
+    return tlist_done(&L, s);
 }
 
 typedef struct sync_ctx {
@@ -1065,18 +1063,14 @@ tn_status tn_amp_sync_masters(int32_t n, tn_tensor *const *masters, tn_tensor *c
     tn_status s = check_list(op, "model", n, model, DT_HALF, 1, L.numel, "masters", &dt,
                              n > 0 ? masters[0] : NULL, m0);
 #ifdef TERN_HAVE_CUDA
-    if (s == TN_OK && n > 0 && masters[0]->device == TN_CUDA) {
-        s = tn_cuda_amp_sync_masters(n, masters, model);
-        tlist_free(&L);
-        return s;
-    }
+    if (s == TN_OK && n > 0 && masters[0]->device == TN_CUDA)
+        return tlist_done(&L, tn_cuda_amp_sync_masters(n, masters, model));
 #endif
     if (s == TN_OK) {
         sync_ctx x = { masters, model };
         run_units(&L, pick_sync_unit(), &x);
     }
-    tlist_free(&L);
-    return s;
+    return tlist_done(&L, s);
 }
 
 /* ---- zero ---------------------------------------------------------------------------------------- */
@@ -1103,6 +1097,5 @@ tn_status tn_optim_zero(int32_t n, tn_tensor *const *ts) {
     TN_TRY(tlist_init(op, &L, n, ts));
     zero_ctx x = { ts };
     run_units(&L, zero_unit, &x);
-    tlist_free(&L);
-    return TN_OK;
+    return tlist_done(&L, TN_OK);
 }

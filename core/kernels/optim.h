@@ -22,121 +22,98 @@
 #include "common.h"
 #include "half.h"
 
+/* The float (_f) and double (_d) version of each coefficient struct and update below come from
+ * one macro instantiated for both types (C has no templates), so that the two precisions cannot
+ * drift apart; the expressions are the same in both, hence so is the rounding. */
+
 /* ---- SGD (torch.optim.SGD: momentum, dampening, nesterov, L2 weight decay) ------------------ */
 
-typedef struct tn_sgd_coef_f {
-    float grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr;
-    int has_wd, has_momentum, nesterov, first; /* first: the momentum buffer starts as d_p */
-} tn_sgd_coef_f;
-typedef struct tn_sgd_coef_d {
-    double grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr;
-    int has_wd, has_momentum, nesterov, first;
-} tn_sgd_coef_d;
-
-/* Returns the new parameter; updates *buf when c->has_momentum. */
-static TN_HD float tn_sgd_f(float p, float g, float *buf, const tn_sgd_coef_f *c) {
-    float d = g * c->grad_scale;
-    if (c->has_wd) d = d + c->weight_decay * p;
-    if (c->has_momentum) {
-        float b = c->first ? d : *buf * c->momentum + c->one_minus_dampening * d;
-        *buf = b;
-        d = c->nesterov ? d + c->momentum * b : b;
+/* tn_sgd_coef_S and tn_sgd_S, which returns the new parameter and updates *buf when
+ * c->has_momentum. */
+#define TN_SGD_DEFINE(T, S)                                                                        \
+    typedef struct tn_sgd_coef_##S {                                                               \
+        T grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr;                         \
+        int has_wd, has_momentum, nesterov, first; /* first: the momentum buffer starts as d_p */  \
+    } tn_sgd_coef_##S;                                                                             \
+    static TN_HD T tn_sgd_##S(T p, T g, T *buf, const tn_sgd_coef_##S *c) {                        \
+        T d = g * c->grad_scale;                                                                   \
+        if (c->has_wd) d = d + c->weight_decay * p;                                                \
+        if (c->has_momentum) {                                                                     \
+            T b = c->first ? d : *buf * c->momentum + c->one_minus_dampening * d;                  \
+            *buf = b;                                                                              \
+            d = c->nesterov ? d + c->momentum * b : b;                                             \
+        }                                                                                          \
+        return p + c->neg_lr * d;                                                                  \
     }
-    return p + c->neg_lr * d;
-}
-static TN_HD double tn_sgd_d(double p, double g, double *buf, const tn_sgd_coef_d *c) {
-    double d = g * c->grad_scale;
-    if (c->has_wd) d = d + c->weight_decay * p;
-    if (c->has_momentum) {
-        double b = c->first ? d : *buf * c->momentum + c->one_minus_dampening * d;
-        *buf = b;
-        d = c->nesterov ? d + c->momentum * b : b;
-    }
-    return p + c->neg_lr * d;
-}
+TN_SGD_DEFINE(float, f)
+TN_SGD_DEFINE(double, d)
+#undef TN_SGD_DEFINE
 
 /* ---- Adam / AdamW (amsgrad off; eps added after the square root, as torch) ---------------- */
 
-typedef struct tn_adam_coef_f {
-    float grad_scale;
-    float weight_decay;   /* Adam's L2 term (grad += wd * p); has_wd = 0 for AdamW */
-    float decay;          /* AdamW: p *= 1 - lr * wd before the step (1 for Adam) */
-    float beta1, one_minus_beta1, beta2, one_minus_beta2;
-    float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
-    float eps;
-    float neg_step_size;  /* -lr / (1 - beta1^t) */
-    int has_wd, decoupled;
-} tn_adam_coef_f;
-typedef struct tn_adam_coef_d {
-    double grad_scale, weight_decay, decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
-    double bias_correction2_sqrt, eps, neg_step_size;
-    int has_wd, decoupled;
-} tn_adam_coef_d;
-
-/* m = m * beta1 + (1 - beta1) * g;  v = v * beta2 + ((1 - beta2) * g) * g */
-static TN_HD void tn_adam_moments_f(float g, float p, float *m, float *v, const tn_adam_coef_f *c) {
-    float d = g * c->grad_scale;
-    if (c->has_wd) d = d + c->weight_decay * p;
-    *m = *m * c->beta1 + c->one_minus_beta1 * d;
-    *v = *v * c->beta2 + c->one_minus_beta2 * d * d;
-}
-/* p (times decay for AdamW) + (-step_size * m) / (sqrt_v / sqrt(1 - beta2^t) + eps) */
-static TN_HD float tn_adam_param_f(float p, float m, float sqrt_v, const tn_adam_coef_f *c) {
-    float denom = sqrt_v / c->bias_correction2_sqrt + c->eps;
-    if (c->decoupled) p = p * c->decay;
-    return p + c->neg_step_size * m / denom;
-}
-static TN_HD void tn_adam_moments_d(double g, double p, double *m, double *v, const tn_adam_coef_d *c) {
-    double d = g * c->grad_scale;
-    if (c->has_wd) d = d + c->weight_decay * p;
-    *m = *m * c->beta1 + c->one_minus_beta1 * d;
-    *v = *v * c->beta2 + c->one_minus_beta2 * d * d;
-}
-static TN_HD double tn_adam_param_d(double p, double m, double sqrt_v, const tn_adam_coef_d *c) {
-    double denom = sqrt_v / c->bias_correction2_sqrt + c->eps;
-    if (c->decoupled) p = p * c->decay;
-    return p + c->neg_step_size * m / denom;
-}
+/* tn_adam_coef_S, tn_adam_moments_S and tn_adam_param_S.
+ * moments: m = m * beta1 + (1 - beta1) * g;  v = v * beta2 + ((1 - beta2) * g) * g
+ * param: p (times decay for AdamW) + (-step_size * m) / (sqrt_v / sqrt(1 - beta2^t) + eps) */
+#define TN_ADAM_DEFINE(T, S)                                                                       \
+    typedef struct tn_adam_coef_##S {                                                              \
+        T grad_scale;                                                                              \
+        T weight_decay;   /* Adam's L2 term (grad += wd * p); has_wd = 0 for AdamW */              \
+        T decay;          /* AdamW: p *= 1 - lr * wd before the step (1 for Adam) */               \
+        T beta1, one_minus_beta1, beta2, one_minus_beta2;                                          \
+        T bias_correction2_sqrt; /* sqrt(1 - beta2^t) */                                           \
+        T eps;                                                                                     \
+        T neg_step_size;  /* -lr / (1 - beta1^t) */                                                \
+        int has_wd, decoupled;                                                                     \
+    } tn_adam_coef_##S;                                                                            \
+    static TN_HD void tn_adam_moments_##S(T g, T p, T *m, T *v, const tn_adam_coef_##S *c) {       \
+        T d = g * c->grad_scale;                                                                   \
+        if (c->has_wd) d = d + c->weight_decay * p;                                                \
+        *m = *m * c->beta1 + c->one_minus_beta1 * d;                                               \
+        *v = *v * c->beta2 + c->one_minus_beta2 * d * d;                                           \
+    }                                                                                              \
+    static TN_HD T tn_adam_param_##S(T p, T m, T sqrt_v, const tn_adam_coef_##S *c) {              \
+        T denom = sqrt_v / c->bias_correction2_sqrt + c->eps;                                      \
+        if (c->decoupled) p = p * c->decay;                                                        \
+        return p + c->neg_step_size * m / denom;                                                   \
+    }
+TN_ADAM_DEFINE(float, f)
+TN_ADAM_DEFINE(double, d)
+#undef TN_ADAM_DEFINE
 
 /* ---- NovoGrad (Ginsburg et al. 2019; OpenSeq2Seq) --------------------------------------------
  * Per tensor: v = ||g||^2 at the first step, then beta2 v + (1 - beta2) ||g||^2; the caller
  * passes gnorm_scale = grad_scale / (sqrt(v) + eps). Per element:
  *   m = beta1 m + (g / (sqrt(v) + eps) + wd p) [* (1 - beta1) with grad averaging];  p -= lr m */
 
-typedef struct tn_novograd_coef_f {
-    float gnorm_scale, weight_decay, beta1, avg, neg_lr; /* avg: 1 - beta1 or 1 */
-} tn_novograd_coef_f;
-typedef struct tn_novograd_coef_d {
-    double gnorm_scale, weight_decay, beta1, avg, neg_lr;
-} tn_novograd_coef_d;
-
-static TN_HD float tn_novograd_f(float p, float g, float *m, const tn_novograd_coef_f *c) {
-    float d = (g * c->gnorm_scale + c->weight_decay * p) * c->avg;
-    float mm = c->beta1 * *m + d;
-    *m = mm;
-    return p + c->neg_lr * mm;
-}
-static TN_HD double tn_novograd_d(double p, double g, double *m, const tn_novograd_coef_d *c) {
-    double d = (g * c->gnorm_scale + c->weight_decay * p) * c->avg;
-    double mm = c->beta1 * *m + d;
-    *m = mm;
-    return p + c->neg_lr * mm;
-}
+/* tn_novograd_coef_S and tn_novograd_S */
+#define TN_NOVOGRAD_DEFINE(T, S)                                                                   \
+    typedef struct tn_novograd_coef_##S {                                                          \
+        T gnorm_scale, weight_decay, beta1, avg, neg_lr; /* avg: 1 - beta1 or 1 */                 \
+    } tn_novograd_coef_##S;                                                                        \
+    static TN_HD T tn_novograd_##S(T p, T g, T *m, const tn_novograd_coef_##S *c) {                \
+        T d = (g * c->gnorm_scale + c->weight_decay * p) * c->avg;                                 \
+        T mm = c->beta1 * *m + d;                                                                  \
+        *m = mm;                                                                                   \
+        return p + c->neg_lr * mm;                                                                 \
+    }
+TN_NOVOGRAD_DEFINE(float, f)
+TN_NOVOGRAD_DEFINE(double, d)
+#undef TN_NOVOGRAD_DEFINE
 
 /* ---- LARC (NVIDIA apex LARC) ----------------------------------------------------------------
  * The caller computes per tensor trust = eta ||w|| / (||g|| + wd ||w|| + eps) (clip mode:
  * min(trust / lr, 1)) when ||w|| and ||g|| are both nonzero (has_trust), and the gradient
  * becomes (g + wd w) * trust; otherwise it stays g (apex drops the weight decay then too). */
-static TN_HD float tn_larc_grad_f(float g, float w, float grad_scale, float wd, float trust,
-                                  int has_trust) {
-    float d = g * grad_scale;
-    return has_trust ? (d + wd * w) * trust : d;
-}
-static TN_HD double tn_larc_grad_d(double g, double w, double grad_scale, double wd, double trust,
-                                   int has_trust) {
-    double d = g * grad_scale;
-    return has_trust ? (d + wd * w) * trust : d;
-}
+
+/* tn_larc_grad_S */
+#define TN_LARC_DEFINE(T, S)                                                                       \
+    static TN_HD T tn_larc_grad_##S(T g, T w, T grad_scale, T wd, T trust, int has_trust) {        \
+        T d = g * grad_scale;                                                                      \
+        return has_trust ? (d + wd * w) * trust : d;                                               \
+    }
+TN_LARC_DEFINE(float, f)
+TN_LARC_DEFINE(double, d)
+#undef TN_LARC_DEFINE
 
 /* ---- mixed precision ------------------------------------------------------------------------ */
 
