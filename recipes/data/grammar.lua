@@ -337,26 +337,15 @@ function G:sentence(rng)
   return table.concat(words, " ")
 end
 
--- every word the grammar can say: the words of words.txt with their plurals, and the forms
--- the rules make by writing a suffix after a word class ("<name>'s" gives "emma's", ...)
-local function vocabulary(self)
-  local set = {}
-  for _, list in pairs(self.classes) do
-    for _, w in ipairs(list) do set[w] = true; if self.plural[w] then set[self.plural[w]] = true end end
-  end
+-- calls fn(s, set) for every string alternative of the rules ({weight, s} gives s; the
+-- functions among them make their words at random, so there is nothing to read off them),
+-- then gives the keys of set, sorted
+local function collect_rule_words(self, set, fn)
   for _, rule in pairs(self.rules) do
     if type(rule) == "table" then
       for _, a in ipairs(rule) do
         local s = type(a) == "table" and a[2] or a
-        if type(s) == "string" then
-          for sym, suffix in s:gmatch("<([%w_+]+)>([^%s<]+)") do
-            local list = self.classes[sym]
-            if not list then
-              error("grammar: a suffix may only follow a word class, not <" .. sym .. ">" .. suffix)
-            end
-            for _, w in ipairs(list) do set[w .. suffix] = true end
-          end
-        end
+        if type(s) == "string" then fn(s, set) end
       end
     end
   end
@@ -366,25 +355,31 @@ local function vocabulary(self)
   return out
 end
 
+-- every word the grammar can say: the words of words.txt with their plurals, and the forms
+-- the rules make by writing a suffix after a word class ("<name>'s" gives "emma's", ...)
+local function vocabulary(self)
+  local set = {}
+  for _, list in pairs(self.classes) do
+    for _, w in ipairs(list) do set[w] = true; if self.plural[w] then set[self.plural[w]] = true end end
+  end
+  return collect_rule_words(self, set, function(s)
+    for sym, suffix in s:gmatch("<([%w_+]+)>([^%s<]+)") do
+      local list = self.classes[sym]
+      if not list then
+        error("grammar: a suffix may only follow a word class, not <" .. sym .. ">" .. suffix)
+      end
+      for _, w in ipairs(list) do set[w .. suffix] = true end
+    end
+  end)
+end
+
 -- literal words of the rules (everything outside <...>), for checks against the word list
 function G:literal_words()
-  local set = {}
-  for _, rule in pairs(self.rules) do
-    if type(rule) == "table" then
-      for _, a in ipairs(rule) do
-        local s = type(a) == "table" and a[2] or a
-        if type(s) == "string" then
-          for w in s:gsub("<[%w_+]+>[^%s<]*", " "):gmatch("%S+") do
-            if w ~= "a~" then set[w] = true end
-          end
-        end
-      end
+  return collect_rule_words(self, {}, function(s, set)
+    for w in s:gsub("<[%w_+]+>[^%s<]*", " "):gmatch("%S+") do
+      if w ~= "a~" then set[w] = true end
     end
-  end
-  local out = {}
-  for w in pairs(set) do out[#out + 1] = w end
-  table.sort(out)
-  return out
+  end)
 end
 
 -- grammar.new{words = path, rules = table}: both optional

@@ -172,6 +172,7 @@ local function encode(v, lua)
 end
 M.json = function(v) return encode(v, false) end
 
+-- the whole file, or nil where it cannot be opened (the specs read the data set with it too)
 local function read_file(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -179,6 +180,7 @@ local function read_file(path)
   f:close()
   return s
 end
+M.read_file = read_file
 
 pcall(ffi.cdef, "int getpid(void);")
 pcall(ffi.cdef, "int kill(int pid, int sig);")
