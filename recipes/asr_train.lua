@@ -405,7 +405,7 @@ local function run_train()
     say("%s: checkpoint saved at step %d; run the same command again to resume", stop_reason, step)
     log:close()
     if P.on then tn.dist.finalize() end
-    os.exit(130)
+    os.exit(130, true) -- closing the Lua state runs the finalizers: native memory goes back too
   end
   if stop_reason then say("%s at step %d", stop_reason, step) end
   local train_s = report.now() - t_train
@@ -478,6 +478,6 @@ local ok, err = xpcall(run, debug.traceback)
 if not ok then
   io.stderr:write(P.on and fmt("rank %d: ", P.rank) or "", tostring(err), "\n")
   if P.on and P.size > 1 then tn.dist.abort(1) end -- the other ranks would wait in a collective
-  os.exit(1)
+  os.exit(1, true)
 end
 if P.on then tn.dist.finalize() end

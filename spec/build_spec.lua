@@ -5,8 +5,8 @@
 -- state is an error, and busted runs every spec file in one state (auto-insulate = false)
 -- where `require "tern"` has already declared them.
 
--- Runs a Lua chunk in a fresh `luajit` (same environment, so TERN_LIB and a sanitizer's
--- LD_PRELOAD carry over) and returns everything it printed.
+-- Runs a Lua chunk in a fresh `luajit` (same environment, so TERN_LIB carries over, and in a
+-- sanitizer run the same preloading `luajit` of .ci/test.sh) and returns everything it printed.
 local function run_luajit(code)
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))

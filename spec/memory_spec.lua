@@ -9,7 +9,7 @@ local tn = h.tn
 local MB = 1024 * 1024
 -- Under AddressSanitizer freed memory sits in a quarantine (256 MB by default), so the
 -- resident set grows by design; only tern's own accounting is checked then.
-local ASAN = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
+local ASAN = h.asan
 local function rss_ok(cond) return ASAN or cond end
 local function current() return tn.memory_stats().current end
 

@@ -186,6 +186,17 @@ function M.rss()
   return resident * 4096
 end
 
+-- True when the AddressSanitizer runtime is in this process (a sanitizer build's spec run).
+-- Looked for among the mapped libraries: .ci/test.sh gives LuaJIT the runtime with LD_PRELOAD
+-- and then removes that from the environment, so that the programs the specs start run plain.
+M.asan = (function()
+  local f = io.open("/proc/self/maps")
+  if not f then return false end
+  local maps = f:read("*a")
+  f:close()
+  return maps:find("libasan", 1, true) ~= nil
+end)()
+
 -- f64 leaf of a given shape with deterministic values (seeded), requiring grad.
 function M.leaf(shape, seed, opts)
   tn.manual_seed(seed or 1)

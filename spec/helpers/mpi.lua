@@ -6,9 +6,9 @@
 --
 -- Every launch is bounded by `timeout 120`, so a hung rank fails the spec instead of the run.
 -- As root, OpenMPI needs its allow-run-as-root switches; --oversubscribe lets 2 ranks share a
--- machine with fewer cores. (In a sanitizer run LD_PRELOAD carries the ASan runtime into mpirun
--- and the workers; OpenMPI's own allocations that live until exit are no findings of tern's, so
--- leak checks are off there.)
+-- machine with fewer cores. (In a sanitizer run the workers are LuaJIT with the ASan runtime, see
+-- .ci/test.sh; OpenMPI's own allocations that live until exit are no findings of tern's, so leak
+-- checks are off there.)
 local M = {}
 
 -- output (stdout and stderr), exit status and seconds of a shell command
