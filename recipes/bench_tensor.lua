@@ -92,6 +92,53 @@ local function select_cases(groups, ALL)
   return selected, wanted
 end
 
+-- The fields every result line starts with, either device, in this order; cpu_ms falls back to
+-- last_cpu (that of the bench() behind r). The caller appends its FLOP rate and the note.
+local function result_fields(r, device, dtype, threads, last_cpu)
+  local f = {
+    { "op", r.op }, { "shape", r.shape }, { "device", device }, { "dtype", dtype },
+    { "impl", r.impl }, { "median_ms", r.ms }, { "peak_bytes", r.peak }, { "threads", threads },
+    { "cpu_ms", r.cpu or last_cpu },
+  }
+  if r.us_per_call then f[#f + 1] = { "us_per_call", r.us_per_call } end
+  if r.bytes then
+    f[#f + 1] = { "bytes_moved", r.bytes }
+    f[#f + 1] = { "GBps", r.bytes / (r.ms * 1e-3) / 1e9 }
+  end
+  return f
+end
+
+-- The torch peer's output lines: its result lines by "case" (echoed after tern's own lines of
+-- the case), its other JSON lines (notes) echoed now, anything else as a note tagged with tag
+-- ({ "device", ... } or { "threads", ... }). Returns by_case and whether any result line came.
+local function sort_peer_lines(lines, tag)
+  local by_case, peer_ok = {}, false
+  for _, line in ipairs(lines) do
+    local c = line:match('"case"%s*:%s*"([^"]*)"')
+    if line:sub(1, 1) == "{" and c then
+      by_case[c] = by_case[c] or {}
+      table.insert(by_case[c], line)
+      peer_ok = true
+    elseif line:sub(1, 1) == "{" then
+      emit_line(line) -- a note from the peer (e.g. torch not importable)
+    elseif line ~= "" then
+      emit_line(json({ { "impl", "torch" }, tag, { "note", "peer output: " .. line } }))
+    end
+  end
+  return by_case, peer_ok
+end
+
+-- Echoes a case's peer lines (nil: none) and hands each whole result to add(r) for the compare
+-- lines.
+local function echo_peer_results(lines, add)
+  for _, line in ipairs(lines or {}) do
+    emit_line(line)
+    local r = { op = field(line, "op"), shape = field(line, "shape"), impl = field(line, "impl"),
+      ms = field(line, "median_ms"), bytes = field(line, "bytes_moved") }
+    if r.op and r.shape and r.impl and r.ms then add(r) end
+  end
+end
+
 -- CUDA mode ----------------------------------------------------------------------------------
 -- --device=cuda: one run (threads do not apply), its own case list (see the header), every JSON
 -- line "device":"cuda". CUDA is asynchronous: each timed batch of calls sits between two
@@ -231,16 +278,7 @@ int cudaMemcpyAsync(void *dst, const void *src, size_t count, int kind, void *st
   local LAST_CPU
   local results = {} -- [op .. "|" .. shape .. "|" .. impl] = r
   local function emit(r)
-    local f = {
-      { "op", r.op }, { "shape", r.shape }, { "device", "cuda" }, { "dtype", r.dtype or "f32" },
-      { "impl", r.impl }, { "median_ms", r.ms }, { "peak_bytes", r.peak }, { "threads", nil },
-      { "cpu_ms", r.cpu or LAST_CPU },
-    }
-    if r.us_per_call then f[#f + 1] = { "us_per_call", r.us_per_call } end
-    if r.bytes then
-      f[#f + 1] = { "bytes_moved", r.bytes }
-      f[#f + 1] = { "GBps", r.bytes / (r.ms * 1e-3) / 1e9 }
-    end
+    local f = result_fields(r, "cuda", r.dtype or "f32", nil, LAST_CPU)
     if r.flops then f[#f + 1] = { "TFLOPs", r.flops / (r.ms * 1e-3) / 1e12 } end
     if r.note then f[#f + 1] = { "note", r.note } end
     emit_line(json(f))
@@ -596,19 +634,8 @@ int cudaMemcpyAsync(void *dst, const void *src, size_t count, int kind, void *st
     local cmd = string.format("%s %s/bench_tensor_torch.py --device=cuda --repeat=%d --cases=%s",
       py, here, REPEAT, table.concat(selected, ","))
     local lines = lib.peer_lines(cmd) or {}
-    local peer_ok = false
-    for _, line in ipairs(lines) do
-      local c = line:match('"case"%s*:%s*"([^"]*)"')
-      if line:sub(1, 1) == "{" and c then
-        by_case[c] = by_case[c] or {}
-        table.insert(by_case[c], line)
-        peer_ok = true
-      elseif line:sub(1, 1) == "{" then
-        emit_line(line)
-      elseif line ~= "" then
-        emit_line(json({ { "impl", "torch" }, { "device", "cuda" }, { "note", "peer output: " .. line } }))
-      end
-    end
+    local peer_ok
+    by_case, peer_ok = sort_peer_lines(lines, { "device", "cuda" })
     if not peer_ok then
       emit_line(json({ { "impl", "torch" }, { "device", "cuda" },
         { "note", "no torch results (" .. cmd .. "); ratios vs torch are null" } }))
@@ -627,15 +654,10 @@ int cudaMemcpyAsync(void *dst, const void *src, size_t count, int kind, void *st
       rc = 1
       emit_line(json({ { "op", name }, { "device", "cuda" }, { "impl", "tern" }, { "error", tostring(err) } }))
     end
-    for _, line in ipairs(by_case[name] or {}) do
-      emit_line(line)
-      local r = { op = field(line, "op"), shape = field(line, "shape"), impl = field(line, "impl"),
-        ms = field(line, "median_ms"), bytes = field(line, "bytes_moved") }
-      if r.op and r.shape and r.impl and r.ms then
-        if r.op:match("^matmul") then r.flops = 2 * N8 * N8 * N8 end
-        results[r.op .. "|" .. r.shape .. "|" .. r.impl] = r
-      end
-    end
+    echo_peer_results(by_case[name], function(r)
+      if r.op:match("^matmul") then r.flops = 2 * N8 * N8 * N8 end
+      results[r.op .. "|" .. r.shape .. "|" .. r.impl] = r
+    end)
     if compare[name] then
       local c = compare[name]()
       if type(c[1]) == "string" then
@@ -669,7 +691,7 @@ local groups = {
 }
 local ALL = { "add_16", "muladdsum_16", "add_16M", "mul_16M", "exp_16M", "copyT_4096",
   "matmul_1024", "matmul_256", "sum_4096", "softmax_4096" }
-local selected = select_cases(groups, ALL)
+local selected, wanted = select_cases(groups, ALL)
 
 -- output ------------------------------------------------------------------------------------
 
@@ -678,16 +700,7 @@ local LAST_CPU
 local results = {}
 
 local function emit(r, threads)
-  local f = {
-    { "op", r.op }, { "shape", r.shape }, { "device", "cpu" }, { "dtype", "f32" },
-    { "impl", r.impl }, { "median_ms", r.ms }, { "peak_bytes", r.peak }, { "threads", threads },
-    { "cpu_ms", r.cpu or LAST_CPU },
-  }
-  if r.us_per_call then f[#f + 1] = { "us_per_call", r.us_per_call } end
-  if r.bytes then
-    f[#f + 1] = { "bytes_moved", r.bytes }
-    f[#f + 1] = { "GBps", r.bytes / (r.ms * 1e-3) / 1e9 }
-  end
+  local f = result_fields(r, "cpu", "f32", threads, LAST_CPU)
   if r.gflops then f[#f + 1] = { "GFLOPs", r.gflops } end
   if r.note then f[#f + 1] = { "note", r.note } end
   emit_line(json(f))
@@ -985,20 +998,7 @@ compare.matmul_256 = mm_compare(256)
 for _, th in ipairs(THREADS) do
   -- the peer runs first (alone on the machine); its lines are echoed next to tern's
   local peer_lines, peer_note = run_peer(th)
-  local by_case = {}
-  local peer_ok = false
-  for _, line in ipairs(peer_lines) do
-    local c = line:match('"case"%s*:%s*"([^"]*)"')
-    if line:sub(1, 1) == "{" and c then
-      by_case[c] = by_case[c] or {}
-      table.insert(by_case[c], line)
-      peer_ok = true
-    elseif line:sub(1, 1) == "{" then
-      emit_line(line) -- a note from the peer (e.g. torch not importable)
-    elseif line ~= "" then
-      emit_line(json({ { "impl", "torch" }, { "threads", th }, { "note", "peer output: " .. line } }))
-    end
-  end
+  local by_case, peer_ok = sort_peer_lines(peer_lines, { "threads", th })
   if peer_note then emit_line(json({ { "impl", "torch" }, { "threads", th }, { "note", peer_note } })) end
   if opts.peer == "torch" and not peer_ok then
     emit_line(json({ { "impl", "torch" }, { "threads", th }, { "note", "no torch results; ratios vs torch are null" } }))
@@ -1010,15 +1010,10 @@ for _, th in ipairs(THREADS) do
     if not ok then
       emit_line(json({ { "op", name }, { "impl", "tern" }, { "threads", th }, { "error", tostring(err) } }))
     end
-    for _, line in ipairs(by_case[name] or {}) do
-      emit_line(line)
-      local r = { op = field(line, "op"), shape = field(line, "shape"), impl = field(line, "impl"),
-        ms = field(line, "median_ms"), bytes = field(line, "bytes_moved") }
-      if r.op and r.shape and r.impl and r.ms then
-        results[th] = results[th] or {}
-        results[th][r.op .. "|" .. r.shape .. "|" .. r.impl] = r
-      end
-    end
+    echo_peer_results(by_case[name], function(r)
+      results[th] = results[th] or {}
+      results[th][r.op .. "|" .. r.shape .. "|" .. r.impl] = r
+    end)
     if compare[name] then emit_line(json(compare[name](th))) end
     if name == "exp_16M" or name == "mul_16M" and not wanted.exp_16M
         or name == "add_16M" and not wanted.mul_16M and not wanted.exp_16M then

@@ -42,14 +42,21 @@ now = time.perf_counter
 LAST_CPU = [None]
 
 
-def bench(fn, iters, warmup=2):
-    """Median wall ms per call over REPEAT batches; LAST_CPU[0] = median process CPU ms per call."""
+def bench(fn, iters, warmup=2, sync=None):
+    """Median wall ms per call over REPEAT batches; LAST_CPU[0] = median process CPU ms per call.
+    sync (CUDA) runs after each warm-up batch and on both sides of each timed batch."""
     for _ in range(warmup):
         fn(iters)
+        if sync:
+            sync()
     xs, cs = [], []
     for _ in range(REPEAT):
+        if sync:
+            sync()
         c0, t0 = time.process_time(), now()
         fn(iters)
+        if sync:
+            sync()
         t1, c1 = now(), time.process_time()
         xs.append((t1 - t0) * 1e3 / iters)
         cs.append((c1 - c0) * 1e3 / iters)
@@ -57,20 +64,31 @@ def bench(fn, iters, warmup=2):
     return statistics.median(xs)
 
 
-def emit(case, op, shape, ms, **extra):
-    r = {"op": op, "shape": shape, "device": "cpu", "dtype": "f32", "impl": "torch",
-         "median_ms": round(ms, 6), "peak_bytes": None, "threads": torch.get_num_threads(),
+def result(case, op, shape, ms, device, dtype, peak, threads, extra):
+    """The fields every result line starts with, either device, in this order (the caller adds
+    its FLOP rate, then print_result the note)."""
+    r = {"op": op, "shape": shape, "device": device, "dtype": dtype, "impl": "torch",
+         "median_ms": round(ms, 6), "peak_bytes": peak, "threads": threads,
          "case": case, "cpu_ms": round(LAST_CPU[0], 6)}
     if extra.get("per_call"):
         r["us_per_call"] = round(ms * 1e3, 4)
     if "bytes" in extra:
         r["bytes_moved"] = extra["bytes"]
         r["GBps"] = round(extra["bytes"] / (ms * 1e-3) / 1e9, 3)
-    if "gflops" in extra:
-        r["GFLOPs"] = round(extra["gflops"], 3)
+    return r
+
+
+def print_result(r, extra):
     if "note" in extra:
         r["note"] = extra["note"]
     print(json.dumps(r, separators=(",", ":")), flush=True)
+
+
+def emit(case, op, shape, ms, **extra):
+    r = result(case, op, shape, ms, "cpu", "f32", None, torch.get_num_threads(), extra)
+    if "gflops" in extra:
+        r["GFLOPs"] = round(extra["gflops"], 3)
+    print_result(r, extra)
 
 
 def case_add_16():
@@ -214,21 +232,7 @@ def cuda_log(msg):
 
 def cbench(fn, iters, warmup=2):
     """Median wall ms per call over REPEAT batches of iters calls, synchronised around each."""
-    sync = torch.cuda.synchronize
-    for _ in range(warmup):
-        fn(iters)
-        sync()
-    xs, cs = [], []
-    for _ in range(REPEAT):
-        sync()
-        c0, t0 = time.process_time(), now()
-        fn(iters)
-        sync()
-        t1, c1 = now(), time.process_time()
-        xs.append((t1 - t0) * 1e3 / iters)
-        cs.append((c1 - c0) * 1e3 / iters)
-    LAST_CPU[0] = statistics.median(cs)
-    return statistics.median(xs)
+    return bench(fn, iters, warmup, torch.cuda.synchronize)
 
 
 def cpeak_reset():
@@ -237,19 +241,10 @@ def cpeak_reset():
 
 
 def cemit(case, op, shape, ms, dtype="f32", **extra):
-    r = {"op": op, "shape": shape, "device": "cuda", "dtype": dtype, "impl": "torch",
-         "median_ms": round(ms, 6), "peak_bytes": torch.cuda.max_memory_allocated(), "threads": None,
-         "case": case, "cpu_ms": round(LAST_CPU[0], 6)}
-    if extra.get("per_call"):
-        r["us_per_call"] = round(ms * 1e3, 4)
-    if "bytes" in extra:
-        r["bytes_moved"] = extra["bytes"]
-        r["GBps"] = round(extra["bytes"] / (ms * 1e-3) / 1e9, 3)
+    r = result(case, op, shape, ms, "cuda", dtype, torch.cuda.max_memory_allocated(), None, extra)
     if "flops" in extra:
         r["TFLOPs"] = round(extra["flops"] / (ms * 1e-3) / 1e12, 3)
-    if "note" in extra:
-        r["note"] = extra["note"]
-    print(json.dumps(r, separators=(",", ":")), flush=True)
+    print_result(r, extra)
 
 
 NSMALL = 5000
@@ -463,16 +458,24 @@ def main_cuda():
     for c in wanted:
         fn = globals().get("cuda_" + c)
         cuda_log(c)
-        if fn is None:
-            print(json.dumps({"impl": "torch", "case": c, "note": "unknown case"}, separators=(",", ":")), flush=True)
+        if not run_case(c, fn):
             continue
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - report and go on with the next case
-            print(json.dumps({"impl": "torch", "case": c, "error": repr(e)}, separators=(",", ":")), flush=True)
         if c == last_ew:  # the big inputs are shared by the elementwise cases
             _cbig.clear()
             torch.cuda.empty_cache()
+
+
+def run_case(c, fn):
+    """Runs case c (fn None: not a case here); an unknown name or an exception becomes a JSON
+    line and the next case goes on. False for an unknown name."""
+    if fn is None:
+        print(json.dumps({"impl": "torch", "case": c, "note": "unknown case"}, separators=(",", ":")), flush=True)
+        return False
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - report and go on with the next case
+        print(json.dumps({"impl": "torch", "case": c, "error": repr(e)}, separators=(",", ":")), flush=True)
+    return True
 
 
 T0 = now()
@@ -484,11 +487,4 @@ if __name__ == "__main__" and OPTS["device"] == "cuda":
 if __name__ == "__main__":
     wanted = ALL if OPTS["cases"] == "all" else [c for c in OPTS["cases"].split(",") if c]
     for c in wanted:
-        fn = globals().get("case_" + c)
-        if fn is None:
-            print(json.dumps({"impl": "torch", "case": c, "note": "unknown case"}, separators=(",", ":")), flush=True)
-            continue
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - report and go on with the next case
-            print(json.dumps({"impl": "torch", "case": c, "error": repr(e)}, separators=(",", ":")), flush=True)
+        run_case(c, globals().get("case_" + c))

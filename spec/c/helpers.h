@@ -1,8 +1,9 @@
 /*
- * spec/c/helpers.h — tensor helpers shared by C tests (test_copy.c, test_elementwise.c,
- * test_reduce.c): make a CPU tensor, read and write element i in row-major logical order as
- * double (any dtype, any strides), compare with a relative tolerance. static inline so a test
- * that uses only some of them builds without unused-function warnings.
+ * spec/c/helpers.h — tensor helpers shared by C tests (test_audio.c, test_copy.c,
+ * test_elementwise.c, test_optim.c, test_reduce.c, test_rnnt.c, test_sru.c): make a CPU tensor,
+ * read and write element i in row-major logical order as double (any dtype, any strides) or of
+ * a contiguous tensor through the library's conversions, compare with a relative tolerance.
+ * static inline so a test that uses only some of them builds without unused-function warnings.
  */
 #ifndef TERN_SPEC_HELPERS_H
 #define TERN_SPEC_HELPERS_H
@@ -11,6 +12,8 @@
 #include <stdint.h>
 
 #include "check.h"
+#include "common.h"
+#include "internal.h"
 #include "kernels/half.h"
 
 /* A new contiguous CPU tensor (checked). */
@@ -18,12 +21,6 @@ static inline tn_tensor *mk(int32_t dtype, int32_t ndim, const int64_t *shape) {
     tn_tensor *t = NULL;
     CHECK_OK(tn_tensor_empty(&t, ndim, shape, dtype, TN_CPU));
     return t;
-}
-/* Address of element i in row-major logical order. */
-static inline char *elem(const tn_tensor *t, int64_t i) {
-    int64_t off = 0;
-    for (int32_t d = t->ndim - 1; d >= 0; d--) { off += (i % t->shape[d]) * t->strides[d]; i /= t->shape[d]; }
-    return t->data + off * (int64_t)tn_dtype_size(t->dtype);
 }
 /* Element i as double. */
 static inline double at(const tn_tensor *t, int64_t i) {
@@ -50,6 +47,14 @@ static inline void put(tn_tensor *t, int64_t i, double v) {
     case TN_I64: *(int64_t *)p = (int64_t)v; break;
     default: *(uint8_t *)p = (uint8_t)v; break;
     }
+}
+/* Element i of a contiguous tensor (storage order) as double, and the store back, through the
+ * library's own conversions rather than at / put's. */
+static inline double get(const tn_tensor *t, int64_t i) {
+    return tn_load_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype);
+}
+static inline void set(tn_tensor *t, int64_t i, double v) {
+    tn_store_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype, v);
 }
 /* got == want within rtol * (1 + |want|); NaN matches NaN, an infinity only itself. */
 static inline int close_to(double got, double want, double rtol) {

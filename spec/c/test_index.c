@@ -8,36 +8,23 @@
 #include <string.h>
 
 #include "check.h"
+#include "common.h"
 #include "internal.h"
 
 #define SH(...) ((const int64_t[]){__VA_ARGS__})
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd_u(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
+static uint64_t rnd_u(void) { return xorshift64(&rng_state); }
 static double rnd(void) { return (double)((int64_t)(rnd_u() % 256) - 128) / 16.0; }
 
-static int64_t offs(const tn_tensor *t, int64_t li) {
-    int64_t o = 0;
-    for (int i = t->ndim - 1; i >= 0; i--) {
-        o += (li % t->shape[i]) * t->strides[i];
-        li /= t->shape[i];
-    }
-    return o;
-}
-static char *ptr(const tn_tensor *t, int64_t li) { return t->data + offs(t, li) * (int64_t)tn_dtype_size(t->dtype); }
-static double get(const tn_tensor *t, int64_t li) { return tn_load_f64(ptr(t, li), t->dtype); }
-static int64_t geti(const tn_tensor *t, int64_t li) { return tn_load_i64(ptr(t, li), t->dtype); }
-static void set(tn_tensor *t, int64_t li, double v) { tn_store_f64(ptr(t, li), t->dtype, v); }
+static double get(const tn_tensor *t, int64_t li) { return tn_load_f64(elem(t, li), t->dtype); }
+static int64_t geti(const tn_tensor *t, int64_t li) { return tn_load_i64(elem(t, li), t->dtype); }
+static void set(tn_tensor *t, int64_t li, double v) { tn_store_f64(elem(t, li), t->dtype, v); }
 static void seti(tn_tensor *t, int64_t li, int64_t v) {
-    if (t->dtype == TN_I64) *(int64_t *)ptr(t, li) = v;
-    else if (t->dtype == TN_I32) *(int32_t *)ptr(t, li) = (int32_t)(uint32_t)(uint64_t)v; /* wraps */
-    else if (t->dtype == TN_U8) *(uint8_t *)ptr(t, li) = (uint8_t)(uint64_t)v;
-    else tn_store_f64(ptr(t, li), t->dtype, (double)v);
+    if (t->dtype == TN_I64) *(int64_t *)elem(t, li) = v;
+    else if (t->dtype == TN_I32) *(int32_t *)elem(t, li) = (int32_t)(uint32_t)(uint64_t)v; /* wraps */
+    else if (t->dtype == TN_U8) *(uint8_t *)elem(t, li) = (uint8_t)(uint64_t)v;
+    else tn_store_f64(elem(t, li), t->dtype, (double)v);
 }
 /* linear index <-> coordinates over t's shape */
 static void coords(const tn_tensor *t, int64_t li, int64_t *c) {
@@ -62,12 +49,6 @@ static tn_tensor *mk_index(int nd, const int64_t *shape, int32_t dtype, int64_t 
     int64_t n = tn_tensor_numel(t);
     for (int64_t i = 0; i < n; i++) seti(t, i, limit > 0 ? (int64_t)(rnd_u() % (uint64_t)limit) : 0);
     return t;
-}
-static tn_tensor *transposed(tn_tensor *t, int d0, int d1) { /* consumes t */
-    tn_tensor *v = NULL;
-    CHECK_OK(tn_transpose(&v, t, d0, d1));
-    tn_tensor_free(t);
-    return v;
 }
 static tn_tensor *copy_of(const tn_tensor *t) {
     tn_tensor *c = NULL;

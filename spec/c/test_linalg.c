@@ -8,33 +8,19 @@
 #include <string.h>
 
 #include "check.h"
+#include "common.h"
 #include "internal.h"
 
 #define SH(...) ((const int64_t[]){__VA_ARGS__})
 
 static uint64_t rng_state = 88172645463325252ull;
-static double rnd(void) { /* xorshift; values k/64 in [-1, 1): exact in f16 and bf16 */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)((int64_t)(rng_state % 128) - 64) / 64.0;
+static double rnd(void) { /* values k/64 in [-1, 1): exact in f16 and bf16 */
+    return (double)((int64_t)(xorshift64(&rng_state) % 128) - 64) / 64.0;
 }
 
-/* Element offset (in elements) of the row-major linear index li of t. */
-static int64_t offs(const tn_tensor *t, int64_t li) {
-    int64_t o = 0;
-    for (int i = t->ndim - 1; i >= 0; i--) {
-        o += (li % t->shape[i]) * t->strides[i];
-        li /= t->shape[i];
-    }
-    return o;
-}
-static double get(const tn_tensor *t, int64_t li) {
-    return tn_load_f64(t->data + offs(t, li) * (int64_t)tn_dtype_size(t->dtype), t->dtype);
-}
-static void set(tn_tensor *t, int64_t li, double v) {
-    tn_store_f64(t->data + offs(t, li) * (int64_t)tn_dtype_size(t->dtype), t->dtype, v);
-}
+/* Element li in row-major logical order (any strides). */
+static double get(const tn_tensor *t, int64_t li) { return tn_load_f64(elem(t, li), t->dtype); }
+static void set(tn_tensor *t, int64_t li, double v) { tn_store_f64(elem(t, li), t->dtype, v); }
 
 static tn_tensor *mk(int nd, const int64_t *shape, int32_t dtype) {
     tn_tensor *t = NULL;
@@ -42,12 +28,6 @@ static tn_tensor *mk(int nd, const int64_t *shape, int32_t dtype) {
     int64_t n = tn_tensor_numel(t);
     for (int64_t i = 0; i < n; i++) set(t, i, rnd());
     return t;
-}
-static tn_tensor *transposed(tn_tensor *t, int d0, int d1) { /* consumes t */
-    tn_tensor *v = NULL;
-    CHECK_OK(tn_transpose(&v, t, d0, d1));
-    tn_tensor_free(t);
-    return v;
 }
 /* A (rows, cols) matrix stored in a wider buffer: rows padded to ld (a narrow view). */
 static tn_tensor *padded(int64_t rows, int64_t cols, int64_t ld, int32_t dtype) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "common.h"
 #include "internal.h"
 #include "kernels/lstm.h"
 
@@ -22,10 +23,7 @@
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static double rnd(void) { /* uniform in [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+    return (double)(xorshift64(&rng_state) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
 static tn_tensor *empty(int nd, const int64_t *shape, int32_t dtype) {

@@ -16,8 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "internal.h"
+#include "helpers.h"
 #include "kernels/optim.h"
 
 #define SH(...) ((const int64_t[]){__VA_ARGS__})
@@ -25,35 +24,21 @@ enum { NE = 4 };
 static const int64_t SIZES[NE] = { 1, 7, 300, 20000 };
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static double rnd(void) { /* xorshift, uniform in [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 4503599627370496.0 - 1.0;
-}
-static tn_tensor *mk(int32_t dtype, int64_t n) {
-    tn_tensor *t = NULL;
-    CHECK_OK(tn_tensor_empty(&t, 1, SH(n), dtype, TN_CPU));
-    return t;
-}
-static double get(const tn_tensor *t, int64_t i) {
-    return tn_load_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype);
-}
-static void set(tn_tensor *t, int64_t i, double v) {
-    tn_store_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype, v);
+static double rnd(void) { /* uniform in [-1, 1) */
+    return (double)(xorshift64(&rng_state) >> 11) / 4503599627370496.0 - 1.0;
 }
 static tn_tensor *mk_fill(int32_t dtype, int64_t n, double v) {
-    tn_tensor *t = mk(dtype, n);
+    tn_tensor *t = mk(dtype, 1, SH(n));
     for (int64_t i = 0; i < n; i++) set(t, i, v);
     return t;
 }
 static tn_tensor *mk_rand(int32_t dtype, int64_t n, double scale) {
-    tn_tensor *t = mk(dtype, n);
+    tn_tensor *t = mk(dtype, 1, SH(n));
     for (int64_t i = 0; i < n; i++) set(t, i, scale * rnd());
     return t;
 }
 static tn_tensor *copy_as(const tn_tensor *t, int32_t dtype) {
-    tn_tensor *o = mk(dtype, tn_tensor_numel(t));
+    tn_tensor *o = mk(dtype, 1, SH(tn_tensor_numel(t)));
     for (int64_t i = 0; i < tn_tensor_numel(t); i++) set(o, i, get(t, i));
     return o;
 }
@@ -377,7 +362,7 @@ static void test_half_paths(void) {
                               2.9e-8f, -0.0f, 0.0f, 1.0f, -3.5f, 0.1f, 1e-4f, -65505.0f, 3e38f, -2e-7f };
     const int ns = (int)(sizeof special / sizeof special[0]);
     const int64_t n = 3 * ns + 5; /* vector blocks and a scalar tail */
-    tn_tensor *p = mk(TN_F32, n), *g = mk_fill(TN_F16, n, 0), *model = mk(TN_F16, n);
+    tn_tensor *p = mk(TN_F32, 1, SH(n)), *g = mk_fill(TN_F16, n, 0), *model = mk(TN_F16, 1, SH(n));
     for (int64_t i = 0; i < n; i++) {
         float v = special[i % ns] * (i >= ns && i < 2 * ns ? -1.0f : 1.0f);
         ((float *)p->data)[i] = v;
@@ -404,7 +389,7 @@ static void test_half_paths(void) {
     }
     CHECK(ok);
     /* f16 -> f32 of every bit pattern through the unscale path equals tn_half_to_float */
-    tn_tensor *all = mk(TN_F16, 65536), *out = mk(TN_F32, 65536);
+    tn_tensor *all = mk(TN_F16, 1, SH(65536)), *out = mk(TN_F32, 1, SH(65536));
     for (int64_t i = 0; i < 65536; i++) ((uint16_t *)all->data)[i] = (uint16_t)i;
     int32_t found;
     double amax;
@@ -469,7 +454,7 @@ static void test_norms_clip(void) {
     double sq[3] = { 0, 0, 0 };
     for (int k = 0; k < 3; k++)
         for (int64_t i = 0; i < tn_tensor_numel(g[k]); i++) sq[k] += get(g[k], i) * get(g[k], i);
-    tn_tensor *out = mk(TN_F64, 3);
+    tn_tensor *out = mk(TN_F64, 1, SH(3));
     CHECK_OK(tn_optim_norms(out, 3, g));
     for (int k = 0; k < 3; k++) CHECK_NEAR(get(out, k), sqrt(sq[k]), 1e-6 * sqrt(sq[k]));
     double total = sqrt(sq[0] + sq[1] + sq[2]), norm = 0;

@@ -19,32 +19,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "internal.h"
+#include "helpers.h"
 
 #define SH(...) ((const int64_t[]){__VA_ARGS__})
 #define NINF (-INFINITY)
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static double rnd(void) { /* xorshift, uniform in [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 4503599627370496.0 - 1.0;
+static double rnd(void) { /* uniform in [-1, 1) */
+    return (double)(xorshift64(&rng_state) >> 11) / 4503599627370496.0 - 1.0;
 }
 static int64_t rndi(int64_t n) { return (int64_t)((rnd() + 1.0) * 0.5 * (double)n) % n; }
 
-static tn_tensor *mk(int32_t dtype, int32_t nd, const int64_t *shape) {
-    tn_tensor *t = NULL;
-    CHECK_OK(tn_tensor_empty(&t, nd, shape, dtype, TN_CPU));
-    return t;
-}
-static double get(const tn_tensor *t, int64_t i) {
-    return tn_load_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype);
-}
-static void set(tn_tensor *t, int64_t i, double v) {
-    tn_store_f64(t->data + i * (int64_t)tn_dtype_size(t->dtype), t->dtype, v);
-}
 static tn_tensor *mk_rand(int32_t dtype, int32_t nd, const int64_t *shape, double scale) {
     tn_tensor *t = mk(dtype, nd, shape);
     for (int64_t i = 0; i < tn_tensor_numel(t); i++) set(t, i, scale * rnd());
