@@ -15,7 +15,9 @@
  * Speed: every loop goes through one tn_iter kernel per (dtype, op family) with an
  * op switch outside the element loop; the all-contiguous and the scalar-broadcast runs are
  * `omp simd` loops. Contiguous operands of the output's numel skip the broadcast set-up
- * (tn_iter_flat). Below TN_PAR_MIN elements nothing enters an OpenMP region.
+ * (tn_iter_flat). Below TN_PAR_MIN elements nothing enters an OpenMP region. f32 exp (and so
+ * f16/bf16 exp) runs vmath.h's AVX2+FMA expf on CPUs that have it (<= 1 ulp from libm expf,
+ * like the plain tn_exp_f, whose results can differ from it by an ulp).
  *
  * CUDA: the per-element math is the same kernels/elementwise.h; scalars travel as kernel
  * arguments; the integer-division-by-zero check runs on the device (same message). Host code
@@ -26,6 +28,7 @@
 #include "internal.h"
 #include "iter.h"
 #include "kernels/elementwise.h"
+#include "vmath.h"
 
 #ifdef TERN_HAVE_CUDA
 /* cuda/elementwise.cu. Each takes the finished iterator of core (operand 0 the output, then
@@ -470,8 +473,20 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
         }                                                                                      \
     }
 
-UN_FLOAT_KERNEL(un_f32, float, f)
+UN_FLOAT_KERNEL(un_f32_plain, float, f)
 UN_FLOAT_KERNEL(un_f64, double, d)
+
+/* f32 (and f16/bf16 through half_kernel): exp runs vmath.h's AVX2+FMA expf where the CPU has
+ * it (contiguous or strided, the same result for each element either way), else the plain loop. */
+static void un_f32(void *ctx, char **p, const int64_t *s, int64_t n) {
+#ifdef TN_AVX2_BUILD
+    if (((const op_ctx *)ctx)->op == TN_EXP && tn_cpu_has_avx2_fma()) {
+        tn_vexp_f32_avx2((float *)p[0], s[0], (const float *)p[1], s[1], n);
+        return;
+    }
+#endif
+    un_f32_plain(ctx, p, s, n);
+}
 
 #define UN_INT_KERNEL(name, T, S)                                                              \
     static void name(void *ctx, char **p, const int64_t *s, int64_t n) {                       \

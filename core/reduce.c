@@ -18,7 +18,8 @@
  * parallel over (o, column chunk) or, for O == 1 with few columns, over row ranges).
  * Everything else gathers each output's reduced elements (strided, any dtype) into a
  * per-thread buffer of the compute type and runs the row kernel. The per-element steps and
- * row results (NaN-propagating max/min, ARG ties, mean, var, logsumexp) are kernels/reduce.h.
+ * row results (NaN-propagating max/min, ARG ties, mean, var, logsumexp) are kernels/reduce.h;
+ * f32 LOGSUMEXP's exp sum uses vmath.h's vector expf on AVX2+FMA CPUs (same pairwise order).
  *
  * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks and outputs, then the kept and
  * reduced iterators of the generic path go to cuda/reduce.cu (tn_cuda_reduce).
@@ -29,6 +30,7 @@
 #include "iter.h"
 #include "kernels/elementwise.h"
 #include "kernels/reduce.h"
+#include "vmath.h"
 
 #ifdef TERN_HAVE_CUDA
 /* cuda/reduce.cu: every output of a reduction whose operands are CUDA tensors, on the current
@@ -100,6 +102,11 @@ typedef struct red_val {
         return m[0];                                                                           \
     }
 
+/* sum of exp(x[i] - c), i < n (LOGSUMEXP's second pass): pexp_f / pexp_d, or for f32 on
+ * AVX2+FMA CPUs pexp_f_avx2 (defined after ROW_REDUCE) */
+static float lse_sum_f(const float *x, int64_t n, float c);
+static double lse_sum_d(const double *x, int64_t n, double c);
+
 #define ROW_REDUCE(name, T, S, SQF, EXPF)                                                      \
     PAIRWISE(psum_##S, T, E_ID)                                                                \
     PAIRWISE(psq_##S, T, SQF)                                                                  \
@@ -121,7 +128,7 @@ typedef struct red_val {
         case TN_RED_LOGSUMEXP: {                                                               \
             if (n == 0) { r.f = -INFINITY; break; }                                            \
             T m = maxmin_##S(x, n, 0);                                                         \
-            r.f = tn_red_lse_##S(m, tn_red_lse_direct_##S(m) ? 0 : pexp_##S(x, n, m));         \
+            r.f = tn_red_lse_##S(m, tn_red_lse_direct_##S(m) ? 0 : lse_sum_##S(x, n, m));      \
             break;                                                                             \
         }                                                                                      \
         case TN_RED_VAR: {                                                                     \
@@ -144,6 +151,37 @@ typedef struct red_val {
 
 ROW_REDUCE(row_f32, float, f, E_SQF, E_EXPF)
 ROW_REDUCE(row_f64, double, d, E_SQD, E_EXPD)
+
+#ifdef TN_AVX2_BUILD
+/* pexp_f with vmath.h's exp: the same blocks, 16 lanes (two vectors) and tree, the tail summed
+ * in order. */
+TN_VMATH_AVX2 static float pexp_f_avx2(const float *x, int64_t n, float c) {
+    if (n > 256) {
+        int64_t h = ((n >> 1) + 15) & ~(int64_t)15;
+        return pexp_f_avx2(x, h, c) + pexp_f_avx2(x + h, n - h, c);
+    }
+    const __m256 vc = _mm256_set1_ps(c);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_ps(a0, tn_vexp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vc)));
+        a1 = _mm256_add_ps(a1, tn_vexp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vc)));
+    }
+    float t[16], r = 0;
+    for (int64_t j = 0; j < n - i; j++) t[j] = x[i + j] - c;
+    tn_vexp_f32_contig(t, t, n - i);
+    for (int64_t j = 0; j < n - i; j++) r += t[j];
+    return tn_vhsum8(_mm256_add_ps(a0, a1)) + r;
+}
+#endif
+
+static float lse_sum_f(const float *x, int64_t n, float c) {
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) return pexp_f_avx2(x, n, c);
+#endif
+    return pexp_f(x, n, c);
+}
+static double lse_sum_d(const double *x, int64_t n, double c) { return pexp_d(x, n, c); }
 
 static red_val row_i64(const int64_t *x, int64_t n, int32_t op) {
     red_val r = {0, 0, 0};

@@ -12,7 +12,8 @@
  * Inputs are viewed as contiguous (O, D, I) with D the softmax dim: I == 1 (the last dim,
  * the common case) runs row by row, rows in parallel; I > 1 runs on column chunks
  * vectorised along I. Non-contiguous inputs are copied to contiguous first. The per-element
- * steps are kernels/reduce.h.
+ * steps are kernels/reduce.h; on AVX2+FMA CPUs the f32 max and exp passes (rows) and the exp
+ * pass (columns) use vmath.h's vector expf instead of tn_exp_f.
  *
  * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks and output, then cuda/softmax.cu
  * (tn_cuda_softmax / _backward) reads and writes the tensors in place with their strides (no
@@ -24,6 +25,7 @@
 #include "iter.h"
 #include "kernels/elementwise.h"
 #include "kernels/reduce.h"
+#include "vmath.h"
 
 #ifdef TERN_HAVE_CUDA
 /* cuda/softmax.cu, on the current device and stream (asynchronous). rows: the finished
@@ -40,6 +42,33 @@ tn_status tn_cuda_softmax_backward(const tn_iter *rows, const int64_t *dstride, 
 #endif
 
 enum { SM_COLW = 256 };
+
+/* The exp pass of fwd_cols: e = exp(x[j] - m[j]), s[j] += e, and y[j] = e when y is not NULL,
+ * for j < n. f32 runs vmath.h's AVX2 version where the CPU has it. */
+#define COL_EXP_ACC(name, T, S)                                                                \
+    static void name(T *y, const T *x, const T *m, T *s, int64_t n) {                          \
+        if (y) {                                                                               \
+            _Pragma("omp simd") for (int64_t j = 0; j < n; j++) {                              \
+                T e = tn_exp_##S(x[j] - m[j]);                                                 \
+                y[j] = e;                                                                      \
+                s[j] += e;                                                                     \
+            }                                                                                  \
+        } else {                                                                               \
+            _Pragma("omp simd") for (int64_t j = 0; j < n; j++) s[j] += tn_exp_##S(x[j] - m[j]); \
+        }                                                                                      \
+    }
+COL_EXP_ACC(col_exp_acc_plain_f, float, f)
+COL_EXP_ACC(col_exp_acc_d, double, d)
+
+static void col_exp_acc_f(float *y, const float *x, const float *m, float *s, int64_t n) {
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) {
+        tn_vexp_sub_acc_f32(y, x, m, s, n);
+        return;
+    }
+#endif
+    col_exp_acc_plain_f(y, x, m, s, n);
+}
 
 #define SOFTMAX_IMPL(T, S)                                                                     \
     /* y (O, D) = softmax/log_softmax of x (O, D) along D */                                   \
@@ -82,19 +111,8 @@ enum { SM_COLW = 256 };
                 _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) m[j] =                    \
                     tn_red_max_##S(m[j], xr[j]);                                               \
             }                                                                                  \
-            for (int64_t d = 0; d < D; d++) {                                                  \
-                const T *xr = xb + d * I;                                                      \
-                T *yr = yb + d * I;                                                            \
-                if (log_) {                                                                    \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) s[j] += tn_exp_##S(xr[j] - m[j]); \
-                } else {                                                                       \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) {                     \
-                        T e = tn_exp_##S(xr[j] - m[j]);                                        \
-                        yr[j] = e;                                                             \
-                        s[j] += e;                                                             \
-                    }                                                                          \
-                }                                                                              \
-            }                                                                                  \
+            for (int64_t d = 0; d < D; d++)                                                    \
+                col_exp_acc_##S(log_ ? NULL : yb + d * I, xb + d * I, m, s, cw);               \
             for (int64_t j = 0; j < cw; j++) s[j] = log_ ? tn_softmax_lognorm_##S(s[j]) : (T)1 / s[j]; \
             for (int64_t d = 0; d < D; d++) {                                                  \
                 const T *xr = xb + d * I;                                                      \
@@ -158,6 +176,31 @@ enum { SM_COLW = 256 };
 
 SOFTMAX_IMPL(float, f)
 SOFTMAX_IMPL(double, d)
+
+#ifdef TN_AVX2_BUILD
+/* One f32 row of fwd_rows_f with vmath.h's vector max and exp (AVX2+FMA CPUs). */
+TN_VMATH_AVX2 static void fwd_row_f_avx2(float *yr, const float *xr, int64_t D, int log_) {
+    const float m = tn_vmax_f32(xr, D);
+    if (log_) {
+        const float ls = tn_softmax_lognorm_f(tn_vexp_sub_sum_f32(NULL, xr, m, D));
+        _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] = tn_log_softmax_f(xr[i], m, ls);
+    } else {
+        const float inv = 1.0f / tn_vexp_sub_sum_f32(yr, xr, m, D);
+        _Pragma("omp simd") for (int64_t i = 0; i < D; i++) yr[i] *= inv;
+    }
+}
+#endif
+
+/* fwd_rows_f, through fwd_row_f_avx2 where the CPU has AVX2+FMA. */
+static void fwd_rows_f32(float *y, const float *x, int64_t O, int64_t D, int log_, int nt) {
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) {
+        TN_PARALLEL_FOR(nt, o, O, { fwd_row_f_avx2(y + o * D, x + o * D, D, log_); });
+        return;
+    }
+#endif
+    fwd_rows_f(y, x, O, D, log_, nt);
+}
 
 static void split_dim(const tn_tensor *a, int32_t dim, int64_t *O, int64_t *D, int64_t *I) {
     *O = *D = *I = 1;
@@ -258,7 +301,7 @@ tn_status tn_softmax(tn_tensor **out, const tn_tensor *a, int32_t dim, int32_t l
                 if (I == 1) fwd_rows_d((double *)dst->data, (const double *)x->data, O, D, log, nt);
                 else fwd_cols_d((double *)dst->data, (const double *)x->data, O, D, I, log, nt);
             } else {
-                if (I == 1) fwd_rows_f((float *)dst->data, (const float *)x->data, O, D, log, nt);
+                if (I == 1) fwd_rows_f32((float *)dst->data, (const float *)x->data, O, D, log, nt);
                 else fwd_cols_f((float *)dst->data, (const float *)x->data, O, D, I, log, nt);
             }
         }

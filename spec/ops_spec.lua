@@ -163,6 +163,25 @@ describe("tern.ops", function()
       assert.tensor_near({ 1, math.exp(1) }, e)
     end)
 
+    it("f32 exp is within 2 ulp of the f64 exp on every length, strided and f16 (vector path)", function()
+      for _, n in ipairs({ 1, 7, 8, 9, 17, 1001 }) do
+        local v = {}
+        for i = 1, n do v[i] = -100 + 188.7 * (i - 0.5) / n end -- from subnormal results to near overflow
+        local d = t(v, "f32"):double():exp()
+        local f = t(v, "f32"):exp():double()
+        -- 2 ulp of f32 relative; below 2^-126 the f32 result is subnormal: 2 steps of 2^-149
+        assert.tensor_near(d, f, { rtol = 2 ^ -22, atol = 2 ^ -148 })
+        local m = t(v, "f32"):view(1, n):expand(2, n):transpose(1, 2) -- stride-0 and strided input
+        assert.are.same(f:totable(), m:exp():select(2, 2):double():totable())
+      end
+      local e = t({ 0 / 0, math.huge, -math.huge, 89, -104, 0, 88.72283 }, "f32"):exp():totable()
+      assert.is_true(e[1] ~= e[1])
+      assert.are.same({ math.huge, 0, math.huge, 0, 1 }, { e[2], e[3], e[4], e[5], e[6] })
+      assert.is_true(e[7] < math.huge and e[7] > 3.4e38)
+      local x16 = t({ -3, -1, 0, 0.5, 2, 5, 11, -17, 1.25 }, "f16")
+      assert.tensor_near(x16:double():exp(), x16:exp():double(), { rtol = 2 ^ -10 })
+    end)
+
     it("gives NaN and infinities where math does", function()
       local r = t({ -1, 0 }):log():totable()
       assert.is_true(r[1] ~= r[1])

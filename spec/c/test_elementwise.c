@@ -387,6 +387,228 @@ static void test_large(void) {
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tn_tensor_free(ts[i]);
 }
 
+/* ---- f32 exp (vmath.h's AVX2 expf where the CPU has it, else the plain loop) ---------------- */
+
+/* Distance in ulps of two floats of the same sign class (ordered integer mapping); NaN pairs 0. */
+static int64_t ulp_dist(float a, float b) {
+    if (a != a || b != b) return (a != a && b != b) ? 0 : INT64_MAX;
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
+    return oa > ob ? oa - ob : ob - oa;
+}
+
+/* exp of f32 against libm expf on every k-th f32 in [-104, 89] (bit patterns, both signs; k = 1
+ * with TN_EXP_EXHAUSTIVE=1, else >= 1e8 inputs), through tn_unary with a preallocated out. */
+static void test_exp_ulp(void) {
+    const uint32_t neg_end = 0xc2d00000u, pos_end = 0x42b20000u; /* -104, 89 */
+    const int64_t total = (int64_t)(neg_end - 0x80000000u) + 1 + (int64_t)pos_end + 1;
+    const char *ex = getenv("TN_EXP_EXHAUSTIVE");
+    const int64_t step = ex && ex[0] == '1' ? 1 : 21; /* odd: mantissa low bits vary */
+    enum { CH = 1 << 20 };
+    int64_t shape[1] = {CH};
+    tn_tensor *in = mk(TN_F32, 1, shape), *out = mk(TN_F32, 1, shape);
+    float *x = (float *)in->data, *y = (float *)out->data;
+    int64_t worst = 0, count = 0;
+    float worst_x = 0;
+    for (int64_t k0 = 0; k0 < total; k0 += step * CH) {
+        int64_t m = 0;
+        for (int64_t k = k0; k < total && m < CH; k += step, m++) {
+            uint32_t b = k <= (int64_t)pos_end ? (uint32_t)k : 0x80000000u + (uint32_t)(k - pos_end - 1);
+            memcpy(&x[m], &b, 4);
+        }
+        for (int64_t i = m; i < CH; i++) x[i] = 0;
+        CHECK_OK(tn_unary(&out, in, TN_EXP));
+        for (int64_t i = 0; i < m; i++) {
+            int64_t d = ulp_dist(y[i], expf(x[i]));
+            if (d > worst) { worst = d; worst_x = x[i]; }
+        }
+        count += m;
+    }
+    printf("exp f32: %lld inputs in [-104, 89], max %lld ulp vs libm expf (at x = %.9g)\n", (long long)count,
+           (long long)worst, (double)worst_x);
+    CHECK(count >= (step == 1 ? total : 100000000));
+    CHECK(worst <= 2);
+    tn_tensor_free(in);
+    tn_tensor_free(out);
+}
+
+/* A new (O, N) f32 tensor of uniform values in [-w, w). */
+static tn_tensor *rand_f32(int64_t O, int64_t N, uint64_t *seed, double w) {
+    int64_t sh[2] = {O, N};
+    tn_tensor *a = mk(TN_F32, 2, sh);
+    for (int64_t i = 0; i < O * N; i++) ((float *)a->data)[i] = (float)((double)(xorshift64(seed) >> 11) * 0x1p-53 * 2 * w - w);
+    return a;
+}
+/* A row's max m (NaN ignored, -inf when none) and s = sum exp(x - m), in double. */
+static void ref_row_exp(const float *xr, int64_t n, double *m, double *s) {
+    *m = -INFINITY;
+    *s = 0;
+    for (int64_t i = 0; i < n; i++) *m = xr[i] > *m ? xr[i] : *m;
+    for (int64_t i = 0; i < n; i++) *s += exp((double)xr[i] - *m);
+}
+
+/* Special values, overflow / underflow edges, every tail length (contiguous, strided, in place),
+ * and f16 / bf16 (staged through the f32 kernel) over all their bit patterns. */
+static void test_exp_special(void) {
+    const float big = 88.7228394f; /* largest x with a finite expf */
+    const float xs[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, big, nextafterf(big, 200), 88.0f, 88.5f,
+                        89.0f, 1e30f, -1e30f, -87.0f, -87.5f, -87.34f, -100.0f, -103.27893f, -103.972f, -104.0f,
+                        -150.0f, 1e-30f, -1e-30f, 1.0f, -1.0f, 0.5f, 20.0f};
+    const int64_t nx = (int64_t)(sizeof xs / sizeof xs[0]);
+    for (int64_t n = 1; n <= nx; n++) { /* every tail length: the specials shifted through the lanes */
+        int64_t sh[1] = {n};
+        tn_tensor *a = mk(TN_F32, 1, sh), *o = NULL;
+        for (int64_t i = 0; i < n; i++) ((float *)a->data)[i] = xs[(i + n) % nx];
+        CHECK_OK(tn_unary(&o, a, TN_EXP));
+        int ok = 1;
+        for (int64_t i = 0; i < n; i++) {
+            float x = xs[(i + n) % nx], v = ((float *)o->data)[i], r = expf(x);
+            if (isnan(x)) ok &= isnan(v);
+            else if (isinf(r) || r == 0 || x == 0) ok &= v == r; /* inf, 0 and exp(+-0) = 1 exactly */
+            else ok &= ulp_dist(v, r) <= 2;
+        }
+        CHECK(ok);
+        tn_tensor_free(a);
+        tn_tensor_free(o);
+    }
+    /* random (5, 37) in [-90, 90]: transposed input and transposed out equal the contiguous run,
+     * and in place too */
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    int64_t sh[2] = {5, 37};
+    tn_tensor *a = rand_f32(5, 37, &seed, 90), *c = NULL, *t = NULL, *tc = NULL, *ot = NULL;
+    CHECK_OK(tn_transpose(&t, a, 0, 1));
+    CHECK_OK(tn_contiguous(&tc, t));
+    CHECK_OK(tn_unary(&c, tc, TN_EXP));
+    CHECK_OK(tn_unary(&ot, t, TN_EXP)); /* strided input, contiguous out (37, 5) */
+    CHECK(memcmp(ot->data, c->data, 5 * 37 * 4) == 0);
+    tn_tensor *dst = mk(TN_F32, 2, sh), *dstT = NULL;
+    CHECK_OK(tn_transpose(&dstT, dst, 0, 1));
+    CHECK_OK(tn_unary(&dstT, tc, TN_EXP)); /* contiguous input, strided out */
+    int ok = 1;
+    for (int64_t i = 0; i < 5 * 37; i++) ok &= at(dstT, i) == at(c, i) && ulp_dist((float)at(c, i), expf((float)at(tc, i))) <= 2;
+    CHECK(ok);
+    tn_tensor *ip = tc;
+    CHECK_OK(tn_unary(&ip, tc, TN_EXP));
+    CHECK(ip == tc && memcmp(tc->data, c->data, 5 * 37 * 4) == 0);
+    tn_tensor *objs[] = {a, c, t, tc, ot, dst, dstT};
+    for (int i = 0; i < 7; i++) tn_tensor_free(objs[i]);
+    /* f16 / bf16: every bit pattern, against expf of the widened value rounded back (1 ulp of
+     * the half type at most: the f32 result is within 2 ulp of expf) */
+    for (int k = 0; k < 2; k++) {
+        const int32_t dt = k ? TN_BF16 : TN_F16;
+        int64_t sh16[1] = {65536};
+        tn_tensor *h = mk(dt, 1, sh16), *ho = NULL;
+        uint16_t *hb = (uint16_t *)h->data;
+        for (int64_t i = 0; i < 65536; i++) hb[i] = (uint16_t)i;
+        CHECK_OK(tn_unary(&ho, h, TN_EXP));
+        int64_t bad = 0;
+        for (int64_t i = 0; i < 65536; i++) {
+            float x = k ? tn_bf16_to_float(hb[i]) : tn_half_to_float(hb[i]);
+            uint16_t want = k ? tn_float_to_bf16(expf(x)) : tn_float_to_half(expf(x));
+            uint16_t got = ((const uint16_t *)ho->data)[i];
+            float gf = k ? tn_bf16_to_float(got) : tn_half_to_float(got), wf = k ? tn_bf16_to_float(want) : tn_half_to_float(want);
+            if (isnan(x)) bad += !isnan(gf);
+            else if (isinf(wf) || wf == 0) bad += gf != wf;
+            else bad += abs((int)got - (int)want) > 1;
+        }
+        CHECK(bad == 0);
+        tn_tensor_free(h);
+        tn_tensor_free(ho);
+    }
+}
+
+/* softmax (lg 0) or log_softmax (lg 1) y of the n values x, both with element strides ys, xs,
+ * against a double reference: 1 when every element is close (a NaN or all -inf line all NaN). */
+static int softmax_line_ok(const float *y, int64_t ys, const float *x, int64_t xs, int64_t n, int lg) {
+    float v[64];
+    const float *xr = x;
+    if (xs != 1) { /* n <= 64 here */
+        for (int64_t i = 0; i < n; i++) v[i] = x[i * xs];
+        xr = v;
+    }
+    double m, s;
+    ref_row_exp(xr, n, &m, &s);
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) {
+        const float yi = y[i * ys];
+        if (s != s || isinf(m)) { ok &= isnan(yi); continue; }
+        double want = lg ? ((double)xr[i] - m) - log(s) : exp((double)xr[i] - m) / s;
+        ok &= lg ? (isinf(want) ? yi == want : fabs(yi - want) <= 1e-5 * (1 + fabs(want)))
+                 : fabs(yi - want) <= 2e-5 * want + 1e-37;
+    }
+    return ok;
+}
+
+/* f32 softmax / log_softmax of (5, D) along the last dim (the vector row pass) and along dim 0
+ * (the column pass: D columns, in chunks of 256) against a double reference: D around the 8-
+ * and 16-lane boundaries and a long row, random values, -inf entries, a NaN row and an all
+ * -inf row (NaN like torch). */
+static void test_softmax_rows(void) {
+    const int64_t Ds[] = {1, 2, 7, 8, 9, 15, 16, 17, 23, 31, 32, 33, 40, 4093};
+    uint64_t seed = 12345;
+    for (size_t q = 0; q < sizeof Ds / sizeof Ds[0]; q++) {
+        const int64_t D = Ds[q], O = 5;
+        tn_tensor *a = rand_f32(O, D, &seed, 30);
+        float *x = (float *)a->data;
+        x[1 * D + D / 2] = -INFINITY; /* row 1: one -inf entry */
+        x[2 * D] = NAN;               /* row 2: NaN row */
+        for (int64_t i = 0; i < D; i++) x[3 * D + i] = -INFINITY; /* row 3: all -inf */
+        for (int lg = 0; lg < 2; lg++) {
+            tn_tensor *y = NULL, *yc = NULL;
+            CHECK_OK(tn_softmax(&y, a, 1, lg));
+            CHECK_OK(tn_softmax(&yc, a, 0, lg));
+            int ok = 1;
+            for (int64_t o = 0; o < O; o++) ok &= softmax_line_ok((const float *)y->data + o * D, 1, x + o * D, 1, D, lg);
+            CHECK(ok);
+            ok = 1;
+            for (int64_t j = 0; j < D; j++) ok &= softmax_line_ok((const float *)yc->data + j, D, x + j, D, O, lg);
+            CHECK(ok);
+            tn_tensor_free(y);
+            tn_tensor_free(yc);
+        }
+        tn_tensor_free(a);
+    }
+}
+
+/* f32 logsumexp over the last dim (row pass) and over dim 0 of a transposed view (gathered
+ * rows) against a double reference: lengths around the 16-lane blocks and the 256-element
+ * pairwise split, -inf entries, an all -inf row (-inf) and a NaN row. */
+static void test_logsumexp_rows(void) {
+    const int64_t Ns[] = {1, 7, 8, 15, 16, 17, 33, 255, 256, 257, 1000, 4093};
+    uint64_t seed = 777;
+    for (size_t q = 0; q < sizeof Ns / sizeof Ns[0]; q++) {
+        const int64_t N = Ns[q], O = 4;
+        tn_tensor *a = rand_f32(O, N, &seed, 40);
+        float *x = (float *)a->data;
+        x[N - 1] = -INFINITY;                                     /* row 0: one -inf entry */
+        x[N + N / 3] = NAN;                                       /* row 1: NaN */
+        for (int64_t i = 0; i < N; i++) x[2 * N + i] = -INFINITY; /* row 2: all -inf */
+        int32_t d1 = 1, d0 = 0;
+        tn_tensor *r = NULL, *t = NULL, *rt = NULL;
+        CHECK_OK(tn_reduce(&r, a, 1, &d1, TN_RED_LOGSUMEXP, 0, 0));
+        CHECK_OK(tn_transpose(&t, a, 0, 1));
+        CHECK_OK(tn_reduce(&rt, t, 1, &d0, TN_RED_LOGSUMEXP, 0, 0));
+        int ok = 1;
+        for (int64_t o = 0; o < O; o++) {
+            const float *xr = x + o * N;
+            double m, sum;
+            ref_row_exp(xr, N, &m, &sum);
+            const double want = o == 1 ? NAN : o == 2 || (o == 0 && N == 1) ? -INFINITY : m + log(sum);
+            for (int k = 0; k < 2; k++) {
+                const double got = at(k ? rt : r, o);
+                ok &= isnan(want) ? isnan(got) : isinf(want) ? got == want : fabs(got - want) <= 1e-5 * (1 + fabs(want));
+            }
+        }
+        CHECK(ok);
+        tn_tensor_free(a);
+        tn_tensor_free(r);
+        tn_tensor_free(t);
+        tn_tensor_free(rt);
+    }
+}
+
 int main(void) {
     test_binary_float();
     test_binary_int();
@@ -396,5 +618,9 @@ int main(void) {
     test_scalar();
     test_clamp_where_fill();
     test_large();
+    test_exp_ulp();
+    test_exp_special();
+    test_softmax_rows();
+    test_logsumexp_rows();
     return check_report("test_elementwise");
 }
