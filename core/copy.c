@@ -11,7 +11,8 @@
  * rounds to nearest even (f64 -> f16 goes through f32, a double rounding in rare ties).
  * The per-element conversions and arange's values are kernels/copy.h, shared with the GPU.
  * Fast paths: same-dtype contiguous -> memcpy (split across threads when big); f32 <-> f16,
- * bf16, f64 typed loops; everything else a strided loop over tn_iter.
+ * bf16, f64 typed loops; transposes into a contiguous dst tiled (copy_tiled); everything else a
+ * strided loop over tn_iter.
  *
  * Devices: CUDA tensors run the same checks and the same tn_iter here, then cuda/copy.cu.
  * tn_copy between the CPU and CUDA (builds with CUDA) moves the bytes once, contiguous and in
@@ -20,6 +21,13 @@
  * the host memory holds the values; host -> device may return before the device is done.
  */
 #include <stdlib.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "internal.h"
 #include "iter.h"
@@ -125,6 +133,236 @@ static tn_iter_fn conv_pick(int32_t dst, int32_t src) {
     return conv_generic;
 }
 
+/* ---- tiled transposes ---------------------------------------------------------------------
+ * A copy into a contiguous dst whose src is contiguous along another dim than dst's innermost
+ * one (x:t(), the last two dims of (B, T, C) -> (B, C, T)): the strided loop walks dst's rows
+ * reading src a row apart per element, one cache line and often one TLB entry per element. The
+ * tiled path copies blocks of TILE_I x TILE_J elements of those two dims (a: dst's stride 1, b:
+ * src's stride 1), for every index of the other dims; a thread takes all of a for one block of b
+ * (TILE_J dst rows, written as TILE_J streams). One dtype moves the bits (SIMD sub-blocks); a
+ * conversion moves a block of src into a buffer laid out as dst, then runs the conversion kernel
+ * on contiguous rows. Every element is written once from its own src element through the same
+ * per-element expression, so the result is the strided loop's bit for bit; dst is contiguous, so
+ * no element is written twice and the order of the writes does not matter. Sub-blocks: SSE2 for
+ * 1 and 2 bytes, AVX for 4 and 8 where tn_cpu_has_avx2_fma(), else scalar. TILE_I 64, TILE_J 256
+ * measured best of 32-512 on the 4096^2 transposes of every element size (2-core EPYC, 1 thread:
+ * f32 8.3 ms against the strided loop's 122 ms and torch's 19 ms). */
+
+enum { TILE_I = 64, TILE_J = 256, TILE_CONV_J = 32, TILE_MIN_DIM = 8, TILE_MIN_NUMEL = 4096 };
+
+/* A block of one element size: d[i + j * dsb] = s[i * ssa + j] for i < ni, j < nj (strides in
+ * elements). */
+typedef void (*tile_fn)(char *d, const char *s, int64_t dsb, int64_t ssa, int64_t ni, int64_t nj);
+
+#define TILE_SCALAR(name, T)                                                                  \
+    static void name(char *d_, const char *s_, int64_t dsb, int64_t ssa, int64_t ni, int64_t nj) { \
+        T *d = (T *)d_;                                                                        \
+        const T *s = (const T *)s_;                                                            \
+        for (int64_t j = 0; j < nj; j++)                                                       \
+            for (int64_t i = 0; i < ni; i++) d[j * dsb + i] = s[i * ssa + j];                  \
+    }
+TILE_SCALAR(tile_1_scalar, uint8_t)
+TILE_SCALAR(tile_2_scalar, uint16_t)
+TILE_SCALAR(tile_4_scalar, uint32_t)
+TILE_SCALAR(tile_8_scalar, uint64_t)
+
+/* The parts of a block outside its (ni0, nj0) corner of whole sub-blocks, by the scalar kernel. */
+static void tile_rims(tile_fn scalar, size_t es, char *d, const char *s, int64_t dsb, int64_t ssa, int64_t ni,
+                      int64_t nj, int64_t ni0, int64_t nj0) {
+    const int64_t e = (int64_t)es;
+    if (ni0 < ni) scalar(d + ni0 * e, s + ni0 * ssa * e, dsb, ssa, ni - ni0, nj0);
+    if (nj0 < nj) scalar(d + nj0 * dsb * e, s + nj0 * e, dsb, ssa, ni, nj - nj0);
+}
+
+/* A block kernel (tile_fn) from sub(o, q, dsb, ssa), which transposes the B x B sub-block at
+ * src q into dst o, and the scalar kernel for the rims; ATTR: a target attribute, or nothing. */
+#if defined(__GNUC__)
+#define TILE_SUB static inline __attribute__((always_inline)) /* the sub-block in the loop */
+#else
+#define TILE_SUB static inline
+#endif
+#define TILE_SIMD(name, T, B, ATTR, sub, scalar)                                              \
+    ATTR static void name(char *d_, const char *s_, int64_t dsb, int64_t ssa, int64_t ni, int64_t nj) { \
+        T *d = (T *)d_;                                                                        \
+        const T *s = (const T *)s_;                                                            \
+        const int64_t ni0 = ni & ~(int64_t)(B - 1), nj0 = nj & ~(int64_t)(B - 1);              \
+        for (int64_t j = 0; j < nj0; j += B)                                                   \
+            for (int64_t i = 0; i < ni0; i += B) sub(d + j * dsb + i, s + i * ssa + j, dsb, ssa); \
+        tile_rims(scalar, sizeof(T), d_, s_, dsb, ssa, ni, nj, ni0, nj0);                     \
+    }
+
+#if defined(__SSE2__)
+/* 1 byte, 16 x 16 (SSE2, baseline x86-64). Each round interleaves row k with row k + 8, which
+ * rotates the 8-bit (row, column) index of every byte left by one bit: four rounds swap row
+ * and column. */
+TILE_SUB void sub_1(uint8_t *o, const uint8_t *q, int64_t dsb, int64_t ssa) {
+    __m128i r[16], t[16];
+    for (int k = 0; k < 16; k++) r[k] = _mm_loadu_si128((const __m128i *)(q + k * ssa));
+    for (int round = 0; round < 4; round++) {
+        for (int k = 0; k < 8; k++) {
+            t[2 * k] = _mm_unpacklo_epi8(r[k], r[k + 8]);
+            t[2 * k + 1] = _mm_unpackhi_epi8(r[k], r[k + 8]);
+        }
+        for (int k = 0; k < 16; k++) r[k] = t[k];
+    }
+    for (int k = 0; k < 16; k++) _mm_storeu_si128((__m128i *)(o + k * dsb), r[k]);
+}
+TILE_SIMD(tile_1, uint8_t, 16, , sub_1, tile_1_scalar)
+
+/* 2 bytes, 8 x 8 (SSE2). */
+TILE_SUB void sub_2(uint16_t *o, const uint16_t *q, int64_t dsb, int64_t ssa) {
+    __m128i r[8], a[8], b[8];
+    for (int k = 0; k < 8; k++) r[k] = _mm_loadu_si128((const __m128i *)(q + k * ssa));
+    for (int k = 0; k < 8; k += 2) {
+        a[k / 2] = _mm_unpacklo_epi16(r[k], r[k + 1]);
+        a[k / 2 + 4] = _mm_unpackhi_epi16(r[k], r[k + 1]);
+    }
+    /* a[0..3]: columns 0-3 of row pairs (0,1)..(6,7); a[4..7]: columns 4-7 */
+    for (int h = 0; h < 8; h += 4) {
+        b[h] = _mm_unpacklo_epi32(a[h], a[h + 1]);
+        b[h + 1] = _mm_unpackhi_epi32(a[h], a[h + 1]);
+        b[h + 2] = _mm_unpacklo_epi32(a[h + 2], a[h + 3]);
+        b[h + 3] = _mm_unpackhi_epi32(a[h + 2], a[h + 3]);
+    }
+    /* b[h + 0/1]: columns (h, h+1) / (h+2, h+3) of rows 0-3; b[h + 2/3]: the same of rows 4-7 */
+    for (int h = 0; h < 8; h += 4)
+        for (int k = 0; k < 2; k++) {
+            _mm_storeu_si128((__m128i *)(o + (h + 2 * k) * dsb), _mm_unpacklo_epi64(b[h + k], b[h + k + 2]));
+            _mm_storeu_si128((__m128i *)(o + (h + 2 * k + 1) * dsb), _mm_unpackhi_epi64(b[h + k], b[h + k + 2]));
+        }
+}
+TILE_SIMD(tile_2, uint16_t, 8, , sub_2, tile_2_scalar)
+#else
+#define tile_1 tile_1_scalar
+#define tile_2 tile_2_scalar
+#endif
+
+#ifdef TN_AVX2_BUILD
+#define TILE_AVX2 __attribute__((target("avx2,fma")))
+/* 4 bytes, 8 x 8 through AVX shuffles (bit moves: NaN payloads and integers kept). */
+TILE_AVX2 TILE_SUB void sub_4(float *o, const float *q, int64_t dsb, int64_t ssa) {
+    __m256 r[8], t[8], u[8];
+    for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(q + k * ssa);
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    /* u[k], k < 4: columns k and k + 4 of rows 0-3 (by 128-bit lane); u[k + 4]: rows 4-7 */
+    for (int k = 0; k < 4; k++) {
+        _mm256_storeu_ps(o + k * dsb, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(o + (k + 4) * dsb, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+    }
+}
+TILE_SIMD(tile_4_avx2, float, 8, TILE_AVX2, sub_4, tile_4_scalar)
+
+/* 8 bytes, 4 x 4. */
+TILE_AVX2 TILE_SUB void sub_8(double *o, const double *q, int64_t dsb, int64_t ssa) {
+    __m256d r0 = _mm256_loadu_pd(q), r1 = _mm256_loadu_pd(q + ssa), r2 = _mm256_loadu_pd(q + 2 * ssa),
+            r3 = _mm256_loadu_pd(q + 3 * ssa);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(o, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(o + dsb, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(o + 2 * dsb, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(o + 3 * dsb, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+TILE_SIMD(tile_8_avx2, double, 4, TILE_AVX2, sub_8, tile_8_scalar)
+#endif
+
+static tile_fn tile_pick(size_t es) {
+    switch (es) {
+    case 1: return tile_1;
+    case 2: return tile_2;
+#ifdef TN_AVX2_BUILD
+    case 4: return tn_cpu_has_avx2_fma() ? tile_4_avx2 : tile_4_scalar;
+    case 8: return tn_cpu_has_avx2_fma() ? tile_8_avx2 : tile_8_scalar;
+#else
+    case 4: return tile_4_scalar;
+    case 8: return tile_8_scalar;
+#endif
+    default: return NULL;
+    }
+}
+
+typedef struct tile_plan {
+    const tn_iter *it;
+    int32_t b;            /* the iterator dim along which src's stride is 1 (a is dim 0) */
+    int64_t tj, nbb;      /* block size along b (TILE_J or less), blocks along b */
+    tile_fn move;         /* the block kernel of src's element size */
+    tn_iter_fn conv;      /* a conversion: its kernel, run on contiguous rows; else NULL */
+    conv_ctx *ctx;
+} tile_plan;
+
+/* Work item w: outer index w / nbb (every dim but 0 and b), block w % nbb along b, all of a. */
+static void tile_item(const tile_plan *pl, int64_t w) {
+    const tn_iter *it = pl->it;
+    const int32_t b = pl->b;
+    const int64_t na = it->shape[0], nb = it->shape[b];
+    int64_t o = w / pl->nbb, j0 = (w % pl->nbb) * pl->tj;
+    int64_t offd = j0 * it->stride[0][b], offs = j0 * it->stride[1][b];
+    for (int32_t dim = 1; dim < it->ndim; dim++) {
+        if (dim == b) continue;
+        const int64_t idx = o % it->shape[dim];
+        o /= it->shape[dim];
+        offd += idx * it->stride[0][dim];
+        offs += idx * it->stride[1][dim];
+    }
+    const int64_t esd = it->elsize[0], ess = it->elsize[1];
+    const int64_t dsb = it->stride[0][b], ssa = it->stride[1][0];
+    const int64_t nj = nb - j0 < pl->tj ? nb - j0 : pl->tj;
+    char *d = it->data[0] + offd * esd;
+    const char *s = it->data[1] + offs * ess;
+    for (int64_t i0 = 0; i0 < na; i0 += TILE_I) {
+        const int64_t ni = na - i0 < TILE_I ? na - i0 : TILE_I;
+        char *dt = d + i0 * esd;
+        const char *st = s + i0 * ssa * ess;
+        if (!pl->conv) {
+            pl->move(dt, st, dsb, ssa, ni, nj);
+            continue;
+        }
+        uint64_t buf[TILE_I * TILE_CONV_J]; /* src elements of TILE_CONV_J dst rows, TILE_I apart */
+        const int64_t str[2] = {1, 1};
+        for (int64_t jc = 0; jc < nj; jc += TILE_CONV_J) {
+            const int64_t nc = nj - jc < TILE_CONV_J ? nj - jc : TILE_CONV_J;
+            pl->move((char *)buf, st + jc * ess, TILE_I, ssa, ni, nc);
+            for (int64_t j = 0; j < nc; j++) {
+                char *p[2] = {dt + (jc + j) * dsb * esd, (char *)buf + j * TILE_I * ess};
+                pl->conv(pl->ctx, p, str, ni);
+            }
+        }
+    }
+}
+
+/* Runs the copy over the finished iterator (operand 0 dst, contiguous; 1 src) tiled when it is
+ * such a transpose; returns 0 (nothing done) when it is not. */
+static int copy_tiled(const tn_iter *it, conv_ctx *c, int64_t par) {
+    if (it->ndim < 2 || it->numel < TILE_MIN_NUMEL || it->stride[0][0] != 1 || it->shape[0] < TILE_MIN_DIM)
+        return 0;
+    int32_t b = 0;
+    for (int32_t dim = 1; dim < it->ndim && !b; dim++)
+        if (it->stride[1][dim] == 1 && it->shape[dim] >= TILE_MIN_DIM) b = dim;
+    if (!b) return 0;
+    tile_plan pl = {it, b, TILE_J, 0, tile_pick((size_t)it->elsize[1]), NULL, c};
+    if (c->dst != c->src) pl.conv = conv_pick(c->dst, c->src);
+    if (!pl.move) return 0;
+    const int64_t outer = it->numel / (it->shape[0] * it->shape[b]);
+    /* one dtype: a tiled 512^2 f32 (1 MiB) took 56 us on one thread, 80 on two; 1024^2 400 and 250 */
+    const int nt = tn_par_threads(it->numel, pl.conv ? par : 2 * par);
+    /* smaller blocks along b where there would be too few items to share among the threads */
+    while (pl.tj > TILE_CONV_J && outer * ((it->shape[b] + pl.tj - 1) / pl.tj) < 4 * nt) pl.tj /= 2;
+    pl.nbb = (it->shape[b] + pl.tj - 1) / pl.tj;
+    const int64_t items = outer * pl.nbb;
+    const int ntu = nt < items ? nt : (int)items;
+    TN_PARALLEL_FOR(ntu, w, items, tile_item(&pl, w););
+    return 1;
+}
+
 /* Byte range [lo, hi) a tensor's elements span. */
 static void byte_span(const tn_tensor *t, uintptr_t *lo, uintptr_t *hi) {
     int64_t mn = 0, mx = 0;
@@ -185,6 +423,7 @@ static tn_status copy_impl(tn_tensor *dst, const tn_tensor *src) {
 #endif
     /* a memcpy is cheap per byte: only split it across threads when it is large */
     int64_t par = dst->dtype == src->dtype ? (int64_t)(1 << 20) / (int64_t)tn_dtype_size(dst->dtype) : TN_PAR_MIN;
+    if (tn_tensor_is_contiguous(dst) && copy_tiled(&it, &c, par)) return TN_OK;
     tn_iter_run(&it, conv_pick(dst->dtype, src->dtype), &c, par);
     return TN_OK;
 }

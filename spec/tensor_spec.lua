@@ -436,6 +436,34 @@ describe("tern.tensor", function()
       assert.are.same({ { 1, 3, 5 }, { 2, 4, 6 } }, a:totable())
     end)
 
+    it("copies transposed views exactly in every dtype, converting or not (the tiled path)", function()
+      -- (rows, cols) at and around the blocks (64 x 256 elements, 8 x 8 and 16 x 16 sub-blocks)
+      for _, dt in ipairs(ALL) do
+        for _, rc in ipairs({ { 8, 600 }, { 65, 257 }, { 300, 40 }, { 7, 700 } }) do
+          local r, c = rc[1], rc[2]
+          local x = tn.randint(0, 250, { c, r }):to(dt)
+          local xs, got = x:totable(), x:t():contiguous():totable()
+          local f64 = tn.empty(r, c, { dtype = "f64" }):copy_(x:t()):totable()
+          local bad = 0
+          for i = 1, r do
+            for j = 1, c do
+              if got[i][j] ~= xs[j][i] or f64[i][j] ~= xs[j][i] then bad = bad + 1 end
+            end
+          end
+          assert.are.equal(0, bad, dt .. " " .. r .. "x" .. c)
+        end
+        local b = tn.randint(0, 250, { 2, 30, 200 }):to(dt) -- (B, T, C) -> (B, C, T)
+        local bs, bt = b:totable(), b:transpose(2, 3):contiguous():totable()
+        local bad = 0
+        for i = 1, 2 do
+          for t = 1, 30 do
+            for k = 1, 200 do if bt[i][k][t] ~= bs[i][t][k] then bad = bad + 1 end end
+          end
+        end
+        assert.are.equal(0, bad, dt .. " (B, T, C)")
+      end
+    end)
+
     it("copy_ raises on shapes that do not broadcast", function()
       assert.has_error(function() tn.zeros(2, 3):copy_(tn.zeros(4)) end)
     end)

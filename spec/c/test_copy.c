@@ -1,6 +1,7 @@
 /*
  * test_copy.c — tn_copy, tn_fill, tn_to_dtype, tn_arange: conversions (saturation, f16/bf16
- * rounding, exact i64), broadcasting, strided and overlapping operands, parallel sizes.
+ * rounding, exact i64), broadcasting, strided and overlapping operands, parallel sizes, the tiled
+ * transposes (every element size and the conversions, against a gather + flat copy).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -190,6 +191,84 @@ static void test_large(void) {
     tn_tensor_free(f); tn_tensor_free(h); tn_tensor_free(f2); tn_tensor_free(tr); tn_tensor_free(d);
 }
 
+/* ---- tiled transposes: every element size, conversions, tile edges, views, 1 and 2 threads ---- */
+
+/* dst = copy of view (tiled when it is a transpose), compared byte for byte with a reference
+ * built without it: view's elements gathered byte by byte into a contiguous tensor, then
+ * converted by the flat contiguous path. */
+static int tiled_matches(int32_t dst_dtype, const tn_tensor *view) {
+    const size_t es = tn_dtype_size(view->dtype);
+    const int64_t n = tn_tensor_numel(view);
+    tn_tensor *dst = mk(dst_dtype, view->ndim, view->shape), *g = mk(view->dtype, view->ndim, view->shape),
+              *ref = mk(dst_dtype, view->ndim, view->shape);
+    for (int64_t i = 0; i < n; i++) memcpy(g->data + i * (int64_t)es, elem(view, i), es);
+    CHECK_OK(tn_copy(dst, view));
+    CHECK_OK(tn_copy(ref, g));
+    int ok = memcmp(dst->data, ref->data, (size_t)n * tn_dtype_size(dst_dtype)) == 0;
+    tn_tensor_free(dst); tn_tensor_free(g); tn_tensor_free(ref);
+    return ok;
+}
+
+/* A contiguous tensor of random bytes (every bit pattern: NaNs, infinities, denormals). */
+static tn_tensor *random_bytes(int32_t dtype, int32_t ndim, const int64_t *shape, uint64_t *seed) {
+    tn_tensor *t = mk(dtype, ndim, shape);
+    const size_t nb = (size_t)tn_tensor_numel(t) * tn_dtype_size(dtype);
+    for (size_t i = 0; i < nb; i++) ((uint8_t *)t->data)[i] = (uint8_t)(xorshift64(seed) >> 24);
+    return t;
+}
+
+/* The transposed views of one src dtype: 2-d at and around the tile sizes (64 x 256, 16 x 16
+ * and 8 x 8 sub-blocks), a column slice, (B, T, C) -> (B, C, T) and (T, B, C) -> (B, C, T), a
+ * broadcast row; each copied to dst_dtype. big adds a 1500 x 1450 transpose, where one dtype
+ * splits across threads (2 MiB and up). Returns the number of mismatching views. */
+static int tiled_cases(int32_t dst_dtype, int32_t src_dtype, int big, uint64_t *seed) {
+    static const int64_t sizes[][2] = {{8, 8},     {9, 15},   {16, 17}, {63, 65},  {64, 256},  {65, 257},
+                                       {129, 300}, {300, 40}, {7, 700}, {700, 7},  {255, 513}, {600, 700},
+                                       {1500, 1450}};
+    const size_t nsizes = sizeof sizes / sizeof sizes[0] - (big ? 0 : 1);
+    int bad = 0;
+    for (size_t k = 0; k < nsizes; k++) {
+        const int64_t r = sizes[k][0], c = sizes[k][1];
+        int64_t base_shape[2] = {c, r}, wide[2] = {c, r + 5};
+        tn_tensor *t = transposed(random_bytes(src_dtype, 2, base_shape, seed), 0, 1); /* (r, c) */
+        bad += !tiled_matches(dst_dtype, t);
+        tn_tensor *w = random_bytes(src_dtype, 2, wide, seed), *nw = NULL;
+        CHECK_OK(tn_narrow(&nw, w, 1, 3, r));
+        tn_tensor_free(w);
+        nw = transposed(nw, 0, 1); /* (r, c), rows r + 5 apart in the storage */
+        bad += !tiled_matches(dst_dtype, nw);
+        tn_tensor_free(t); tn_tensor_free(nw);
+    }
+    int64_t btc[3] = {3, 70, 40}, tbc[3] = {70, 3, 40}, row[2] = {1, 300}, rows[2] = {90, 300};
+    tn_tensor *x = transposed(random_bytes(src_dtype, 3, btc, seed), 1, 2); /* (3, 40, 70) */
+    bad += !tiled_matches(dst_dtype, x);
+    tn_tensor *y = random_bytes(src_dtype, 3, tbc, seed), *py = NULL, *e = NULL;
+    const int32_t perm[3] = {1, 2, 0};
+    CHECK_OK(tn_permute(&py, y, perm)); /* (3, 40, 70), strides (40, 1, 120) */
+    bad += !tiled_matches(dst_dtype, py);
+    tn_tensor *z = random_bytes(src_dtype, 2, row, seed);
+    CHECK_OK(tn_expand(&e, z, 2, rows));
+    e = transposed(e, 0, 1); /* (300, 90), strides (1, 0) */
+    bad += !tiled_matches(dst_dtype, e);
+    tn_tensor_free(x); tn_tensor_free(y); tn_tensor_free(py); tn_tensor_free(z); tn_tensor_free(e);
+    return bad;
+}
+
+static void test_tiled_transpose(void) {
+    static const int32_t conv[][2] = {{TN_F32, TN_F16}, {TN_F16, TN_F32}, {TN_F32, TN_BF16}, {TN_BF16, TN_F32},
+                                      {TN_F32, TN_F64}, {TN_F64, TN_F32}, {TN_F32, TN_I32}, {TN_F32, TN_U8},
+                                      {TN_I64, TN_I32}, {TN_I32, TN_I64}, {TN_U8, TN_F64}, {TN_F16, TN_F64},
+                                      {TN_I32, TN_F32}, {TN_I64, TN_U8}};
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (int threads = 1; threads <= 2; threads++) {
+        tn_set_num_threads(threads);
+        for (int32_t dt = 0; dt < TN_NUM_DTYPES; dt++) CHECK(tiled_cases(dt, dt, 1, &seed) == 0);
+        for (size_t k = 0; k < sizeof conv / sizeof conv[0]; k++)
+            CHECK(tiled_cases(conv[k][0], conv[k][1], 0, &seed) == 0);
+    }
+    tn_set_num_threads(0);
+}
+
 int main(void) {
     test_saturation();
     test_int_exact();
@@ -199,5 +278,6 @@ int main(void) {
     test_to_dtype();
     test_arange();
     test_large();
+    test_tiled_transpose();
     return check_report("test_copy");
 }
