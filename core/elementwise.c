@@ -17,7 +17,8 @@
  * `omp simd` loops. Contiguous operands of the output's numel skip the broadcast set-up
  * (tn_iter_flat). Below TN_PAR_MIN elements nothing enters an OpenMP region. f32 exp (and so
  * f16/bf16 exp) runs vmath.h's AVX2+FMA expf on CPUs that have it (<= 1 ulp from libm expf,
- * like the plain tn_exp_f, whose results can differ from it by an ulp).
+ * like the plain tn_exp_f, whose results can differ from it by an ulp); f32/f16/bf16 sigmoid
+ * and tanh run vmath.h's vector versions built on it there (<= 2 ulp from the double result).
  *
  * CUDA: the per-element math is the same kernels/elementwise.h; scalars travel as kernel
  * arguments; the integer-division-by-zero check runs on the device (same message). Host code
@@ -476,12 +477,15 @@ tn_status tn_binary_scalar(tn_tensor **out, const tn_tensor *a, double s, int32_
 UN_FLOAT_KERNEL(un_f32_plain, float, f)
 UN_FLOAT_KERNEL(un_f64, double, d)
 
-/* f32 (and f16/bf16 through half_kernel): exp runs vmath.h's AVX2+FMA expf where the CPU has
- * it (contiguous or strided, the same result for each element either way), else the plain loop. */
+/* f32 (and f16/bf16 through half_kernel): exp, sigmoid and tanh run vmath.h's AVX2+FMA
+ * versions where the CPU has it (contiguous or strided, the same result for each element either
+ * way), else the plain loop. */
 static void un_f32(void *ctx, char **p, const int64_t *s, int64_t n) {
 #ifdef TN_AVX2_BUILD
-    if (((const op_ctx *)ctx)->op == TN_EXP && tn_cpu_has_avx2_fma()) {
-        tn_vexp_f32_avx2((float *)p[0], s[0], (const float *)p[1], s[1], n);
+    const int32_t op = ((const op_ctx *)ctx)->op;
+    if ((op == TN_EXP || op == TN_SIGMOID || op == TN_TANH) && tn_cpu_has_avx2_fma()) {
+        tn_vmap_f32_avx2(op == TN_EXP ? tn_vexp_f32_contig : op == TN_SIGMOID ? tn_vsigmoid_f32_contig : tn_vtanh_f32_contig,
+                         (float *)p[0], s[0], (const float *)p[1], s[1], n);
         return;
     }
 #endif

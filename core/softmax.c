@@ -12,8 +12,9 @@
  * Inputs are viewed as contiguous (O, D, I) with D the softmax dim: I == 1 (the last dim,
  * the common case) runs row by row, rows in parallel; I > 1 runs on column chunks
  * vectorised along I. Non-contiguous inputs are copied to contiguous first. The per-element
- * steps are kernels/reduce.h; on AVX2+FMA CPUs the f32 max and exp passes (rows) and the exp
- * pass (columns) use vmath.h's vector expf instead of tn_exp_f.
+ * steps are kernels/reduce.h; on AVX2+FMA CPUs the f32 max and exp passes (rows), the exp
+ * pass (columns) and the log_softmax backward's exp(y) (rows and columns) use vmath.h's vector
+ * expf instead of tn_exp_f.
  *
  * CUDA tensors (builds with TERN_HAVE_CUDA): the same checks and output, then cuda/softmax.cu
  * (tn_cuda_softmax / _backward) reads and writes the tensors in place with their strides (no
@@ -68,6 +69,30 @@ static void col_exp_acc_f(float *y, const float *x, const float *m, float *s, in
     }
 #endif
     col_exp_acc_plain_f(y, x, m, s, n);
+}
+
+/* The log_softmax backward of one line: gi[j] = g[j] - exp(y[j]) s with s = sv[0], or sv[j]
+ * when s_vec, for j < n. f32 runs vmath.h's AVX2 version where the CPU has it. */
+#define LSM_BWD_LINE(name, T, S)                                                               \
+    static void name(T *gi, const T *g, const T *y, const T *sv, int s_vec, int64_t n) {       \
+        if (s_vec) {                                                                           \
+            _Pragma("omp simd") for (int64_t j = 0; j < n; j++) gi[j] = tn_log_softmax_bwd_##S(g[j], y[j], sv[j]); \
+        } else {                                                                               \
+            const T s = sv[0];                                                                 \
+            _Pragma("omp simd") for (int64_t j = 0; j < n; j++) gi[j] = tn_log_softmax_bwd_##S(g[j], y[j], s); \
+        }                                                                                      \
+    }
+LSM_BWD_LINE(lsm_bwd_line_plain_f, float, f)
+LSM_BWD_LINE(lsm_bwd_line_d, double, d)
+
+static void lsm_bwd_line_f(float *gi, const float *g, const float *y, const float *sv, int s_vec, int64_t n) {
+#ifdef TN_AVX2_BUILD
+    if (tn_cpu_has_avx2_fma()) {
+        tn_vlog_softmax_bwd_f32(gi, g, y, sv, s_vec, n);
+        return;
+    }
+#endif
+    lsm_bwd_line_plain_f(gi, g, y, sv, s_vec, n);
 }
 
 #define SOFTMAX_IMPL(T, S)                                                                     \
@@ -135,8 +160,7 @@ static void col_exp_acc_f(float *y, const float *x, const float *m, float *s, in
                 T s = 0;                                                                       \
                 if (log_) {                                                                    \
                     _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i]; \
-                    _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] =                \
-                        tn_log_softmax_bwd_##S(gr[i], yr[i], s);                               \
+                    lsm_bwd_line_##S(ir, gr, yr, &s, 0, D);                                    \
                 } else {                                                                       \
                     _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += gr[i] * yr[i]; \
                     _Pragma("omp simd") for (int64_t i = 0; i < D; i++) ir[i] =                \
@@ -164,8 +188,7 @@ static void col_exp_acc_f(float *y, const float *x, const float *m, float *s, in
                 const T *gr = g + base + d * I, *yr = y + base + d * I;                        \
                 T *ir = gi + base + d * I;                                                     \
                 if (log_) {                                                                    \
-                    _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] =               \
-                        tn_log_softmax_bwd_##S(gr[j], yr[j], s[j]);                            \
+                    lsm_bwd_line_##S(ir, gr, yr, s, 1, cw);                                    \
                 } else {                                                                       \
                     _Pragma("omp simd") for (int64_t j = 0; j < cw; j++) ir[j] =               \
                         tn_softmax_bwd_##S(gr[j], yr[j], s[j]);                                \

@@ -6,6 +6,9 @@
  * compiled with __attribute__((target("avx2,fma"))); callers pick it at run time with
  * tn_cpu_has_avx2_fma() and keep the plain loops (kernels/elementwise.h tn_exp_f) otherwise.
  *
+ * Also here: tn_vsigmoid8 / tn_vtanh8 (f32 sigmoid and tanh in elementwise.c) and the log_softmax
+ * backward line of softmax.c, all on tn_vexp8.
+ *
  * tn_vexp8: Cephes-style expf with FMA: n = rint(x log2 e), r = x - n ln2 (ln2 in two parts,
  * each step one FMA), exp(r) = 1 + r + r^2 P(r) (the degree-5 P of tn_exp_f), times 2^n built
  * in the exponent bits. Max error 1 ulp against glibc's expf over every f32 in [-104, 89]
@@ -52,33 +55,74 @@ TN_VMATH_AVX2 static inline __m256 tn_vexp8(__m256 x) {
     return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
+/* tn_vsigmoid8: 1 / (1 + exp(-x)) as n / (1 + z) with z = exp(-|x|) (never overflows) and n = 1
+ * (x >= 0) or z (x < 0): one division, so the negative side is not z times a rounded 1 / (1 + z).
+ * Saturates to exactly 1 (z below half an ulp of 1) and to the correctly rounded subnormal /
+ * 0 for x < -87 (z itself); +-inf give 1 / 0, NaN gives NaN. */
+TN_VMATH_AVX2 static inline __m256 tn_vsigmoid8(__m256 x) {
+    const __m256 sgn = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 z = tn_vexp8(_mm256_or_ps(x, sgn)); /* exp(-|x|) */
+    return _mm256_div_ps(_mm256_blendv_ps(one, z, x), _mm256_add_ps(one, z));
+}
+
+/* tn_vtanh8: the two branches of tn_tanh_f (kernels/elementwise.h): |x| < 0.625 the odd
+ * polynomial x + x^3 P(x^2) with x's sign (no cancellation: tiny x gives x, -0 gives -0, where
+ * tn_tanh_f gives +0), else
+ * sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 0.29], exactly +-1 once e is below half an
+ * ulp of 1 (|x| > ~9) and for +-inf; NaN takes the exp branch and comes back NaN. Both
+ * branches are computed for every lane and blended (branch-free: a per-vector test mispredicts
+ * on mixed data). */
+TN_VMATH_AVX2 static inline __m256 tn_vtanh8(__m256 x) {
+    const __m256 sgn = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 ax = _mm256_andnot_ps(sgn, x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+    /* |result| from either branch, then x's sign (also on the polynomial: fma(-0, -0, -0) is +0) */
+    const __m256 ys = _mm256_andnot_ps(sgn, _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x));
+    const __m256 e = tn_vexp8(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
+    const __m256 yl = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    const __m256 y = _mm256_blendv_ps(yl, ys, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+    return _mm256_or_ps(y, _mm256_and_ps(x, sgn));
+}
+
 /* Lane mask of the first k (0..8) lanes. */
 TN_VMATH_AVX2 static inline __m256i tn_vmask8(int64_t k) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* y[i] = exp(x[i]) for i < n, x and y contiguous (y may be x). */
-TN_VMATH_AVX2 static inline void tn_vexp_f32_contig(float *y, const float *x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, tn_vexp8(_mm256_loadu_ps(x + i)));
-    if (i < n) {
-        const __m256i m = tn_vmask8(n - i);
-        _mm256_maskstore_ps(y + i, m, tn_vexp8(_mm256_maskload_ps(x + i, m)));
+/* tn_v<f>_f32_contig(y, x, n): y[i] = f(x[i]) for i < n, x and y contiguous (y may be x), for f =
+ * exp, sigmoid, tanh. */
+#define TN_VMAP_CONTIG(name, F8)                                                               \
+    TN_VMATH_AVX2 static inline void name(float *y, const float *x, int64_t n) {               \
+        int64_t i = 0;                                                                         \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, F8(_mm256_loadu_ps(x + i)));        \
+        if (i < n) {                                                                           \
+            const __m256i m = tn_vmask8(n - i);                                                \
+            _mm256_maskstore_ps(y + i, m, F8(_mm256_maskload_ps(x + i, m)));                   \
+        }                                                                                      \
     }
-}
+TN_VMAP_CONTIG(tn_vexp_f32_contig, tn_vexp8)
+TN_VMAP_CONTIG(tn_vsigmoid_f32_contig, tn_vsigmoid8)
+TN_VMAP_CONTIG(tn_vtanh_f32_contig, tn_vtanh8)
 
-/* y[i sy] = exp(x[i sx]) for i < n (element strides, any sign, 0 allowed for x): contiguous
- * runs directly, others through a stack buffer so every element gets the same vector result. */
-TN_VMATH_AVX2 static inline void tn_vexp_f32_avx2(float *y, int64_t sy, const float *x, int64_t sx, int64_t n) {
+/* y[i sy] = f(x[i sx]) for i < n (element strides, any sign, 0 allowed for x) with f one of the
+ * contig functions above: contiguous runs directly, others through a stack buffer so every
+ * element gets the same vector result. */
+TN_VMATH_AVX2 static inline void tn_vmap_f32_avx2(void (*contig)(float *, const float *, int64_t), float *y,
+                                                  int64_t sy, const float *x, int64_t sx, int64_t n) {
     if (sy == 1 && sx == 1) {
-        tn_vexp_f32_contig(y, x, n);
+        contig(y, x, n);
         return;
     }
     float buf[256];
     for (int64_t i0 = 0; i0 < n; i0 += 256) {
         const int64_t m = n - i0 < 256 ? n - i0 : 256;
         for (int64_t i = 0; i < m; i++) buf[i] = x[(i0 + i) * sx];
-        tn_vexp_f32_contig(buf, buf, m);
+        contig(buf, buf, m);
         for (int64_t i = 0; i < m; i++) y[(i0 + i) * sy] = buf[i];
     }
 }
@@ -146,6 +190,22 @@ TN_VMATH_AVX2 static inline void tn_vexp_sub_acc_f32(float *y, const float *x, c
         const __m256 e = tn_vexp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, k), _mm256_maskload_ps(m + j, k)));
         if (y) _mm256_maskstore_ps(y + j, k, e);
         _mm256_maskstore_ps(s + j, k, _mm256_add_ps(_mm256_maskload_ps(s + j, k), e));
+    }
+}
+
+/* gi[j] = g[j] - exp(y[j]) s (s = sv[0]) or s = sv[j] (s_vec), for j < n: the log_softmax
+ * backward (one FMA after the exp); gi may be g or y. */
+TN_VMATH_AVX2 static inline void tn_vlog_softmax_bwd_f32(float *gi, const float *g, const float *y, const float *sv,
+                                                         int s_vec, int64_t n) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 s = s_vec ? _mm256_loadu_ps(sv + j) : _mm256_broadcast_ss(sv);
+        _mm256_storeu_ps(gi + j, _mm256_fnmadd_ps(tn_vexp8(_mm256_loadu_ps(y + j)), s, _mm256_loadu_ps(g + j)));
+    }
+    if (j < n) {
+        const __m256i k = tn_vmask8(n - j);
+        const __m256 s = s_vec ? _mm256_maskload_ps(sv + j, k) : _mm256_broadcast_ss(sv);
+        _mm256_maskstore_ps(gi + j, k, _mm256_fnmadd_ps(tn_vexp8(_mm256_maskload_ps(y + j, k)), s, _mm256_maskload_ps(g + j, k)));
     }
 }
 

@@ -399,13 +399,18 @@ static int64_t ulp_dist(float a, float b) {
     return oa > ob ? oa - ob : ob - oa;
 }
 
-/* exp of f32 against libm expf on every k-th f32 in [-104, 89] (bit patterns, both signs; k = 1
- * with TN_EXP_EXHAUSTIVE=1, else >= 1e8 inputs), through tn_unary with a preallocated out. */
-static void test_exp_ulp(void) {
-    const uint32_t neg_end = 0xc2d00000u, pos_end = 0x42b20000u; /* -104, 89 */
+static float ref_exp(float x) { return expf(x); }
+static float ref_sigmoid(float x) { return (float)(1.0 / (1.0 + exp(-(double)x))); }
+static float ref_tanh(float x) { return (float)tanh((double)x); }
+
+/* f32 unary op against ref on every k-th f32 in [neg_end, pos_end] (bit patterns, both signs;
+ * k = 1 with TN_EXP_EXHAUSTIVE=1, else >= 1e8 inputs), through tn_unary with a preallocated out:
+ * at most maxulp ulp everywhere. */
+static void check_unary_ulp(int32_t op, const char *name, uint32_t neg_end, uint32_t pos_end, float (*ref)(float),
+                            int64_t maxulp) {
     const int64_t total = (int64_t)(neg_end - 0x80000000u) + 1 + (int64_t)pos_end + 1;
     const char *ex = getenv("TN_EXP_EXHAUSTIVE");
-    const int64_t step = ex && ex[0] == '1' ? 1 : 21; /* odd: mantissa low bits vary */
+    const int64_t step = ex && ex[0] == '1' ? 1 : total / 100000000 - (total / 100000000 + 1) % 2; /* odd: mantissa low bits vary */
     enum { CH = 1 << 20 };
     int64_t shape[1] = {CH};
     tn_tensor *in = mk(TN_F32, 1, shape), *out = mk(TN_F32, 1, shape);
@@ -419,19 +424,27 @@ static void test_exp_ulp(void) {
             memcpy(&x[m], &b, 4);
         }
         for (int64_t i = m; i < CH; i++) x[i] = 0;
-        CHECK_OK(tn_unary(&out, in, TN_EXP));
+        CHECK_OK(tn_unary(&out, in, op));
         for (int64_t i = 0; i < m; i++) {
-            int64_t d = ulp_dist(y[i], expf(x[i]));
+            int64_t d = ulp_dist(y[i], ref(x[i]));
             if (d > worst) { worst = d; worst_x = x[i]; }
         }
         count += m;
     }
-    printf("exp f32: %lld inputs in [-104, 89], max %lld ulp vs libm expf (at x = %.9g)\n", (long long)count,
+    printf("%s f32: %lld inputs, max %lld ulp vs the reference (at x = %.9g)\n", name, (long long)count,
            (long long)worst, (double)worst_x);
     CHECK(count >= (step == 1 ? total : 100000000));
-    CHECK(worst <= 2);
+    CHECK(worst <= maxulp);
     tn_tensor_free(in);
     tn_tensor_free(out);
+}
+
+/* exp on [-104, 89] against libm expf; sigmoid and tanh on every finite f32 against the double
+ * evaluation rounded (1 / (1 + exp(-x)), tanh). */
+static void test_exp_ulp(void) {
+    check_unary_ulp(TN_EXP, "exp", 0xc2d00000u, 0x42b20000u, ref_exp, 2);
+    check_unary_ulp(TN_SIGMOID, "sigmoid", 0xff7fffffu, 0x7f7fffffu, ref_sigmoid, 2);
+    check_unary_ulp(TN_TANH, "tanh", 0xff7fffffu, 0x7f7fffffu, ref_tanh, 2);
 }
 
 /* A new (O, N) f32 tensor of uniform values in [-w, w). */
@@ -447,6 +460,32 @@ static void ref_row_exp(const float *xr, int64_t n, double *m, double *s) {
     *s = 0;
     for (int64_t i = 0; i < n; i++) *m = xr[i] > *m ? xr[i] : *m;
     for (int64_t i = 0; i < n; i++) *s += exp((double)xr[i] - *m);
+}
+
+/* f16 and bf16 op over all their bit patterns, against ref of the widened value rounded back
+ * (1 ulp of the half type at most: the f32 result is within 2 ulp of ref; inf and 0 exact). */
+static void check_half_all(int32_t op, float (*ref)(float)) {
+    for (int k = 0; k < 2; k++) {
+        const int32_t dt = k ? TN_BF16 : TN_F16;
+        int64_t sh16[1] = {65536};
+        tn_tensor *h = mk(dt, 1, sh16), *ho = NULL;
+        uint16_t *hb = (uint16_t *)h->data;
+        for (int64_t i = 0; i < 65536; i++) hb[i] = (uint16_t)i;
+        CHECK_OK(tn_unary(&ho, h, op));
+        int64_t bad = 0;
+        for (int64_t i = 0; i < 65536; i++) {
+            float x = k ? tn_bf16_to_float(hb[i]) : tn_half_to_float(hb[i]);
+            uint16_t want = k ? tn_float_to_bf16(ref(x)) : tn_float_to_half(ref(x));
+            uint16_t got = ((const uint16_t *)ho->data)[i];
+            float gf = k ? tn_bf16_to_float(got) : tn_half_to_float(got), wf = k ? tn_bf16_to_float(want) : tn_half_to_float(want);
+            if (isnan(x)) bad += !isnan(gf);
+            else if (isinf(wf) || wf == 0) bad += gf != wf;
+            else bad += abs((int)got - (int)want) > 1;
+        }
+        CHECK(bad == 0);
+        tn_tensor_free(h);
+        tn_tensor_free(ho);
+    }
 }
 
 /* Special values, overflow / underflow edges, every tail length (contiguous, strided, in place),
@@ -494,28 +533,55 @@ static void test_exp_special(void) {
     CHECK(ip == tc && memcmp(tc->data, c->data, 5 * 37 * 4) == 0);
     tn_tensor *objs[] = {a, c, t, tc, ot, dst, dstT};
     for (int i = 0; i < 7; i++) tn_tensor_free(objs[i]);
-    /* f16 / bf16: every bit pattern, against expf of the widened value rounded back (1 ulp of
-     * the half type at most: the f32 result is within 2 ulp of expf) */
-    for (int k = 0; k < 2; k++) {
-        const int32_t dt = k ? TN_BF16 : TN_F16;
-        int64_t sh16[1] = {65536};
-        tn_tensor *h = mk(dt, 1, sh16), *ho = NULL;
-        uint16_t *hb = (uint16_t *)h->data;
-        for (int64_t i = 0; i < 65536; i++) hb[i] = (uint16_t)i;
-        CHECK_OK(tn_unary(&ho, h, TN_EXP));
-        int64_t bad = 0;
-        for (int64_t i = 0; i < 65536; i++) {
-            float x = k ? tn_bf16_to_float(hb[i]) : tn_half_to_float(hb[i]);
-            uint16_t want = k ? tn_float_to_bf16(expf(x)) : tn_float_to_half(expf(x));
-            uint16_t got = ((const uint16_t *)ho->data)[i];
-            float gf = k ? tn_bf16_to_float(got) : tn_half_to_float(got), wf = k ? tn_bf16_to_float(want) : tn_half_to_float(want);
-            if (isnan(x)) bad += !isnan(gf);
-            else if (isinf(wf) || wf == 0) bad += gf != wf;
-            else bad += abs((int)got - (int)want) > 1;
+    check_half_all(TN_EXP, ref_exp);
+}
+
+/* sigmoid and tanh f32 (vmath.h's vector versions where the CPU has them): specials and edges
+ * in every lane position and tail length (exact 0, +-1, x for tiny x, -0 kept), a strided
+ * input and output equal to the contiguous run, and f16 / bf16 over all their bit patterns
+ * (within 1 ulp of the half type of the double reference). */
+static void test_sigmoid_tanh_special(void) {
+    const float xs[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-30f, -1e-30f, 1e-40f, -1e-40f, 1e-4f,
+                        -3e-3f, 0.625f, -0.625f, nextafterf(0.625f, 0), nextafterf(-0.625f, 0), 0.5f, -1.0f,
+                        2.0f, 8.9f, -9.1f, 10.0f, -20.0f, 16.6f, 17.0f, -17.0f, 87.0f, -87.5f, -88.8f, -100.0f,
+                        -103.5f, -104.0f, -150.0f, 1e30f, -1e30f};
+    const int64_t nx = (int64_t)(sizeof xs / sizeof xs[0]);
+    const int32_t ops[2] = {TN_SIGMOID, TN_TANH};
+    float (*refs[2])(float) = {ref_sigmoid, ref_tanh};
+    for (int q = 0; q < 2; q++) {
+        for (int64_t n = 1; n <= nx; n++) {
+            int64_t sh[1] = {n};
+            tn_tensor *a = mk(TN_F32, 1, sh), *o = NULL;
+            for (int64_t i = 0; i < n; i++) ((float *)a->data)[i] = xs[(i + n) % nx];
+            CHECK_OK(tn_unary(&o, a, ops[q]));
+            int ok = 1;
+            for (int64_t i = 0; i < n; i++) {
+                float x = xs[(i + n) % nx], v = ((float *)o->data)[i], r = refs[q](x);
+                if (isnan(x)) ok &= isnan(v);
+                else if (r == 0 || fabsf(r) == 1 || r == x) ok &= memcmp(&v, &r, 4) == 0; /* bit-exact */
+                else ok &= ulp_dist(v, r) <= 2;
+            }
+            CHECK(ok);
+            tn_tensor_free(a);
+            tn_tensor_free(o);
         }
-        CHECK(bad == 0);
-        tn_tensor_free(h);
-        tn_tensor_free(ho);
+        uint64_t seed = 0x1234567ull + (uint64_t)q;
+        int64_t sh[2] = {5, 37};
+        tn_tensor *a = rand_f32(5, 37, &seed, 12), *c = NULL, *t = NULL, *tc = NULL, *ot = NULL;
+        CHECK_OK(tn_transpose(&t, a, 0, 1));
+        CHECK_OK(tn_contiguous(&tc, t));
+        CHECK_OK(tn_unary(&c, tc, ops[q]));
+        CHECK_OK(tn_unary(&ot, t, ops[q])); /* strided input */
+        CHECK(memcmp(ot->data, c->data, 5 * 37 * 4) == 0);
+        tn_tensor *dst = mk(TN_F32, 2, sh), *dstT = NULL;
+        CHECK_OK(tn_transpose(&dstT, dst, 0, 1));
+        CHECK_OK(tn_unary(&dstT, tc, ops[q])); /* strided out */
+        int ok = 1;
+        for (int64_t i = 0; i < 5 * 37; i++) ok &= at(dstT, i) == at(c, i) && ulp_dist((float)at(c, i), refs[q]((float)at(tc, i))) <= 2;
+        CHECK(ok);
+        tn_tensor *objs[] = {a, c, t, tc, ot, dst, dstT};
+        for (int i = 0; i < 7; i++) tn_tensor_free(objs[i]);
+        check_half_all(ops[q], refs[q]);
     }
 }
 
@@ -609,6 +675,46 @@ static void test_logsumexp_rows(void) {
     }
 }
 
+/* f32 log_softmax backward (grad_in = g - exp(y) sum(g), vmath.h's exp on AVX2 CPUs) along the
+ * last dim (rows) and along dim 0 (the column pass: D columns, in chunks of 256) against a double
+ * evaluation from the same f32 y and g: lengths around the 8-lane and 256-column boundaries, a
+ * -inf input entry (exp(y) = 0 there: grad_in = g; for D = 1 an all -inf row: NaN). */
+static void test_log_softmax_backward(void) {
+    const int64_t Ds[] = {1, 2, 7, 8, 9, 15, 16, 17, 255, 256, 257, 4093};
+    uint64_t seed = 4242;
+    for (size_t q = 0; q < sizeof Ds / sizeof Ds[0]; q++) {
+        const int64_t D = Ds[q], O = 5;
+        tn_tensor *a = rand_f32(O, D, &seed, 10), *g = rand_f32(O, D, &seed, 3);
+        ((float *)a->data)[2 * D + D / 2] = -INFINITY;
+        const float *gv = (const float *)g->data;
+        for (int dim = 1; dim >= 0; dim--) {
+            tn_tensor *y = NULL, *gi = NULL;
+            CHECK_OK(tn_softmax(&y, a, dim, 1));
+            CHECK_OK(tn_softmax_backward(&gi, g, y, dim, 1));
+            const float *yv = (const float *)y->data, *iv = (const float *)gi->data;
+            const int64_t nl = dim ? O : D, len = dim ? D : O, st = dim ? 1 : D, ls = dim ? D : 1;
+            int ok = 1;
+            for (int64_t l = 0; l < nl; l++) {
+                double s = 0, sa = 0;
+                for (int64_t i = 0; i < len; i++) {
+                    s += gv[l * ls + i * st];
+                    sa += fabs(gv[l * ls + i * st]);
+                }
+                for (int64_t i = 0; i < len; i++) {
+                    const int64_t k = l * ls + i * st;
+                    const double e = exp((double)yv[k]), want = gv[k] - e * s;
+                    ok &= isnan(want) ? isnan(iv[k]) : fabs(iv[k] - want) <= 1e-6 * (fabs(gv[k]) + e * sa) + 1e-30;
+                }
+            }
+            CHECK(ok);
+            tn_tensor_free(y);
+            tn_tensor_free(gi);
+        }
+        tn_tensor_free(a);
+        tn_tensor_free(g);
+    }
+}
+
 int main(void) {
     test_binary_float();
     test_binary_int();
@@ -620,7 +726,9 @@ int main(void) {
     test_large();
     test_exp_ulp();
     test_exp_special();
+    test_sigmoid_tanh_special();
     test_softmax_rows();
     test_logsumexp_rows();
+    test_log_softmax_backward();
     return check_report("test_elementwise");
 }
