@@ -74,7 +74,7 @@ static TN_HD float tn_tanh_f(float x) {
     p = p * z - 5.37397155531e-2f;
     p = p * z + 1.33314422036e-1f;
     p = p * z - 3.33332819422e-1f;
-    const float small = p * z * x + x;
+    const float small = tn_bits_f32(tn_f32_bits(p * z * x + x) | sg); /* tanh(-0) = -0 */
     const float e = tn_exp_f(-2.0f * tn_bits_f32(ab));
     const float large = tn_bits_f32(tn_f32_bits((1.0f - e) / (1.0f + e)) | sg);
     const uint32_t m = 0u - (uint32_t)(ab >= 0x3f200000u); /* |x| >= 0.625 */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "helpers.h"
+#include "kernels/elementwise.h"
 
 static tn_tensor *from(int32_t dtype, int32_t ndim, const int64_t *shape, const double *v) {
     tn_tensor *t = mk(dtype, ndim, shape);
@@ -540,6 +541,18 @@ static void test_exp_special(void) {
  * in every lane position and tail length (exact 0, +-1, x for tiny x, -0 kept), a strided
  * input and output equal to the contiguous run, and f16 / bf16 over all their bit patterns
  * (within 1 ulp of the half type of the double reference). */
+/* The plain tanh (CPUs without AVX2 and the CUDA kernels; the vector path is checked below)
+ * keeps the sign of zero and is odd on its small-|x| polynomial. */
+static void test_tanh_plain_signs(void) {
+    CHECK(tn_tanh_f(-0.0f) == 0.0f && signbit(tn_tanh_f(-0.0f)));
+    CHECK(tn_tanh_f(0.0f) == 0.0f && !signbit(tn_tanh_f(0.0f)));
+    const float xs[] = {1e-30f, 1e-6f, 0.1f, 0.5f, 0.62f, 0.625f, 1.0f, 5.0f, 20.0f};
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
+        CHECK(tn_tanh_f(-xs[i]) == -tn_tanh_f(xs[i]));
+        CHECK(fabs((double)tn_tanh_f(xs[i]) - tanh((double)xs[i])) <= 2e-7 * tanh((double)xs[i]) + 1e-45);
+    }
+}
+
 static void test_sigmoid_tanh_special(void) {
     const float xs[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-30f, -1e-30f, 1e-40f, -1e-40f, 1e-4f,
                         -3e-3f, 0.625f, -0.625f, nextafterf(0.625f, 0), nextafterf(-0.625f, 0), 0.5f, -1.0f,
@@ -726,6 +739,7 @@ int main(void) {
     test_large();
     test_exp_ulp();
     test_exp_special();
+    test_tanh_plain_signs();
     test_sigmoid_tanh_special();
     test_softmax_rows();
     test_logsumexp_rows();
