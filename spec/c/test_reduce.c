@@ -1,7 +1,8 @@
 /*
  * test_reduce.c — tn_reduce (every op, dims, keepdim, correction), tn_max_dim, tn_sum_to,
  * tn_softmax / tn_softmax_backward against naive double references; the row, column and
- * gather paths; strided inputs; accuracy of long f32 sums; errors.
+ * gather paths; strided inputs; accuracy of long f32 sums; the exact summation order of f32
+ * rows and of f32 / f64 columns at 1 and 2 threads; errors.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -192,6 +193,139 @@ static void test_big_paths(void) {
     }
 }
 
+/* The documented f32 row order, written out again: 16 lanes per block of <= 256, blocks split
+ * at ((n >> 1) + 15) & ~15 and added as a tree, lanes folded j + 8, + 4, + 2, + 1, tail in order.
+ * The AVX2 row kernel must give these bits. */
+static float ref_psum(const float *x, int64_t n) {
+    if (n > 256) {
+        int64_t h = ((n >> 1) + 15) & ~(int64_t)15;
+        return ref_psum(x, h) + ref_psum(x + h, n - h);
+    }
+    float acc[16] = {0}, r = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] = acc[j] + x[i + j];
+    for (; i < n; i++) r = r + x[i];
+    for (int w = 8; w >= 1; w >>= 1)
+        for (int j = 0; j < w; j++) acc[j] = acc[j] + acc[j + w];
+    return acc[0] + r;
+}
+
+/* rows of f32 (contiguous and gathered from a transpose), odd lengths around the 16-lane and
+ * 256-block edges, at 1 and 2 threads: exactly ref_psum (and its mean) */
+static void test_row_sum_order(void) {
+    int64_t lens[] = {1, 2, 7, 15, 16, 17, 31, 33, 255, 256, 257, 271, 511, 512, 513, 1000, 4095, 4097, 10001};
+    uint32_t seed = 12345;
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        int64_t n = lens[k], O = 5;
+        tn_tensor *a = mk(TN_F32, 2, (int64_t[]){O, n}), *t = mk(TN_F32, 2, (int64_t[]){n, O}), *tr = NULL;
+        float *x = (float *)a->data;
+        for (int64_t i = 0; i < O * n; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            x[i] = (float)((double)(seed >> 8) / (1 << 24) * 2 - 0.9) * (float)(1 + i % 3);
+        }
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t i = 0; i < n; i++) ((float *)t->data)[i * O + o] = x[o * n + i];
+        CHECK_OK(tn_transpose(&tr, t, 0, 1)); /* (O, n), strided: the gather path */
+        int ok = 1;
+        for (int th = 1; th <= 2; th++) {
+            tn_set_num_threads(th);
+            for (int src = 0; src < 2; src++)
+                for (int op = TN_RED_SUM; op <= TN_RED_MEAN; op++) {
+                    tn_tensor *o = NULL;
+                    CHECK_OK(tn_reduce(&o, src ? tr : a, 1, (int32_t[]){1}, op, 0, 0));
+                    for (int64_t r = 0; r < O; r++) {
+                        float want = ref_psum(x + r * n, n);
+                        if (op == TN_RED_MEAN) want = want / (float)n;
+                        ok &= ((float *)o->data)[r] == want;
+                    }
+                    tn_tensor_free(o);
+                }
+        }
+        tn_set_num_threads(0);
+        if (!ok) fprintf(stderr, "  row sum order, length %lld\n", (long long)n);
+        CHECK(ok);
+        tn_tensor_free(a); tn_tensor_free(t); tn_tensor_free(tr);
+    }
+}
+
+/* Column sums (O, R, I) over R: per column blocks of 64 rows in order, each block added into the
+ * total, in f32 and f64; widths around the 16-lane, 256-column and 4096-column chunk edges,
+ * row counts around the 4-row and 64-row steps, at 1 and 2 threads: exactly that order (the
+ * row split, few columns and many rows at 2 threads, adds the halves: checked to 1e-6), and
+ * MAX / MIN / PROD against a plain loop. */
+static void test_col_order(void) {
+    int64_t shapes[][3] = {{1, 1, 4097}, {1, 2, 300}, {1, 3, 17}, {1, 5, 4096}, {1, 9, 5000}, {1, 63, 513},
+                           {1, 64, 257}, {1, 65, 256}, {1, 66, 4095}, {2, 67, 255}, {1, 130, 1111},
+                           {3, 68, 16}, {1, 1000, 40}, {1, 131, 8200}, {2, 70, 4200}};
+    uint32_t seed = 777;
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t O = shapes[k][0], R = shapes[k][1], I = shapes[k][2], n = O * R * I;
+        for (int dbl = 0; dbl < 2; dbl++) {
+            tn_tensor *a = mk(dbl ? TN_F64 : TN_F32, 3, shapes[k]);
+            for (int64_t i = 0; i < n; i++) {
+                seed = seed * 1664525u + 1013904223u;
+                double v = (double)(seed >> 8) / (1 << 24) * 2 - 0.9;
+                if (dbl) ((double *)a->data)[i] = v; else ((float *)a->data)[i] = (float)(v * 1.7);
+            }
+            if (I > 3) put(a, (R / 2) * I + 3, NAN); /* a NaN in column 3 of the first o */
+            int ok = 1;
+            for (int th = 1; th <= 2; th++) {
+                tn_set_num_threads(th);
+                int ops[4] = {TN_RED_SUM, TN_RED_MAX, TN_RED_MIN, TN_RED_PROD};
+                for (int q = 0; q < 4; q++) {
+                    tn_tensor *o = NULL;
+                    CHECK_OK(tn_reduce(&o, a, 1, (int32_t[]){1}, ops[q], 0, 0));
+                    for (int64_t b = 0; b < O; b++)
+                        for (int64_t j = 0; j < I; j++) {
+                            const int64_t base = b * R * I + j;
+                            double want, got = at(o, b * I + j);
+                            if (ops[q] == TN_RED_SUM && dbl) {
+                                double tot = 0;
+                                for (int64_t r0 = 0; r0 < R; r0 += 64) {
+                                    double blk = at(a, base + r0 * I);
+                                    for (int64_t r = r0 + 1; r < r0 + 64 && r < R; r++) blk = blk + at(a, base + r * I);
+                                    tot = tot + blk;
+                                }
+                                want = tot;
+                            } else if (ops[q] == TN_RED_SUM) {
+                                float tot = 0;
+                                for (int64_t r0 = 0; r0 < R; r0 += 64) {
+                                    float blk = (float)at(a, base + r0 * I);
+                                    for (int64_t r = r0 + 1; r < r0 + 64 && r < R; r++) blk = blk + (float)at(a, base + r * I);
+                                    tot = tot + blk;
+                                }
+                                want = tot;
+                            } else if (ops[q] == TN_RED_PROD) {
+                                double p = 1;
+                                float pf = 1;
+                                for (int64_t r = 0; r < R; r++) { p = p * at(a, base + r * I); pf = pf * (float)at(a, base + r * I); }
+                                want = dbl ? p : pf;
+                            } else {
+                                want = at(a, base);
+                                for (int64_t r = 1; r < R; r++) {
+                                    double v = at(a, base + r * I);
+                                    want = isnan(want) || isnan(v) ? NAN : ops[q] == TN_RED_MAX ? fmax(want, v) : fmin(want, v);
+                                }
+                            }
+                            int split = th > 1 && ops[q] == TN_RED_SUM && O == 1 && I < 256 && n >= 32768;
+                            int same = isnan(want) ? isnan(got) : split ? close_to(got, want, 1e-6) : got == want;
+                            if (!same && ok)
+                                fprintf(stderr, "  column op %d %s (%lld, %lld, %lld) at %lld, %lld threads %d: %.17g want %.17g\n",
+                                        ops[q], dbl ? "f64" : "f32", (long long)O, (long long)R, (long long)I,
+                                        (long long)b, (long long)j, th, got, want);
+                            ok &= same;
+                        }
+                    tn_tensor_free(o);
+                }
+            }
+            tn_set_num_threads(0);
+            CHECK(ok);
+            tn_tensor_free(a);
+        }
+    }
+}
+
 static void test_sum_to(void) {
     int64_t sa[3] = {2, 3, 4};
     tn_tensor *a = mk(TN_F32, 3, sa);
@@ -340,6 +474,8 @@ int main(void) {
     test_all_ops();
     test_int_and_errors();
     test_big_paths();
+    test_row_sum_order();
+    test_col_order();
     test_sum_to();
     test_softmax();
     return check_report("test_reduce");
