@@ -471,17 +471,16 @@ tn_status tn_sru_backward(tn_tensor *grad_U, tn_tensor *grad_x, tn_tensor *grad_
     }
     const size_t es = tn_dtype_size(U->dtype);
     const int64_t nbd = a.B * a.Dd;
+    a.c = (void *)c->data;
+    a.grad_U = grad_U->data;
+    a.grad_x = (grad_x && a.k == 3 && a.skip) ? grad_x->data : NULL; /* the recurrence's x' only */
+    a.grad_c0 = grad_c0 ? grad_c0->data : NULL;
+    a.grad_h = grad_h->data;
+    a.grad_c_last = grad_c_last ? grad_c_last->data : NULL;
 #ifdef TERN_HAVE_CUDA
-    if (U->device == TN_CUDA) {
-        a.c = (void *)c->data;
-        a.grad_U = grad_U->data;
-        a.grad_x = (grad_x && a.k == 3 && a.skip) ? grad_x->data : NULL;
-        a.grad_c0 = grad_c0 ? grad_c0->data : NULL;
-        a.grad_h = grad_h->data;
-        a.grad_c_last = grad_c_last ? grad_c_last->data : NULL;
+    if (U->device == TN_CUDA)
         return tn_cuda_sru_backward(&a, grad_x ? grad_x->data : NULL, grad_weight_c ? grad_weight_c->data : NULL,
                                     grad_bias->data);
-    }
 #endif
     /* grad_x is written only where x' = scale_x * x; elsewhere it is zero */
     if (grad_x && !(a.k == 3 && a.skip)) memset(grad_x->data, 0, (size_t)(a.L * nbd) * es);
@@ -493,12 +492,6 @@ tn_status tn_sru_backward(tn_tensor *grad_U, tn_tensor *grad_x, tn_tensor *grad_
         return TN_OK;
     }
     if (nbd == 0) return TN_OK;
-    a.c = (void *)c->data;
-    a.grad_U = grad_U->data;
-    a.grad_x = (grad_x && a.k == 3 && a.skip) ? grad_x->data : NULL;
-    a.grad_c0 = grad_c0 ? grad_c0->data : NULL;
-    a.grad_h = grad_h->data;
-    a.grad_c_last = grad_c_last ? grad_c_last->data : NULL;
     a.partial = malloc((size_t)(4 * nbd) * es);
     if (!a.partial)
         return tn_error(TN_ERR_OOM, "%s: cannot allocate %zu bytes of scratch for (B, 4, D*d) = [%lld, 4, %lld]", op,
