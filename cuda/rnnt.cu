@@ -419,6 +419,58 @@ static __device__ __forceinline__ void mi_wave(int64_t k, int64_t Sb, int64_t W,
     *hi = o ? Sb : (k < Sb ? k : Sb);
 }
 
+/* The reverse sweep of utterance b over its K waves (core/rnnt.c mi_rev_cell): g(s, t) = d score /
+ * d p(s, t) = sum over the successors of g(successor) * weight of the move, each term also written
+ * as the gradient of that move's px / py entry; g(s1, t1) = 1, or grad_scores[b] when the backward
+ * from p_in is given it. SAVED = false: the weight is the normalised one the forward stored in
+ * pxg / pyg (overwritten in place); true: exp(p + px - p(successor)) from the saved table p_in.
+ * nxt and cur are the two wave buffers (nxt is only read for cells after the first wave swept). */
+template <typename F, bool SAVED>
+static __device__ __forceinline__ void mi_rev_sweep(const mi_args &a, int64_t b, const tn_rnnt_bnd &bd, int64_t K,
+                                                    double *nxt, double *cur) {
+    const int64_t S = a.S, T = a.T, T0 = a.T0, T1 = T + 1;
+    const int o = a.o;
+    const F *px = (const F *)a.px, *py = (const F *)a.py, *pin = (const F *)a.p_in;
+    F *pxg = (F *)a.pxg, *pyg = (F *)a.pyg;
+    const int64_t pxo = b * S * T0, pyo = b * (S + 1) * T, po = b * (S + 1) * T1;
+    const int64_t Sb = bd.s1 - bd.s0, W = bd.t1 - bd.t0;
+    for (int64_t kk = 0; kk < K; kk++) {
+        const int64_t k = K - 1 - kk;
+        int64_t lo, hi;
+        mi_wave(k, Sb, W, o, &lo, &hi);
+        for (int64_t i = lo + threadIdx.x; i <= hi; i += blockDim.x) {
+            const int64_t s = bd.s0 + i, t = bd.t0 + k - (o ? 0 : i);
+            double g;
+            if (s == bd.s1 && t == bd.t1) {
+                g = SAVED && a.grad_scores ? (double)((const F *)a.grad_scores)[b] : 1.0;
+            } else {
+                g = 0.0;
+                const double pst = SAVED ? (double)pin[po + s * T1 + t] : 0.0;
+                if (s < bd.s1 && t + o <= bd.t1) {
+                    const int64_t j = pxo + s * T0 + t;
+                    const double w = SAVED ? tn_rnnt_ratio(pst + (double)px[j], (double)pin[po + (s + 1) * T1 + t + o])
+                                           : (double)pxg[j];
+                    const double gx = nxt[i + 1] * w;
+                    pxg[j] = (F)gx;
+                    g += gx;
+                }
+                if (t < bd.t1) {
+                    const int64_t j = pyo + s * T + t;
+                    const double w = SAVED ? tn_rnnt_ratio(pst + (double)py[j], (double)pin[po + s * T1 + t + 1])
+                                           : (double)pyg[j];
+                    const double gy = nxt[i] * w;
+                    pyg[j] = (F)gy;
+                    g += gy;
+                }
+            }
+            cur[i] = g;
+        }
+        __syncthreads();
+        double *sw = nxt;
+        nxt = cur, cur = sw;
+    }
+}
+
 /* Forward, and with pxg the in-place backward, of utterance blockIdx.x. */
 template <typename F>
 __global__ void __launch_bounds__(MI_THREADS) mi_fwd_kernel(const mi_args a) {
@@ -489,35 +541,7 @@ __global__ void __launch_bounds__(MI_THREADS) mi_fwd_kernel(const mi_args a) {
         for (int64_t i = threadIdx.x; i < (S + 1) * T; i += blockDim.x) pyg[pyo + i] = (F)0;
         return;
     }
-    double *nxt = prev;
-    for (int64_t kk = 0; kk < K; kk++) {
-        const int64_t k = K - 1 - kk;
-        int64_t lo, hi;
-        mi_wave(k, Sb, W, o, &lo, &hi);
-        for (int64_t i = lo + threadIdx.x; i <= hi; i += blockDim.x) {
-            const int64_t s = bd.s0 + i, t = bd.t0 + k - (o ? 0 : i);
-            double g = 1.0;
-            if (s != bd.s1 || t != bd.t1) {
-                g = 0.0;
-                if (s < bd.s1 && t + o <= bd.t1) {
-                    const int64_t j = pxo + s * T0 + t;
-                    const double gx = nxt[i + 1] * (double)pxg[j];
-                    pxg[j] = (F)gx;
-                    g += gx;
-                }
-                if (t < bd.t1) {
-                    const int64_t j = pyo + s * T + t;
-                    const double gy = nxt[i] * (double)pyg[j];
-                    pyg[j] = (F)gy;
-                    g += gy;
-                }
-            }
-            cur[i] = g;
-        }
-        __syncthreads();
-        double *sw = nxt;
-        nxt = cur, cur = sw;
-    }
+    mi_rev_sweep<F, false>(a, b, bd, K, prev, cur);
 }
 
 /* Backward from the saved table p_in (core/rnnt.c mi_back_cell). */
@@ -526,7 +550,7 @@ __global__ void __launch_bounds__(MI_THREADS) mi_back_kernel(const mi_args a) {
     extern __shared__ double mi_sm[];
     const int64_t b = blockIdx.x, S = a.S, T = a.T, T0 = a.T0, T1 = T + 1;
     const int o = a.o;
-    const F *px = (const F *)a.px, *py = (const F *)a.py, *pin = (const F *)a.p_in;
+    const F *pin = (const F *)a.p_in;
     F *pxg = (F *)a.pxg, *pyg = (F *)a.pyg;
     const int64_t pxo = b * S * T0, pyo = b * (S + 1) * T, po = b * (S + 1) * T1;
     tn_rnnt_bnd bd;
@@ -538,40 +562,7 @@ __global__ void __launch_bounds__(MI_THREADS) mi_back_kernel(const mi_args a) {
     const int64_t Sb = bd.s1 - bd.s0, W = bd.t1 - bd.t0;
     if (Sb < 0) return;
     if ((double)pin[po + bd.s1 * T1 + bd.t1] == -INFINITY) return;
-    const int64_t K = (o ? 0 : Sb) + W + 1;
-    for (int64_t kk = 0; kk < K; kk++) {
-        const int64_t k = K - 1 - kk;
-        int64_t lo, hi;
-        mi_wave(k, Sb, W, o, &lo, &hi);
-        for (int64_t i = lo + threadIdx.x; i <= hi; i += blockDim.x) {
-            const int64_t s = bd.s0 + i, t = bd.t0 + k - (o ? 0 : i);
-            double g;
-            if (s == bd.s1 && t == bd.t1) {
-                g = a.grad_scores ? (double)((const F *)a.grad_scores)[b] : 1.0;
-            } else {
-                g = 0.0;
-                const double pst = (double)pin[po + s * T1 + t];
-                if (s < bd.s1 && t + o <= bd.t1) {
-                    const int64_t j = pxo + s * T0 + t;
-                    const double w = tn_rnnt_ratio(pst + (double)px[j], (double)pin[po + (s + 1) * T1 + t + o]);
-                    const double gx = nxt[i + 1] * w;
-                    pxg[j] = (F)gx;
-                    g += gx;
-                }
-                if (t < bd.t1) {
-                    const int64_t j = pyo + s * T + t;
-                    const double w = tn_rnnt_ratio(pst + (double)py[j], (double)pin[po + s * T1 + t + 1]);
-                    const double gy = nxt[i] * w;
-                    pyg[j] = (F)gy;
-                    g += gy;
-                }
-            }
-            cur[i] = g;
-        }
-        __syncthreads();
-        double *sw = nxt;
-        nxt = cur, cur = sw;
-    }
+    mi_rev_sweep<F, true>(a, b, bd, (o ? 0 : Sb) + W + 1, nxt, cur);
 }
 
 /* threads per block: the longest wave rounded up to warps, at most MI_THREADS */
