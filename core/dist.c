@@ -193,10 +193,18 @@ static tn_status mpi_fail(int rc, const char *what) {
     return tn_error(TN_ERR_IO, "dist: rank %d: %s failed: %s", (int)D.rank, what, s);
 }
 
-static tn_status timed_out(const char *what, double waited) {
-    snprintf(D.broken_why, sizeof D.broken_why, "rank %d: %.200s timed out after %.0f s", (int)D.rank,
-             what, waited);
+/* The communicator is unusable from now on; why (formatted) is named by every later call. */
+static void mark_broken(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void mark_broken(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(D.broken_why, sizeof D.broken_why, fmt, ap);
+    va_end(ap);
     D.broken = 1;
+}
+
+static tn_status timed_out(const char *what, double waited) {
+    mark_broken("rank %d: %.200s timed out after %.0f s", (int)D.rank, what, waited);
     return tn_error(TN_ERR_IO,
                     "dist: rank %d: %s waited %.0f s (timeout %g s); a peer rank probably died or "
                     "never reached this call. The communicator is unusable now: end the job "
@@ -270,9 +278,7 @@ static void wait_end(void) { dist_waiting = 0; }
 static tn_status wait_interrupted(const char *what, double waited) {
     int sig = tn_signal_pending();
     if (!sig) return TN_OK;
-    snprintf(D.broken_why, sizeof D.broken_why, "rank %d: %.200s was interrupted by signal %d",
-             (int)D.rank, what, sig);
-    D.broken = 1;
+    mark_broken("rank %d: %.200s was interrupted by signal %d", (int)D.rank, what, sig);
     return tn_error(TN_ERR_IO, "dist: rank %d: %s interrupted by signal %d after %.1f s of "
                     "waiting; the communicator is unusable now: end the job", (int)D.rank, what,
                     sig, waited);
@@ -312,8 +318,7 @@ tn_status tn_dist_nccl_settle(const char *what) {
         int r = tn_nccl_state();
         if (r > 0) break;
         if (r < 0) {
-            snprintf(D.broken_why, sizeof D.broken_why, "rank %d: %.200s failed", (int)D.rank, what);
-            D.broken = 1;
+            mark_broken("rank %d: %.200s failed", (int)D.rank, what);
             s = tn_last_status();
             break;
         }
@@ -665,8 +670,7 @@ static tn_status issue_chunks(tn_dist_work_t *w) {
         if (rc != MPI_SUCCESS) {
             tn_status s = mpi_fail(rc, w->what);
             if (k > 0) { /* chunks in flight: the ranks are out of step now */
-                D.broken = 1;
-                snprintf(D.broken_why, sizeof D.broken_why, "an allreduce failed half-started");
+                mark_broken("an allreduce failed half-started");
             }
             return s;
         }
@@ -754,7 +758,7 @@ tn_status tn_dist_work_test(tn_dist_work_t *w, int32_t *done) {
     if (w->nccl_ev) {
 #ifdef TERN_HAVE_NCCL
         int r = tn_nccl_poll(w->nccl_ev);
-        if (r < 0) { D.broken = 1; snprintf(D.broken_why, sizeof D.broken_why, "%s failed", w->what); return tn_last_status(); }
+        if (r < 0) { mark_broken("%s failed", w->what); return tn_last_status(); }
         if (r == 0) return el > tn_dist_get_timeout() ? ((void)tn_nccl_comm_free(1), timed_out(w->what, el)) : TN_OK;
 #endif
     } else {
