@@ -117,10 +117,17 @@ local function need_init(what, level)
   end
 end
 
-function M.broadcast_parameters(model, root)
-  need_init("broadcast_parameters", 2)
+-- Both broadcasts start here: initialised, and root (default 0) a rank. Returns root; errors
+-- name the broadcast's caller.
+local function start(what, root)
+  need_init(what, 3)
   root = root or 0
-  check_root(root, "broadcast_parameters", 2)
+  check_root(root, what, 3)
+  return root
+end
+
+function M.broadcast_parameters(model, root)
+  root = start("broadcast_parameters", root)
   local ts, names = tensors_of(model, "broadcast_parameters", 2)
   check_layout(ts, names, "broadcast_parameters", 2)
   local d = dist()
@@ -155,9 +162,7 @@ local function walk_state(x, path, ts, names, nums)
 end
 
 function M.broadcast_optimizer_state(opt, root)
-  need_init("broadcast_optimizer_state", 2)
-  root = root or 0
-  check_root(root, "broadcast_optimizer_state", 2)
+  root = start("broadcast_optimizer_state", root)
   if type(opt) ~= "table" or type(opt.state_dict) ~= "function" or type(opt.load_state_dict) ~= "function" then
     error(fmt("tn.dist.broadcast_optimizer_state: expected an optimizer, got %s", type(opt)), 2)
   end
