@@ -24,20 +24,6 @@ local function i64(rows) return tn.tensor(rows, { dtype = "i64" }) end
 local function leaf(t) return t:detach():clone():requires_grad(true) end
 local function gpu(t) return t and t:cuda() or nil end
 
--- Random feasible boundary rows (as spec/rnnt_spec.lua), row 1 with S_b = 0.
-local function random_rows(B, S, T, ty)
-  local rows = {}
-  for b = 1, B do
-    local s0, t0 = math.random(0, 1), math.random(0, 1)
-    local s1 = b == 1 and s0 or math.random(s0, S)
-    local t1 = math.random(t0 + 1, T)
-    if ty ~= "regular" and t1 - t0 < s1 - s0 then t1 = math.min(T, t0 + (s1 - s0)) end
-    if ty ~= "regular" and t1 - t0 < s1 - s0 then s1 = s0 + (t1 - t0) end
-    rows[b] = { s0, t0, s1, t1 }
-  end
-  return rows
-end
-
 -- a random case on the CPU in dtype dt (f64 default); boundary nil unless with_boundary
 local function random_case(seed, B, T, S, Cn, ty, with_boundary, dt, dp)
   math.randomseed(seed)
@@ -52,7 +38,7 @@ local function random_case(seed, B, T, S, Cn, ty, with_boundary, dt, dp)
     end
   end
   dt = dt or "f64"
-  local rows = with_boundary and random_rows(B, S, T, ty) or nil
+  local rows = with_boundary and h.rnnt_boundary_rows(B, S, T, ty) or nil
   return {
     lm = tn.randn({ B, S + 1, Cn }, { dtype = dt }),
     am = tn.randn({ B, T, Cn }, { dtype = dt }),

@@ -214,21 +214,10 @@ end)
 
 -- random cases --------------------------------------------------------------------------------
 
--- Random [begin_symbol, begin_frame, end_symbol, end_frame] rows: feasible for rnnt_type
--- (T_b >= 1; T_b >= S_b for modified / constrained), with nonzero begins unless zero_begin;
--- row 1 always has S_b = 0.
+-- Random [begin_symbol, begin_frame, end_symbol, end_frame] rows feasible for rnnt_type
+-- (h.rnnt_boundary_rows) as an i64 (B, 4) tensor
 local function random_boundary(B, S, T, ty, zero_begin)
-  local rows = {}
-  for b = 1, B do
-    local s0 = zero_begin and 0 or math.random(0, 1)
-    local t0 = zero_begin and 0 or math.random(0, 1)
-    local s1 = b == 1 and s0 or math.random(s0, S)
-    local t1 = math.random(t0 + 1, T)
-    if ty ~= "regular" and t1 - t0 < s1 - s0 then t1 = math.min(T, t0 + (s1 - s0)) end
-    if ty ~= "regular" and t1 - t0 < s1 - s0 then s1 = s0 + (t1 - t0) end
-    rows[b] = { s0, t0, s1, t1 }
-  end
-  return i64(rows)
+  return i64(h.rnnt_boundary_rows(B, S, T, ty, zero_begin))
 end
 
 local function random_case(seed, B, T, S, Cn, ty, opts)

@@ -197,6 +197,23 @@ M.asan = (function()
   return maps:find("libasan", 1, true) ~= nil
 end)()
 
+-- Random feasible RNN-T boundary rows {s0, t0, s1, t1} of B utterances (math.random): T_b >= 1,
+-- and T_b >= S_b for the modified / constrained types; nonzero begins unless zero_begin; row 1
+-- always has S_b = 0.
+function M.rnnt_boundary_rows(B, S, T, ty, zero_begin)
+  local rows = {}
+  for b = 1, B do
+    local s0 = zero_begin and 0 or math.random(0, 1)
+    local t0 = zero_begin and 0 or math.random(0, 1)
+    local s1 = b == 1 and s0 or math.random(s0, S)
+    local t1 = math.random(t0 + 1, T)
+    if ty ~= "regular" and t1 - t0 < s1 - s0 then t1 = math.min(T, t0 + (s1 - s0)) end
+    if ty ~= "regular" and t1 - t0 < s1 - s0 then s1 = s0 + (t1 - t0) end
+    rows[b] = { s0, t0, s1, t1 }
+  end
+  return rows
+end
+
 -- f64 leaf of a given shape with deterministic values (seeded), requiring grad.
 function M.leaf(shape, seed, opts)
   tn.manual_seed(seed or 1)
